@@ -1,0 +1,229 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// Kernel side of connection_exporter: records every actively opened TCP
+// connection of every process in every network namespace.
+//
+// One BTF tracepoint on inet_sock_set_state follows each socket through its
+// life: CLOSE -> SYN_SENT runs in the connecting process and records the owner,
+// SYN_SENT -> ESTABLISHED runs in softirq context and records the 4-tuple
+// (the source port is not assigned before), and the final transition to CLOSE
+// marks the entry closed or failed. Entries are never deleted here: user space
+// reads them on a scrape and deletes closed and failed ones after it has
+// counted them, so a connection that lives between two scrapes is still seen.
+//
+// An iter/tcp program lists the sockets that existed before the tracepoint
+// was attached, so that user space can seed the table at start-up.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+// Kernel TCP states (include/net/tcp_states.h).
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+// Life cycle of an entry in the conns map. Written by the tracepoint (and by
+// user space when it seeds connections found at start-up).
+enum conn_state {
+	CONN_CONNECTING = 1,  // connect() called, handshake not finished
+	CONN_ESTABLISHED = 2, // handshake finished, tuple valid
+	CONN_CLOSED = 3,      // was established, socket now closed
+	CONN_FAILED = 4,      // closed without ever being established
+};
+
+// struct conn is the value of the conns map.
+// Addresses are in network byte order, ports and everything else in host
+// byte order. IPv4 addresses occupy the first 4 bytes of saddr and daddr.
+struct conn {
+	__u64 cgroup_id; // cgroup v2 id of the connecting task (or socket)
+	__u64 sock_ino;  // socket inode; only set for seeded entries
+	__u32 pid;       // thread group id of the connecting process
+	__u32 netns;     // network namespace inode of the socket
+	__u16 family;    // AF_INET or AF_INET6
+	__u8 state;      // enum conn_state
+	__u8 seeded;     // 1 when user space created the entry at start-up
+	__u16 sport;     // local port
+	__u16 dport;     // remote port
+	__u8 saddr[16];  // local address
+	__u8 daddr[16];  // remote (dialled) address
+	char comm[16];   // command name of the thread group leader
+};
+
+// conns: key u64 socket cookie (unique for the kernel's lifetime), value
+// struct conn. The tracepoint inserts at CLOSE -> SYN_SENT and updates the
+// entry afterwards; user space deletes entries in state CLOSED or FAILED once
+// a scrape has read them. max_entries is set by user space at load time.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+// Indexes of the counters array.
+enum counter {
+	COUNTER_CONNS_FULL = 0, // an insert into conns failed: the attempt is lost
+	COUNTER_MAX = 4,
+};
+
+// counters: key u32 enum counter, value u64 per CPU. Written by the
+// tracepoint, summed over CPUs by user space. Monotonic; never reset.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+// Keep struct definitions in the object so that bpf2go emits Go types.
+const struct conn *unused_conn __attribute__((unused));
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void read_tuple(struct conn *c, const struct sock *sk)
+{
+	c->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	c->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (c->family == AF_INET) {
+		bpf_core_read(c->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(c->daddr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_core_read(c->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(c->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
+// A zeroed value to build new entries from without using stack space.
+static const struct conn zero_conn;
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		// Process context: the connecting task is current.
+		if (bpf_map_update_elem(&conns, &cookie, &zero_conn, BPF_NOEXIST) != 0) {
+			count(COUNTER_CONNS_FULL);
+			return 0;
+		}
+		struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+		if (!c)
+			return 0;
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+		c->pid = bpf_get_current_pid_tgid() >> 32;
+		c->cgroup_id = bpf_get_current_cgroup_id();
+		c->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		c->family = family;
+		c->state = CONN_CONNECTING;
+		BPF_CORE_READ_STR_INTO(&c->comm, task, group_leader, comm);
+		return 0;
+	}
+
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+		return 0;
+
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (!c)
+		return 0; // passive open, or a socket that predates the exporter
+
+	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate == TCP_SYN_SENT) {
+			read_tuple(c, sk);
+			c->state = CONN_ESTABLISHED;
+		}
+		return 0;
+	}
+
+	// newstate == TCP_CLOSE
+	if (c->state == CONN_CONNECTING) {
+		// The tuple is complete once connect() has picked a source port;
+		// a failure before that leaves the local side zero.
+		read_tuple(c, sk);
+		c->state = CONN_FAILED;
+	} else if (c->state == CONN_ESTABLISHED) {
+		c->state = CONN_CLOSED;
+	}
+	return 0;
+}
+
+// struct sock_rec is one record written by the dump_tcp iterator.
+// Same conventions as struct conn.
+struct sock_rec {
+	__u64 cookie;
+	__u64 cgroup_id;
+	__u64 sock_ino;
+	__u32 netns;
+	__u16 family;
+	__u8 state; // kernel TCP state
+	__u8 pad;
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 pad2;
+};
+
+const struct sock_rec *unused_sock_rec __attribute__((unused));
+
+// dump_tcp writes one struct sock_rec per TCP socket of every network
+// namespace (kernel 5.9+). User space reads the records at start-up to find
+// connections opened before the tracepoint was attached.
+SEC("iter/tcp")
+int dump_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+
+	struct sock_rec r = {};
+	r.family = skc->skc_family;
+	if (r.family != AF_INET && r.family != AF_INET6)
+		return 0;
+	r.state = skc->skc_state;
+	r.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	r.sport = skc->skc_num;
+	r.dport = __builtin_bswap16(skc->skc_dport);
+	if (r.family == AF_INET) {
+		bpf_core_read(r.saddr, 4, &skc->skc_rcv_saddr);
+		bpf_core_read(r.daddr, 4, &skc->skc_daddr);
+	} else {
+		bpf_core_read(r.saddr, 16, &skc->skc_v6_rcv_saddr);
+		bpf_core_read(r.daddr, 16, &skc->skc_v6_daddr);
+	}
+
+	// Only full sockets have a cookie worth keeping, an owner and a cgroup;
+	// time-wait and request sockets are not connections anyone holds open.
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (tp) {
+		struct sock *sk = (struct sock *)tp;
+		r.cookie = bpf_get_socket_cookie(sk);
+		r.sock_ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+		if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
+			r.cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	}
+
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}

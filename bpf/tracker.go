@@ -1,0 +1,261 @@
+// Package bpf owns the kernel side of connection_exporter: the eBPF programs
+// that record every actively opened TCP connection of every process in every
+// network namespace, their loading and attachment, the seeding of connections
+// that predate the exporter, and snapshots of the recorded connections as
+// plain Go values.
+//
+// The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
+// tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
+// later); seeding uses a TCP socket iterator (Linux 5.9 or later). Neither
+// kprobes, fentry nor a tracefs mount are needed.
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// State is where a recorded connection is in its life.
+type State uint8
+
+// States of a recorded connection. Closed and Failed are final: the entry is
+// deleted from the kernel map once the caller has released it.
+const (
+	StateConnecting  State = 1 // connect() called, handshake not finished
+	StateEstablished State = 2 // open, tuple valid
+	StateClosed      State = 3 // was established, now closed
+	StateFailed      State = 4 // closed without ever being established
+)
+
+// String returns the state's lowercase name.
+func (s State) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateEstablished:
+		return "established"
+	case StateClosed:
+		return "closed"
+	case StateFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Conn is one actively opened TCP connection as the kernel recorded it.
+type Conn struct {
+	// Cookie is the socket cookie: unique for the lifetime of the kernel.
+	Cookie uint64
+	// PID is the thread group id of the process that called connect(), or 0
+	// when a seeded connection's owner could not be found.
+	PID uint32
+	// NetNS is the inode of the socket's network namespace.
+	NetNS uint32
+	// CgroupID is the cgroup v2 id of the connecting task.
+	CgroupID uint64
+	// Comm is the NUL-padded command name of the process.
+	Comm [16]byte
+	// Src and Dst are the local address and the address the application
+	// dialled. They are invalid while the state is StateConnecting, and Src is
+	// zero for a failure that happened before a source port was chosen.
+	// IPv4-mapped IPv6 addresses are unmapped.
+	Src, Dst netip.AddrPort
+	// State is the connection's state at the time of the snapshot.
+	State State
+}
+
+// Command returns the process's command name.
+func (c *Conn) Command() string {
+	n := 0
+	for n < len(c.Comm) && c.Comm[n] != 0 {
+		n++
+	}
+	return string(c.Comm[:n])
+}
+
+// Config configures a Tracker.
+type Config struct {
+	// MaxConnections bounds the kernel map of recorded connections: open
+	// ones plus those closed since the last snapshot. Attempts that do not fit
+	// are counted in Stats.Lost. Zero means DefaultMaxConnections.
+	MaxConnections uint32
+	// ProcFS is the mount point of the host's procfs, used at start-up to
+	// find the owners of existing connections. Empty means /proc.
+	ProcFS string
+}
+
+// DefaultMaxConnections is the default size of the connection map.
+const DefaultMaxConnections = 262144
+
+// Tracker loads and attaches the kernel programs and reads what they record.
+// Its methods are safe for concurrent use.
+type Tracker struct {
+	logger *slog.Logger
+	objs   trackerObjects
+	link   link.Link
+	max    uint32
+
+	// mu serialises batch reads, which share the scratch buffers below.
+	mu     sync.Mutex
+	keys   []uint64
+	values []trackerConn
+}
+
+// batchSize is the number of entries read per BatchLookup call. It must
+// exceed the largest hash bucket, which a few thousand always does.
+const batchSize = 4096
+
+// New loads the programs with the configured map size, attaches the state
+// tracepoint, and seeds the map with connections that already exist. It
+// fails when the kernel refuses the programs (missing privileges or BTF).
+func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.ProcFS == "" {
+		cfg.ProcFS = "/proc"
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		logger.Debug("cannot raise memlock limit", "err", err)
+	}
+	spec, err := loadTracker()
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps[trackerMapConns].MaxEntries = cfg.MaxConnections
+
+	t := &Tracker{logger: logger, max: cfg.MaxConnections}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			logger.Debug("verifier log", "log", fmt.Sprintf("%+v", verr))
+		}
+		return nil, fmt.Errorf("load bpf objects: %w", err)
+	}
+	t.link, err = link.AttachTracing(link.TracingOptions{Program: t.objs.OnState})
+	if err != nil {
+		t.objs.Close()
+		return nil, fmt.Errorf("attach tp_btf/inet_sock_set_state: %w", err)
+	}
+	seeded, err := t.seed(cfg.ProcFS)
+	if err != nil {
+		// Connections opened from now on are still recorded.
+		logger.Warn("cannot seed existing connections", "err", err)
+	} else {
+		logger.Info("found existing outbound connections", "count", seeded)
+	}
+	return t, nil
+}
+
+// Close detaches the programs and frees the maps.
+func (t *Tracker) Close() error {
+	err := t.link.Close()
+	return errors.Join(err, t.objs.Close())
+}
+
+// Capacity returns the size of the connection map.
+func (t *Tracker) Capacity() uint32 { return t.max }
+
+// Snapshot appends every recorded connection to dst and returns it. The
+// order is unspecified. Entries updated while the snapshot is taken may show
+// either their old or new state.
+func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.keys == nil {
+		t.keys = make([]uint64, batchSize)
+		t.values = make([]trackerConn, batchSize)
+	}
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := t.objs.Conns.BatchLookup(&cursor, t.keys, t.values, nil)
+		for i := range n {
+			dst = append(dst, convert(t.keys[i], &t.values[i]))
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, fmt.Errorf("read connection map: %w", err)
+		}
+	}
+}
+
+func convert(cookie uint64, v *trackerConn) Conn {
+	c := Conn{
+		Cookie:   cookie,
+		PID:      v.Pid,
+		NetNS:    v.Netns,
+		CgroupID: v.CgroupId,
+		State:    State(v.State),
+	}
+	for i, b := range v.Comm {
+		c.Comm[i] = byte(b)
+	}
+	if c.State != StateConnecting {
+		c.Src = netip.AddrPortFrom(addr(v.Family, &v.Saddr), v.Sport)
+		c.Dst = netip.AddrPortFrom(addr(v.Family, &v.Daddr), v.Dport)
+	}
+	return c
+}
+
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+func addr(family uint16, b *[16]uint8) netip.Addr {
+	if family == afInet {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(*b).Unmap()
+}
+
+// Release deletes connections that the caller has accounted for. Only
+// connections in a final state should be released; a cookie that is already
+// gone is ignored.
+func (t *Tracker) Release(cookies []uint64) error {
+	if len(cookies) == 0 {
+		return nil
+	}
+	_, err := t.objs.Conns.BatchDelete(cookies, nil)
+	if err == nil || !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err != nil {
+			return fmt.Errorf("delete released connections: %w", err)
+		}
+		return nil
+	}
+	// A batch delete stops at the first missing key: delete one by one.
+	var errs []error
+	for _, c := range cookies {
+		if err := t.objs.Conns.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("delete released connections: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Lost returns how many connection attempts the kernel could not record
+// because the connection map was full, since the programs were loaded.
+func (t *Tracker) Lost() (uint64, error) {
+	var perCPU []uint64
+	if err := t.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("read counters: %w", err)
+	}
+	var sum uint64
+	for _, v := range perCPU {
+		sum += v
+	}
+	return sum, nil
+}
