@@ -1,0 +1,156 @@
+package netlab
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+)
+
+// Server accepts TCP connections and records, for each, the peer that
+// connected and the local address that accepted it: the truth that tests
+// compare the exporter's answers with.
+type Server struct {
+	mu   sync.Mutex
+	seen map[netip.AddrPort]netip.AddrPort // client address -> accepting address
+}
+
+// Serve accepts on ln until it is closed, holding each connection open
+// until the peer closes it.
+func Serve(ln net.Listener) *Server {
+	s := &Server{seen: make(map[netip.AddrPort]netip.AddrPort)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			s.mu.Lock()
+			s.seen[unmap(peer)] = unmap(local)
+			s.mu.Unlock()
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	return s
+}
+
+// Accepted returns the accepting address of the connection from client.
+func (s *Server) Accepted(client netip.AddrPort) (netip.AddrPort, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.seen[unmap(client)]
+	return a, ok
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// Backend is one pod behind the service address.
+type Backend struct {
+	NS           *NS
+	Addr4, Addr6 netip.Addr
+	Server       *Server
+}
+
+// Cluster is a Kubernetes node in miniature: a "node" namespace routes
+// between a client pod namespace and three backend pod namespaces, and
+// translates a service address with kube-proxy's iptables chains
+// (KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-*, random choice by statistic).
+type Cluster struct {
+	Node, Client *NS
+	Backends     []*Backend
+	// VIP4:Port and [VIP6]:Port are the service; RefusedPort on the same
+	// addresses is translated to a backend port where nothing listens.
+	VIP4, VIP6        netip.Addr
+	Port, RefusedPort uint16
+	// BackendPort is where the backends listen.
+	BackendPort uint16
+}
+
+// KubeProxy builds a Cluster.
+func (l *Lab) KubeProxy() *Cluster {
+	l.t.Helper()
+	c := &Cluster{
+		Node:        l.NetNS("node"),
+		Client:      l.NetNS("client"),
+		VIP4:        netip.MustParseAddr("10.77.0.10"),
+		VIP6:        netip.MustParseAddr("fd77::10"),
+		Port:        80,
+		RefusedPort: 81,
+		BackendPort: 8080,
+	}
+	c.Node.Run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	l.pod(c.Node, c.Client, 1)
+	for i := range 3 {
+		ns := l.NetNS(fmt.Sprintf("backend%d", i+1))
+		a4, a6 := l.pod(c.Node, ns, 11+i)
+		b := &Backend{NS: ns, Addr4: a4, Addr6: a6}
+		b.Server = Serve(ns.Listen("tcp", fmt.Sprintf(":%d", c.BackendPort)))
+		c.Backends = append(c.Backends, b)
+	}
+	for _, family := range []struct {
+		cmd string
+		vip netip.Addr
+		to  func(*Backend) string
+	}{
+		{"iptables", c.VIP4, func(b *Backend) string { return b.Addr4.String() }},
+		{"ip6tables", c.VIP6, func(b *Backend) string { return "[" + b.Addr6.String() + "]" }},
+	} {
+		ipt := func(args ...string) { c.Node.Run(family.cmd, append([]string{"-w", "-t", "nat"}, args...)...) }
+		ipt("-N", "KUBE-SERVICES")
+		ipt("-A", "PREROUTING", "-j", "KUBE-SERVICES")
+		ipt("-A", "OUTPUT", "-j", "KUBE-SERVICES")
+		ipt("-N", "KUBE-SVC-DEMO")
+		ipt("-A", "KUBE-SERVICES", "-d", family.vip.String(), "-p", "tcp", "--dport", fmt.Sprint(c.Port), "-j", "KUBE-SVC-DEMO")
+		for i, b := range c.Backends {
+			sep := fmt.Sprintf("KUBE-SEP-DEMO%d", i+1)
+			ipt("-N", sep)
+			ipt("-A", sep, "-p", "tcp", "-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", family.to(b), c.BackendPort))
+			rule := []string{"-A", "KUBE-SVC-DEMO"}
+			if left := len(c.Backends) - i; left > 1 {
+				rule = append(rule, "-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%.5f", 1/float64(left)))
+			}
+			ipt(append(rule, "-j", sep)...)
+		}
+		ipt("-A", "KUBE-SERVICES", "-d", family.vip.String(), "-p", "tcp", "--dport", fmt.Sprint(c.RefusedPort),
+			"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", family.to(c.Backends[0]), c.BackendPort+1))
+	}
+	return c
+}
+
+// pod joins ns to the node on subnet n (10.77.n.0/24, fd77:n::/64) with a
+// default route through the node, and returns the pod's addresses.
+func (l *Lab) pod(node, ns *NS, n int) (netip.Addr, netip.Addr) {
+	a4 := netip.MustParseAddr(fmt.Sprintf("10.77.%d.2", n))
+	a6 := netip.MustParseAddr(fmt.Sprintf("fd77:%d::2", n))
+	l.Link(ns, []string{a4.String() + "/24", a6.String() + "/64"},
+		node, []string{fmt.Sprintf("10.77.%d.1/24", n), fmt.Sprintf("fd77:%d::1/64", n)})
+	ns.Run("ip", "route", "add", "default", "via", fmt.Sprintf("10.77.%d.1", n))
+	ns.Run("ip", "-6", "route", "add", "default", "via", fmt.Sprintf("fd77:%d::1", n))
+	return a4, a6
+}
+
+// Backend returns the backend whose address is a.
+func (c *Cluster) Backend(a netip.Addr) *Backend {
+	for _, b := range c.Backends {
+		if b.Addr4 == a.Unmap() || b.Addr6 == a {
+			return b
+		}
+	}
+	return nil
+}
+
+// Accepted returns the address of the backend that accepted the connection
+// from client, asking every backend's server.
+func (c *Cluster) Accepted(client netip.AddrPort) (netip.AddrPort, bool) {
+	for _, b := range c.Backends {
+		if a, ok := b.Server.Accepted(client); ok {
+			return a, true
+		}
+	}
+	return netip.AddrPort{}, false
+}

@@ -1,0 +1,206 @@
+// Package netlab builds throwaway network topologies for privileged tests:
+// named network namespaces joined by veth pairs, iptables rules inside them,
+// and sockets opened from inside a namespace without moving the test's own
+// threads. Everything it creates is removed by t.Cleanup, even when the test
+// fails. It never touches the namespace the test runs in.
+package netlab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Lab creates namespaces whose names share a random prefix.
+type Lab struct {
+	t      testing.TB
+	prefix string
+}
+
+// New returns a Lab. It skips the test when not root and fails it when the
+// tools it needs (ip, iptables) are missing.
+func New(t testing.TB) *Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root")
+	}
+	for _, tool := range []string{"ip", "iptables", "ip6tables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed: %v", tool, err)
+		}
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	return &Lab{t: t, prefix: "cx" + hex.EncodeToString(b)}
+}
+
+// NS is a network namespace created by a Lab.
+type NS struct {
+	lab  *Lab
+	Name string // name under /run/netns
+}
+
+// Path returns the namespace's bind mount.
+func (n *NS) Path() string { return filepath.Join("/run/netns", n.Name) }
+
+// Inode returns the namespace's inode, as the kernel reports it in sockets.
+func (n *NS) Inode() uint32 {
+	var st unix.Stat_t
+	if err := unix.Stat(n.Path(), &st); err != nil {
+		n.lab.t.Fatalf("stat %s: %v", n.Path(), err)
+	}
+	return uint32(st.Ino)
+}
+
+// NetNS creates a namespace with its loopback up.
+func (l *Lab) NetNS(name string) *NS {
+	l.t.Helper()
+	n := &NS{lab: l, Name: l.prefix + "-" + name}
+	l.Cmd("ip", "netns", "add", n.Name)
+	l.t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", n.Name).CombinedOutput(); err != nil {
+			l.t.Errorf("delete netns %s: %v: %s", n.Name, err, out)
+		}
+	})
+	n.Run("ip", "link", "set", "lo", "up")
+	// Without this, IPv6 addresses wait for duplicate address detection.
+	n.Run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	return n
+}
+
+// Cmd runs a command in the test's namespace and fails the test on error.
+func (l *Lab) Cmd(name string, args ...string) string {
+	l.t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Run runs a command inside the namespace and fails the test on error.
+func (n *NS) Run(name string, args ...string) string {
+	n.lab.t.Helper()
+	return n.lab.Cmd("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+}
+
+// Link joins a and b with a veth pair and assigns each side its addresses
+// (CIDR notation). Deleting either namespace removes the pair.
+func (l *Lab) Link(a *NS, aAddrs []string, b *NS, bAddrs []string) (aIf, bIf string) {
+	l.t.Helper()
+	b2 := make([]byte, 3)
+	rand.Read(b2)
+	aIf, bIf = "va"+hex.EncodeToString(b2), "vb"+hex.EncodeToString(b2)
+	l.Cmd("ip", "link", "add", aIf, "netns", a.Name, "type", "veth", "peer", "name", bIf, "netns", b.Name)
+	for _, side := range []struct {
+		ns    *NS
+		ifc   string
+		addrs []string
+	}{{a, aIf, aAddrs}, {b, bIf, bAddrs}} {
+		for _, addr := range side.addrs {
+			side.ns.Run("ip", "addr", "add", addr, "dev", side.ifc, "nodad")
+		}
+		side.ns.Run("ip", "link", "set", side.ifc, "up")
+	}
+	return aIf, bIf
+}
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets created
+// by fn belong to the namespace and may be used from any goroutine after fn
+// returns. The thread is discarded afterwards, never reused.
+func (n *NS) Do(fn func() error) error {
+	return doIn(n.Path(), -1, fn)
+}
+
+// DoAs is Do with the thread's filesystem uid set to uid, so sockets fn
+// creates are owned by uid (for iptables' owner match).
+func (n *NS) DoAs(uid int, fn func() error) error {
+	return doIn(n.Path(), uid, fn)
+}
+
+func doIn(path string, uid int, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread dies with this goroutine instead of
+		// going back to the pool in the wrong namespace.
+		runtime.LockOSThread()
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", path, err)
+			return
+		}
+		if uid >= 0 {
+			unix.Setfsuid(uid)
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Listen opens a TCP listener inside the namespace.
+func (n *NS) Listen(network, addr string) net.Listener {
+	n.lab.t.Helper()
+	var ln net.Listener
+	if err := n.Do(func() (err error) {
+		ln, err = net.Listen(network, addr)
+		return err
+	}); err != nil {
+		n.lab.t.Fatalf("listen in %s: %v", n.Name, err)
+	}
+	n.lab.t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// Dial opens a TCP connection from inside the namespace.
+func (n *NS) Dial(network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() (err error) {
+		c, err = net.Dial(network, addr)
+		return err
+	})
+	return c, err
+}
+
+// OriginalDst returns the destination a REDIRECTed or DNATed connection was
+// sent to before translation (getsockopt SO_ORIGINAL_DST), IPv4 only.
+func OriginalDst(c net.Conn) (string, error) {
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var addr string
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		var sa [16]byte
+		l := uint32(len(sa))
+		const soOriginalDst = 80
+		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.SOL_IP, soOriginalDst,
+			uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
+		if e != 0 {
+			serr = e
+			return
+		}
+		port := int(sa[2])<<8 | int(sa[3])
+		addr = net.JoinHostPort(net.IP(sa[4:8]).String(), fmt.Sprint(port))
+	})
+	if err != nil {
+		return "", err
+	}
+	return addr, serr
+}

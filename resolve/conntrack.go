@@ -1,0 +1,294 @@
+package resolve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+)
+
+// Names of the tables that can answer, as exported in the resolver label.
+const (
+	ResolverNone           = "none"            // nothing rewrote the destination
+	ResolverConntrack      = "conntrack"       // host namespace conntrack
+	ResolverConntrackNetNS = "conntrack_netns" // the connection's own namespace
+)
+
+// Query is one connection to resolve.
+type Query struct {
+	// NetNS is the inode of the connection's network namespace.
+	NetNS uint32
+	// PID is the process that opened the connection (0 if unknown); its
+	// namespace file is the cheapest way into NetNS.
+	PID uint32
+	// Src and Dst are the connection's local address and the address the
+	// application dialled.
+	Src, Dst netip.AddrPort
+}
+
+// Result is where a connection really goes.
+type Result struct {
+	// Actual is the address that answers; Dst when nothing rewrote it.
+	Actual netip.AddrPort
+	// Resolver names the table that answered (one of the Resolver* names).
+	Resolver string
+	// Err is set when a table could not be read; ErrResolver names it. The
+	// result is still the best known, but a later attempt may do better.
+	Err         error
+	ErrResolver string
+}
+
+// ConntrackConfig configures a Conntrack resolver.
+type ConntrackConfig struct {
+	// ProcFS is the mount point of the host's procfs.
+	ProcFS string
+	// HostNetNS is the path of the host network namespace file, usually
+	// HostNetNSPath(ProcFS).
+	HostNetNS string
+	// NetNSDirs are directories of bind-mounted namespace files (such as
+	// /run/netns) searched when no process of a namespace can be found.
+	NetNSDirs []string
+}
+
+// Conntrack resolves connections from the conntrack tables of their own and
+// of the host network namespace. Each Resolve call opens one netlink socket
+// per namespace it needs, inside that namespace, and closes it before it
+// returns, so it never keeps a dead namespace alive. It is safe for
+// concurrent use.
+type Conntrack struct {
+	cfg     ConntrackConfig
+	logger  *slog.Logger
+	hostIno uint32
+}
+
+// NewConntrack checks that the host namespace can be opened and its
+// conntrack table queried (which needs CAP_NET_ADMIN).
+func NewConntrack(cfg ConntrackConfig, logger *slog.Logger) (*Conntrack, error) {
+	if cfg.ProcFS == "" {
+		cfg.ProcFS = "/proc"
+	}
+	if cfg.HostNetNS == "" {
+		cfg.HostNetNS = HostNetNSPath(cfg.ProcFS)
+	}
+	ino, err := netnsInode(cfg.HostNetNS)
+	if err != nil {
+		return nil, fmt.Errorf("host network namespace: %w", err)
+	}
+	c := &Conntrack{cfg: cfg, logger: logger, hostIno: ino}
+	fd, err := openNetNS(cfg.HostNetNS, ino)
+	if err != nil {
+		return nil, fmt.Errorf("host network namespace: %w", err)
+	}
+	defer fd.Close()
+	t, err := dialTable(fd)
+	if err != nil {
+		return nil, err
+	}
+	defer t.conn.Close()
+	if _, err := t.conn.StatsGlobal(); err != nil {
+		return nil, fmt.Errorf("query conntrack in host netns: %w", err)
+	}
+	return c, nil
+}
+
+// HostNetNS returns the inode of the host network namespace.
+func (c *Conntrack) HostNetNS() uint32 { return c.hostIno }
+
+// Resolve fills out[i] with the destination of qs[i]; out must be at least
+// as long as qs. A connection is first looked up in its own namespace, where
+// a translated entry answers with ResolverConntrackNetNS; an entry without
+// translation, or none, passes it on to the host namespace. Resolve stops
+// looking up when ctx is done, leaving the rest unresolved with ctx's error.
+func (c *Conntrack) Resolve(ctx context.Context, qs []Query, out []Result) {
+	for i, q := range qs {
+		out[i] = Result{Actual: q.Dst, Resolver: ResolverNone}
+	}
+	finder := nsFinder{procfs: c.cfg.ProcFS, extra: c.cfg.NetNSDirs}
+
+	byNS := make(map[uint32][]int)
+	var host []int
+	for i, q := range qs {
+		if q.NetNS == c.hostIno || q.NetNS == 0 {
+			host = append(host, i)
+		} else {
+			byNS[q.NetNS] = append(byNS[q.NetNS], i)
+		}
+	}
+	for ino, idx := range byNS {
+		if err := ctx.Err(); err != nil {
+			fail(out, idx, ResolverConntrackNetNS, err)
+			continue
+		}
+		fd, err := c.openFor(&finder, ino, qs, idx)
+		if err != nil {
+			fail(out, idx, ResolverConntrackNetNS, err)
+			host = append(host, idx...)
+			continue
+		}
+		host = append(host, c.lookup(ctx, fd, ino, qs, idx, out, ResolverConntrackNetNS)...)
+		fd.Close()
+	}
+	if len(host) == 0 {
+		return
+	}
+	if err := ctx.Err(); err != nil {
+		fail(out, host, ResolverConntrack, err)
+		return
+	}
+	fd, err := openNetNS(c.cfg.HostNetNS, c.hostIno)
+	if err != nil {
+		fail(out, host, ResolverConntrack, err)
+		return
+	}
+	defer fd.Close()
+	c.lookup(ctx, fd, c.hostIno, qs, host, out, ResolverConntrack)
+}
+
+// openFor opens namespace ino through the process of any of its queries.
+func (c *Conntrack) openFor(f *nsFinder, ino uint32, qs []Query, idx []int) (*os.File, error) {
+	var err error
+	tried := make(map[uint32]bool)
+	for _, i := range idx {
+		pid := qs[i].PID
+		if tried[pid] {
+			continue
+		}
+		tried[pid] = true
+		var fd *os.File
+		if fd, err = f.open(ino, pid); err == nil {
+			return fd, nil
+		}
+		if errors.Is(err, errNetNSGone) {
+			break // a full scan found nothing: other pids will not help
+		}
+	}
+	return nil, err
+}
+
+func fail(out []Result, idx []int, resolver string, err error) {
+	for _, i := range idx {
+		out[i].Err, out[i].ErrResolver = err, resolver
+	}
+}
+
+// Relative cost of one conntrack Get against decoding one dumped entry,
+// measured on the development machine (~50 µs against ~10 µs): a dump wins
+// when the queries outnumber a fifth of the table.
+const getCostPerDumpEntry = 5
+
+// lookup resolves the queries idx in the namespace open as fd and returns the
+// ones it did not translate.
+func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Query, idx []int, out []Result, resolver string) (rest []int) {
+	t, err := dialTable(fd)
+	if err != nil {
+		fail(out, idx, resolver, err)
+		return idx
+	}
+	defer t.conn.Close()
+	stats, err := t.conn.StatsGlobal()
+	if err != nil {
+		fail(out, idx, resolver, fmt.Errorf("conntrack stats in netns %d: %w", ino, err))
+		return idx
+	}
+	if stats.Entries == 0 {
+		// No entries: conntrack is not even enabled in many pod namespaces.
+		return idx
+	}
+	var find func(q Query) (netip.AddrPort, bool, error)
+	if len(idx)*getCostPerDumpEntry > int(stats.Entries) {
+		index, err := t.dump()
+		if err != nil {
+			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
+			return idx
+		}
+		c.logger.Debug("dumped conntrack", "netns", ino, "entries", len(index), "queries", len(idx))
+		find = func(q Query) (netip.AddrPort, bool, error) {
+			r, ok := index[tuple{q.Src, q.Dst}]
+			return r, ok, nil
+		}
+	} else {
+		find = t.get
+	}
+	for n, i := range idx {
+		if err := ctx.Err(); err != nil {
+			fail(out, idx[n:], resolver, err)
+			return append(rest, idx[n:]...)
+		}
+		reply, ok, err := find(qs[i])
+		if err != nil {
+			out[i].Err, out[i].ErrResolver = fmt.Errorf("get conntrack in netns %d: %w", ino, err), resolver
+		}
+		if ok && reply != qs[i].Dst {
+			out[i].Actual, out[i].Resolver = reply, resolver
+			continue
+		}
+		rest = append(rest, i)
+	}
+	return rest
+}
+
+// tuple is a connection's original direction, the key of a dump index.
+type tuple struct{ src, dst netip.AddrPort }
+
+// table is a conntrack netlink socket in one namespace.
+type table struct{ conn *conntrack.Conn }
+
+func dialTable(fd *os.File) (table, error) {
+	conn, err := conntrack.Dial(&netlink.Config{NetNS: int(fd.Fd())})
+	if err != nil {
+		return table{}, fmt.Errorf("open conntrack netlink socket: %w", err)
+	}
+	return table{conn: conn}, nil
+}
+
+// get looks one tuple up and returns the reply direction's source: where
+// the connection really goes. A missing entry is not an error.
+func (t table) get(q Query) (netip.AddrPort, bool, error) {
+	var f conntrack.Flow
+	f.TupleOrig.IP.SourceAddress = q.Src.Addr()
+	f.TupleOrig.IP.DestinationAddress = q.Dst.Addr()
+	f.TupleOrig.Proto.Protocol = unix.IPPROTO_TCP
+	f.TupleOrig.Proto.SourcePort = q.Src.Port()
+	f.TupleOrig.Proto.DestinationPort = q.Dst.Port()
+	got, err := t.conn.Get(f)
+	if errors.Is(err, unix.ENOENT) {
+		return netip.AddrPort{}, false, nil
+	}
+	if err != nil {
+		return netip.AddrPort{}, false, err
+	}
+	return replySource(&got), true, nil
+}
+
+// dump reads the whole table into an index of TCP entries.
+func (t table) dump() (map[tuple]netip.AddrPort, error) {
+	flows, err := t.conn.Dump(nil)
+	if err != nil {
+		return nil, err
+	}
+	index := make(map[tuple]netip.AddrPort, len(flows))
+	for i := range flows {
+		f := &flows[i]
+		if f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP {
+			continue
+		}
+		o := f.TupleOrig
+		key := tuple{
+			netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
+			netip.AddrPortFrom(o.IP.DestinationAddress.Unmap(), o.Proto.DestinationPort),
+		}
+		index[key] = replySource(f)
+	}
+	return index, nil
+}
+
+func replySource(f *conntrack.Flow) netip.AddrPort {
+	r := f.TupleReply
+	return netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort)
+}

@@ -1,0 +1,194 @@
+package resolve
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
+)
+
+func newConntrack(t *testing.T, host *netlab.NS) *Conntrack {
+	t.Helper()
+	c, err := NewConntrack(ConntrackConfig{HostNetNS: host.Path(), NetNSDirs: []string{"/run/netns"}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("new conntrack resolver: %v", err)
+	}
+	return c
+}
+
+func tcpAddr(a net.Addr) netip.AddrPort {
+	p := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(p.Addr().Unmap(), p.Port())
+}
+
+// waitAccepted waits for the cluster's servers to record client.
+func waitAccepted(t *testing.T, c *netlab.Cluster, client netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	for range 200 {
+		if a, ok := c.Accepted(client); ok {
+			return a
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no backend accepted %v", client)
+	return netip.AddrPort{}
+}
+
+// TestKubeProxy resolves connections to a service address DNATed by
+// kube-proxy-style chains in the node namespace, checking every connection
+// against the backend that accepted it, by dump (many queries at once) and
+// by single lookups.
+func TestKubeProxy(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	ct := newConntrack(t, cl.Node)
+	clientNS := cl.Client.Inode()
+
+	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
+		t.Run(vip.String(), func(t *testing.T) {
+			dst := netip.AddrPortFrom(vip, cl.Port)
+			var qs []Query
+			var want []netip.AddrPort
+			backends := map[netip.AddrPort]bool{}
+			for range 30 {
+				c, err := cl.Client.Dial("tcp", dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				q := Query{NetNS: clientNS, Src: tcpAddr(c.LocalAddr()), Dst: dst}
+				qs = append(qs, q)
+				w := waitAccepted(t, cl, q.Src)
+				want = append(want, w)
+				backends[w] = true
+			}
+			if len(backends) < 2 {
+				t.Fatalf("30 connections reached only %v: the random balancing is not working", backends)
+			}
+			check := func(t *testing.T, qs []Query, want []netip.AddrPort) {
+				out := make([]Result, len(qs))
+				ct.Resolve(context.Background(), qs, out)
+				for i, r := range out {
+					if r.Err != nil {
+						t.Errorf("%v: error from %s: %v", qs[i].Src, r.ErrResolver, r.Err)
+					}
+					if r.Actual != want[i] || r.Resolver != ResolverConntrack {
+						t.Errorf("%v -> %v resolved to %v by %s, backend saw it at %v",
+							qs[i].Src, qs[i].Dst, r.Actual, r.Resolver, want[i])
+					}
+				}
+			}
+			t.Run("dump", func(t *testing.T) { check(t, qs, want) })
+			t.Run("get", func(t *testing.T) {
+				for i := range qs {
+					check(t, qs[i:i+1], want[i:i+1])
+				}
+			})
+		})
+	}
+}
+
+// TestDirect resolves a connection that nothing translates.
+func TestDirect(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	ct := newConntrack(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.Backends[1].Addr4, cl.BackendPort)
+	c, err := cl.Client.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	qs := []Query{{NetNS: cl.Client.Inode(), Src: tcpAddr(c.LocalAddr()), Dst: dst}}
+	out := make([]Result, 1)
+	ct.Resolve(context.Background(), qs, out)
+	if out[0] != (Result{Actual: dst, Resolver: ResolverNone}) {
+		t.Errorf("direct connection resolved to %+v", out[0])
+	}
+}
+
+// TestSidecar resolves an application's connection redirected to an
+// Istio-style proxy in its own namespace, and the proxy's onward connection
+// through the node's DNAT.
+func TestSidecar(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	proxy := cl.Client.Sidecar(15001)
+	ct := newConntrack(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+
+	app, err := cl.Client.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	src := tcpAddr(app.LocalAddr())
+	var up netip.AddrPort
+	for range 200 {
+		var ok bool
+		if up, ok = proxy.Upstream(src); ok {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !up.IsValid() {
+		t.Fatal("the proxy did not forward the connection")
+	}
+	backend := waitAccepted(t, cl, up)
+
+	ns := cl.Client.Inode()
+	qs := []Query{
+		{NetNS: ns, Src: src, Dst: dst},
+		{NetNS: ns, Src: up, Dst: dst},
+	}
+	out := make([]Result, len(qs))
+	ct.Resolve(context.Background(), qs, out)
+	if want := (Result{Actual: proxy.Addr, Resolver: ResolverConntrackNetNS}); out[0] != want {
+		t.Errorf("application connection resolved to %+v, want %+v", out[0], want)
+	}
+	if want := (Result{Actual: backend, Resolver: ResolverConntrack}); out[1] != want {
+		t.Errorf("proxy connection resolved to %+v, want %+v", out[1], want)
+	}
+}
+
+// TestGoneNamespace: a connection whose namespace no longer exists is still
+// looked up in the host namespace, and the failure is reported.
+func TestGoneNamespace(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	ct := newConntrack(t, cl.Node)
+	dst := netip.MustParseAddrPort("10.77.0.10:80")
+	qs := []Query{{NetNS: 1, PID: 0, Src: netip.MustParseAddrPort("10.77.1.2:40000"), Dst: dst}}
+	out := make([]Result, 1)
+	ct.Resolve(context.Background(), qs, out)
+	if out[0].Err == nil || out[0].ErrResolver != ResolverConntrackNetNS {
+		t.Errorf("missing namespace not reported: %+v", out[0])
+	}
+	if out[0].Actual != dst || out[0].Resolver != ResolverNone {
+		t.Errorf("unknown connection resolved to %+v", out[0])
+	}
+}
+
+func TestParseNSLink(t *testing.T) {
+	for _, tc := range []struct {
+		in  string
+		ino uint32
+		ok  bool
+	}{
+		{"net:[4026531840]", 4026531840, true},
+		{"net:[]", 0, false},
+		{"mnt:[4026531840]", 0, false},
+		{"net:[99999999999]", 0, false},
+	} {
+		ino, ok := parseNSLink(tc.in)
+		if ino != tc.ino || ok != tc.ok {
+			t.Errorf("parseNSLink(%q) = %d, %v", tc.in, ino, ok)
+		}
+	}
+}
