@@ -1,0 +1,435 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// State is where a connection is in its life, as the capture reports it.
+type State uint8
+
+// Connection states. Closed and Failed are final: the collector releases
+// such connections once it has counted them.
+const (
+	StateConnecting State = iota + 1
+	StateEstablished
+	StateClosed
+	StateFailed
+)
+
+// Conn is one actively opened TCP connection.
+type Conn struct {
+	// Cookie identifies the connection for as long as the kernel runs.
+	Cookie uint64
+	// PID and Comm are the connecting process (PID 0 when unknown); Comm
+	// is NUL-padded, as the kernel keeps it.
+	PID  uint32
+	Comm [16]byte
+	// NetNS is the inode of the connection's network namespace.
+	NetNS uint32
+	// CgroupID is the cgroup v2 id of the connecting task.
+	CgroupID uint64
+	// Src is the local address; Dst the address the application dialled.
+	// Neither is valid while State is StateConnecting.
+	Src, Dst netip.AddrPort
+	// State is the connection's state when the snapshot was taken.
+	State State
+}
+
+// Command returns the connecting process's command name.
+func (k *Conn) Command() string {
+	n := 0
+	for n < len(k.Comm) && k.Comm[n] != 0 {
+		n++
+	}
+	return string(k.Comm[:n])
+}
+
+// Source gives snapshots of the connections the kernel recorded.
+type Source interface {
+	// Connections appends every recorded connection to dst. It must not
+	// block on anything slower than reading kernel memory.
+	Connections(dst []Conn) ([]Conn, error)
+	// Release forgets connections in a final state once they are counted.
+	Release(cookies []uint64) error
+	// Lost returns how many connections could not be recorded since start.
+	Lost() (uint64, error)
+	// Capacity returns how many connections can be recorded at once.
+	Capacity() uint32
+}
+
+// Lookup is a connection to resolve.
+type Lookup struct {
+	NetNS, PID uint32
+	Src, Dst   netip.AddrPort
+}
+
+// Destination is where a connection really goes.
+type Destination struct {
+	// Actual is the address that answers.
+	Actual netip.AddrPort
+	// Resolver names the table that answered: "none" when nothing did.
+	Resolver string
+	// Err, when set, says that the table ErrResolver could not be read.
+	Err         error
+	ErrResolver string
+}
+
+// Resolver finds where connections really go.
+type Resolver interface {
+	// Resolve fills out[i] for in[i]; out is as long as in. It returns when
+	// ctx is done, marking what it did not resolve with ctx's error.
+	Resolve(ctx context.Context, in []Lookup, out []Destination)
+}
+
+// Owner is who opened a connection.
+type Owner struct {
+	Container, Pod, Namespace, Workload string
+}
+
+// Namer names the owner of a connection and the workload behind an address.
+// It must answer from memory: it is called within a scrape.
+type Namer interface {
+	Owner(c *Conn) Owner
+	DestinationWorkload(addr netip.AddrPort) string
+}
+
+// ProcessNamer names every connection by its process: the Namer for hosts
+// without a container runtime.
+type ProcessNamer struct{}
+
+// Owner returns the process name as the workload.
+func (ProcessNamer) Owner(c *Conn) Owner { return Owner{Workload: c.Command()} }
+
+// DestinationWorkload knows no destinations.
+func (ProcessNamer) DestinationWorkload(netip.AddrPort) string { return "" }
+
+// ConnectionsConfig configures the connections collector.
+type ConnectionsConfig struct {
+	// MaxSeries bounds the number of label sets. Connections of further
+	// label sets are counted in one overflow label set.
+	MaxSeries int
+	// SeriesIdle is how long a label set with no open connection is kept.
+	SeriesIdle time.Duration
+	// ResolveAttempts is how many scrapes may try to resolve an open
+	// connection whose tables could not be read before its best known
+	// destination is taken as final.
+	ResolveAttempts int
+}
+
+// Label names of the connection metrics, in order.
+var connLabels = []string{
+	"container", "pod", "namespace", "workload", "process",
+	"destination", "actual_destination", "destination_workload", "resolver",
+}
+
+// overflowValue fills every label of the series that aggregates connections
+// beyond the series bound.
+const overflowValue = "_other"
+
+var (
+	infoDesc = prometheus.NewDesc("connection_destination_info",
+		"Where connections of a workload to a destination really go; one series per label set with an open connection or one seen since the previous scrape.",
+		connLabels, nil)
+	activeDesc = prometheus.NewDesc("connection_active",
+		"Connections open now.", connLabels, nil)
+	openedDesc = prometheus.NewDesc("connection_opened_total",
+		"Connections established.", connLabels, nil)
+	failedDesc = prometheus.NewDesc("connection_failed_total",
+		"Connection attempts that never established.", connLabels, nil)
+
+	resolveErrorsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "resolve_errors_total"),
+		"Lookups of a connection's destination that failed, by the table that could not be read.",
+		[]string{"resolver"}, nil)
+	resolvedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "resolved_connections_total"),
+		"Connections whose destination was resolved, by the table that answered.",
+		[]string{"resolver"}, nil)
+	trackedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "tracked_connections"),
+		"Connections recorded in the kernel map at the scrape.", nil, nil)
+	capacityDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "tracked_connections_capacity"),
+		"Size of the kernel map of connections (--bpf.max-connections).", nil, nil)
+	lostDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "map_full_total"),
+		"Connections the kernel could not record because the map was full.", nil, nil)
+	seriesDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "series"),
+		"Label sets of the connection metrics held now.", nil, nil)
+	seriesLimitDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "series_limit"),
+		"Bound on the label sets of the connection metrics (--collector.max-series).", nil, nil)
+	overflowDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "series_overflow_connections_total"),
+		"Connections counted in the overflow label set because the series bound was reached.", nil, nil)
+)
+
+// series is the state of one label set.
+type series struct {
+	values         []string
+	active         int
+	opened, failed float64
+	lastSeen       time.Time
+	touched        bool // had a connection in the current scrape
+}
+
+// retry counts the failed resolution attempts of an open connection.
+type retry struct {
+	n   int
+	gen uint64
+}
+
+// Resolvers that can fail, reported with zero errors from the start.
+var resolvers = []string{"conntrack", "conntrack_netns", "swarm_lb", "cilium"}
+
+// tracked is what the collector remembers of a connection it accounted for.
+type tracked struct {
+	s       *series
+	counted bool // counted in opened
+	gen     uint64
+}
+
+// Connections is the collector of the connection metrics. It is safe for
+// concurrent use; scrapes are serialised.
+type Connections struct {
+	cfg      ConnectionsConfig
+	src      Source
+	resolver Resolver
+	namer    Namer
+	logger   *slog.Logger
+	now      func() time.Time
+
+	mu            sync.Mutex
+	gen           uint64
+	series        map[string]*series
+	overflow      *series
+	conns         map[uint64]*tracked
+	attempts      map[uint64]retry // open connections whose resolution is retried
+	errors        map[string]float64
+	resolved      map[string]float64
+	overflowConns float64
+	warned        map[string]bool
+
+	// Scratch buffers reused across scrapes.
+	snapshot []Conn
+	lookups  []Lookup
+	results  []Destination
+	pending  []int
+	release  []uint64
+}
+
+// NewConnections returns the connections collector.
+func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer Namer, logger *slog.Logger) (*Connections, error) {
+	if cfg.MaxSeries < 1 {
+		return nil, fmt.Errorf("series bound must be at least 1, got %d", cfg.MaxSeries)
+	}
+	if cfg.SeriesIdle <= 0 {
+		return nil, fmt.Errorf("series idle time must be positive, got %v", cfg.SeriesIdle)
+	}
+	if cfg.ResolveAttempts < 1 {
+		cfg.ResolveAttempts = 1
+	}
+	c := &Connections{
+		cfg: cfg, src: src, resolver: resolver, namer: namer, logger: logger, now: time.Now,
+		series:   make(map[string]*series),
+		conns:    make(map[uint64]*tracked),
+		attempts: make(map[uint64]retry),
+		errors:   make(map[string]float64, len(resolvers)),
+		resolved: make(map[string]float64),
+		warned:   make(map[string]bool),
+	}
+	for _, r := range resolvers {
+		c.errors[r] = 0
+	}
+	return c, nil
+}
+
+// Update reads a snapshot, accounts for it and sends the metrics.
+func (c *Connections) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.account(ctx)
+	c.emit(ch)
+	return err
+}
+
+// account folds one snapshot into the label sets.
+func (c *Connections) account(ctx context.Context) error {
+	now := c.now()
+	c.gen++
+	for _, s := range c.series {
+		s.active, s.touched = 0, false
+	}
+	if c.overflow != nil {
+		c.overflow.active, c.overflow.touched = 0, false
+	}
+
+	var err error
+	c.snapshot, err = c.src.Connections(c.snapshot[:0])
+	if err != nil {
+		// Keep going with what was read: counters stay where they were.
+		err = fmt.Errorf("read connections: %w", err)
+	}
+
+	// Resolve the connections seen for the first time, all at once.
+	c.lookups, c.pending = c.lookups[:0], c.pending[:0]
+	for i := range c.snapshot {
+		k := &c.snapshot[i]
+		if k.State == StateConnecting {
+			continue
+		}
+		if _, ok := c.conns[k.Cookie]; ok {
+			continue
+		}
+		c.pending = append(c.pending, i)
+		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
+	}
+	if len(c.lookups) > 0 {
+		if cap(c.results) < len(c.lookups) {
+			c.results = make([]Destination, len(c.lookups))
+		}
+		c.results = c.results[:len(c.lookups)]
+		c.resolver.Resolve(ctx, c.lookups, c.results)
+		for j, i := range c.pending {
+			c.admit(&c.snapshot[i], &c.results[j])
+		}
+	}
+
+	c.release = c.release[:0]
+	for i := range c.snapshot {
+		k := &c.snapshot[i]
+		t, ok := c.conns[k.Cookie]
+		if !ok {
+			continue // connecting, or resolution postponed
+		}
+		t.gen = c.gen
+		s := t.s
+		s.lastSeen, s.touched = now, true
+		switch k.State {
+		case StateEstablished:
+			s.active++
+			if !t.counted {
+				s.opened++
+				t.counted = true
+			}
+		case StateClosed:
+			if !t.counted {
+				s.opened++ // opened and closed between two scrapes
+			}
+			c.release = append(c.release, k.Cookie)
+			delete(c.conns, k.Cookie)
+		case StateFailed:
+			s.failed++
+			c.release = append(c.release, k.Cookie)
+			delete(c.conns, k.Cookie)
+		}
+	}
+	if rerr := c.src.Release(c.release); rerr != nil && err == nil {
+		err = fmt.Errorf("release connections: %w", rerr)
+	}
+
+	// Forget connections that left the map without a final state.
+	for cookie, t := range c.conns {
+		if t.gen != c.gen {
+			delete(c.conns, cookie)
+		}
+	}
+	for cookie, r := range c.attempts {
+		if r.gen != c.gen {
+			delete(c.attempts, cookie)
+		}
+	}
+	for key, s := range c.series {
+		if s.active == 0 && now.Sub(s.lastSeen) > c.cfg.SeriesIdle {
+			delete(c.series, key)
+		}
+	}
+	if o := c.overflow; o != nil && o.active == 0 && now.Sub(o.lastSeen) > c.cfg.SeriesIdle {
+		c.overflow = nil
+	}
+	return err
+}
+
+// admit records the destination of a connection seen for the first time,
+// or postpones it when a table could not be read and attempts are left.
+func (c *Connections) admit(k *Conn, d *Destination) {
+	if d.Err != nil {
+		c.errors[d.ErrResolver]++
+		if !c.warned[d.ErrResolver] {
+			c.warned[d.ErrResolver] = true
+			c.logger.Warn("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
+		} else {
+			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
+		}
+		if k.State == StateEstablished {
+			r := retry{n: c.attempts[k.Cookie].n + 1, gen: c.gen}
+			if r.n < c.cfg.ResolveAttempts {
+				c.attempts[k.Cookie] = r
+				return
+			}
+		}
+	}
+	delete(c.attempts, k.Cookie)
+	c.resolved[d.Resolver]++
+	c.conns[k.Cookie] = &tracked{s: c.seriesFor(k, d)}
+}
+
+// seriesFor returns the label set of a connection, creating it if the
+// bound allows, else the overflow label set.
+func (c *Connections) seriesFor(k *Conn, d *Destination) *series {
+	o := c.namer.Owner(k)
+	values := []string{
+		o.Container, o.Pod, o.Namespace, o.Workload, k.Command(),
+		k.Dst.String(), d.Actual.String(), c.namer.DestinationWorkload(d.Actual), d.Resolver,
+	}
+	key := strings.Join(values, "\x00")
+	if s, ok := c.series[key]; ok {
+		return s
+	}
+	if len(c.series) >= c.cfg.MaxSeries {
+		c.overflowConns++
+		if c.overflow == nil {
+			v := make([]string, len(connLabels))
+			for i := range v {
+				v[i] = overflowValue
+			}
+			c.overflow = &series{values: v}
+		}
+		return c.overflow
+	}
+	s := &series{values: values}
+	c.series[key] = s
+	return s
+}
+
+func (c *Connections) emit(ch chan<- prometheus.Metric) {
+	send := func(s *series) {
+		if s.active > 0 || s.touched {
+			ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, s.values...)
+		}
+		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(s.active), s.values...)
+		ch <- prometheus.MustNewConstMetric(openedDesc, prometheus.CounterValue, s.opened, s.values...)
+		ch <- prometheus.MustNewConstMetric(failedDesc, prometheus.CounterValue, s.failed, s.values...)
+	}
+	for _, s := range c.series {
+		send(s)
+	}
+	if c.overflow != nil {
+		send(c.overflow)
+	}
+	for r, v := range c.errors {
+		ch <- prometheus.MustNewConstMetric(resolveErrorsDesc, prometheus.CounterValue, v, r)
+	}
+	for r, v := range c.resolved {
+		ch <- prometheus.MustNewConstMetric(resolvedDesc, prometheus.CounterValue, v, r)
+	}
+	ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(len(c.snapshot)))
+	ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(c.src.Capacity()))
+	if lost, err := c.src.Lost(); err == nil {
+		ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(lost))
+	}
+	ch <- prometheus.MustNewConstMetric(seriesDesc, prometheus.GaugeValue, float64(len(c.series)))
+	ch <- prometheus.MustNewConstMetric(seriesLimitDesc, prometheus.GaugeValue, float64(c.cfg.MaxSeries))
+	ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, c.overflowConns)
+}

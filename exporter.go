@@ -1,0 +1,277 @@
+// Command connection_exporter exports, for every outbound TCP connection on
+// the host, the address the application dialled and the address that really
+// answered, resolved from the NAT tables that balanced the connection.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	webflag "github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/connection-exporter/connection_exporter/bpf"
+	"github.com/connection-exporter/connection_exporter/collector"
+	"github.com/connection-exporter/connection_exporter/resolve"
+)
+
+const exporterName = "connection_exporter"
+
+// defaultListenAddress is the exporter's port: free in Prometheus' list of
+// default ports, and clear of Zabbix (10050-10053) and Kubernetes
+// (10248-10259).
+const defaultListenAddress = ":10074"
+
+type config struct {
+	metricsPath     string
+	maxRequests     int
+	timeoutOffset   time.Duration
+	procfs          string
+	hostNetNS       string
+	netnsDirs       []string
+	maxConnections  uint32
+	maxSeries       int
+	seriesIdle      time.Duration
+	resolveAttempts int
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var cfg config
+	app := kingpin.New(exporterName, "Prometheus exporter of where outbound TCP connections really go.")
+	app.Flag("web.telemetry-path", "Path under which to expose metrics.").
+		Default("/metrics").StringVar(&cfg.metricsPath)
+	app.Flag("web.max-requests", "Maximum number of parallel scrape requests; 0 disables the limit.").
+		Default("40").IntVar(&cfg.maxRequests)
+	app.Flag("web.timeout-offset", "Offset subtracted from Prometheus' scrape timeout to leave time to send the answer.").
+		Default("500ms").DurationVar(&cfg.timeoutOffset)
+	app.Flag("path.procfs", "Mount point of the host's procfs.").
+		Default("/proc").StringVar(&cfg.procfs)
+	app.Flag("path.host-netns", "Network namespace file of the host, whose conntrack table kube-proxy and Docker use. Default: <path.procfs>/1/ns/net when readable, else the exporter's own namespace.").
+		StringVar(&cfg.hostNetNS)
+	app.Flag("path.netns-dir", "Directory of bind-mounted network namespaces, searched when no process of a namespace is left (repeatable).").
+		Default("/run/netns").StringsVar(&cfg.netnsDirs)
+	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape.").
+		Default(strconv.Itoa(bpf.DefaultMaxConnections)).Uint32Var(&cfg.maxConnections)
+	app.Flag("collector.max-series", "Maximum number of label sets of the connection metrics; connections beyond are counted under the label value _other.").
+		Default("10000").IntVar(&cfg.maxSeries)
+	app.Flag("collector.series-idle", "How long a label set without open connections is kept.").
+		Default("10m").DurationVar(&cfg.seriesIdle)
+	app.Flag("collector.resolve-attempts", "Scrapes that may retry resolving an open connection whose NAT table could not be read.").
+		Default("3").IntVar(&cfg.resolveAttempts)
+	webConfig := webflag.AddFlags(app, defaultListenAddress)
+	logConfig := &promslog.Config{}
+	promslogflag.AddFlags(app, logConfig)
+	app.Version(version.Print(exporterName))
+	app.HelpFlag.Short('h')
+	if _, err := app.Parse(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", exporterName, err)
+		return 2
+	}
+	logger := promslog.New(logConfig)
+	logger.Info("starting "+exporterName, "version", version.Info())
+	logger.Info("build context", "build_context", version.BuildContext())
+
+	if missing := missingCapabilities(); len(missing) > 0 {
+		logger.Error("missing privileges: run as root or grant these capabilities", "missing", strings.Join(missing, ","))
+		return 1
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs}, logger.With("component", "bpf"))
+	if err != nil {
+		logger.Error("cannot load the kernel programs", "err", err)
+		return 1
+	}
+	defer func() {
+		if err := tracker.Close(); err != nil {
+			logger.Error("cannot detach the kernel programs", "err", err)
+		}
+	}()
+
+	hostNetNS := cfg.hostNetNS
+	if hostNetNS == "" {
+		hostNetNS = resolve.HostNetNSPath(cfg.procfs)
+	}
+	ct, err := resolve.NewConntrack(resolve.ConntrackConfig{
+		ProcFS: cfg.procfs, HostNetNS: hostNetNS, NetNSDirs: cfg.netnsDirs,
+	}, logger.With("component", "conntrack"))
+	if err != nil {
+		logger.Error("cannot open conntrack", "err", err)
+		return 1
+	}
+	logger.Info("host network namespace", "path", hostNetNS, "inode", ct.HostNetNS())
+
+	conns, err := collector.NewConnections(collector.ConnectionsConfig{
+		MaxSeries: cfg.maxSeries, SeriesIdle: cfg.seriesIdle, ResolveAttempts: cfg.resolveAttempts,
+	}, &trackerSource{t: tracker}, &conntrackResolver{c: ct}, collector.ProcessNamer{}, logger.With("collector", "connections"))
+	if err != nil {
+		logger.Error("invalid collector configuration", "err", err)
+		return 1
+	}
+	exp := collector.NewExporter(map[string]collector.Collector{"connections": conns}, logger)
+
+	static := prometheus.NewRegistry()
+	static.MustRegister(versioncollector.NewCollector(exporterName))
+	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+
+	mux := http.NewServeMux()
+	mux.Handle(cfg.metricsPath, metricsHandler(exp, static, cfg, logger))
+	if cfg.metricsPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "Connection Exporter",
+			Description: "Where outbound TCP connections really go",
+			Version:     version.Info(),
+			Links:       []web.LandingLinks{{Address: cfg.metricsPath, Text: "Metrics"}},
+		})
+		if err != nil {
+			logger.Error("cannot build the landing page", "err", err)
+			return 1
+		}
+		mux.Handle("/", landing)
+	}
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- web.ListenAndServe(server, webConfig, logger) }()
+
+	select {
+	case err := <-served:
+		logger.Error("cannot serve", "err", err)
+		return 1
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := server.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("scrapes still running at shutdown", "err", err)
+	}
+	return 0
+}
+
+// metricsHandler serves one scrape: the collectors run with a deadline taken
+// from Prometheus' scrape timeout header, in parallel scrapes up to
+// cfg.maxRequests.
+func metricsHandler(exp *collector.Exporter, static prometheus.Gatherer, cfg config, logger *slog.Logger) http.Handler {
+	var slots chan struct{}
+	if cfg.maxRequests > 0 {
+		slots = make(chan struct{}, cfg.maxRequests)
+	}
+	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelError)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slots != nil {
+			select {
+			case slots <- struct{}{}:
+				defer func() { <-slots }()
+			default:
+				http.Error(w, "too many parallel scrapes", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		ctx := r.Context()
+		timeout, err := scrapeTimeout(r.Header.Get("X-Prometheus-Scrape-Timeout-Seconds"), cfg.timeoutOffset)
+		if err != nil {
+			logger.Debug("ignoring scrape timeout header", "err", err)
+		}
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(exp.Scrape(ctx))
+		promhttp.HandlerFor(prometheus.Gatherers{static, reg}, promhttp.HandlerOpts{
+			ErrorLog:      errorLog,
+			ErrorHandling: promhttp.ContinueOnError,
+		}).ServeHTTP(w, r)
+	})
+}
+
+// scrapeTimeout turns the X-Prometheus-Scrape-Timeout-Seconds header into the
+// time a scrape may take: the timeout less offset. It returns zero (no
+// deadline) for an empty header and an error for a malformed one.
+func scrapeTimeout(header string, offset time.Duration) (time.Duration, error) {
+	if header == "" {
+		return 0, nil
+	}
+	secs, err := strconv.ParseFloat(header, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse scrape timeout %q: %w", header, err)
+	}
+	if secs <= 0 || secs > 24*3600 || secs != secs {
+		return 0, fmt.Errorf("scrape timeout %q out of range", header)
+	}
+	d := time.Duration(secs*float64(time.Second)) - offset
+	if d <= 0 {
+		// The offset would eat the whole budget: use half of it instead.
+		d = time.Duration(secs * float64(time.Second) / 2)
+	}
+	return d, nil
+}
+
+// trackerSource adapts bpf.Tracker to collector.Source. The collector
+// serialises scrapes, so the scratch buffer needs no lock.
+type trackerSource struct {
+	t   *bpf.Tracker
+	buf []bpf.Conn
+}
+
+func (s *trackerSource) Connections(dst []collector.Conn) ([]collector.Conn, error) {
+	var err error
+	s.buf, err = s.t.Snapshot(s.buf[:0])
+	for i := range s.buf {
+		c := &s.buf[i]
+		dst = append(dst, collector.Conn{
+			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
+			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
+		})
+	}
+	return dst, err
+}
+
+func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(cookies) }
+func (s *trackerSource) Lost() (uint64, error)          { return s.t.Lost() }
+func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() }
+
+// conntrackResolver adapts resolve.Conntrack to collector.Resolver.
+type conntrackResolver struct {
+	c   *resolve.Conntrack
+	qs  []resolve.Query
+	out []resolve.Result
+}
+
+func (r *conntrackResolver) Resolve(ctx context.Context, in []collector.Lookup, out []collector.Destination) {
+	r.qs = r.qs[:0]
+	for _, l := range in {
+		r.qs = append(r.qs, resolve.Query{NetNS: l.NetNS, PID: l.PID, Src: l.Src, Dst: l.Dst})
+	}
+	if cap(r.out) < len(in) {
+		r.out = make([]resolve.Result, len(in))
+	}
+	r.out = r.out[:len(in)]
+	r.c.Resolve(ctx, r.qs, r.out)
+	for i, res := range r.out {
+		out[i] = collector.Destination{Actual: res.Actual, Resolver: res.Resolver, Err: res.Err, ErrResolver: res.ErrResolver}
+	}
+}
