@@ -99,7 +99,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs}, logger.With("component", "bpf"))
+	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs, NetNSDirs: cfg.netnsDirs}, logger.With("component", "bpf"))
 	if err != nil {
 		logger.Error("cannot load the kernel programs", "err", err)
 		return 1

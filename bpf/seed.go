@@ -8,11 +8,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // Kernel TCP states (include/net/tcp_states.h) that seeding cares about.
@@ -41,10 +45,11 @@ type listenKey struct {
 // already attached, so every state change after the first iteration is seen
 // by it, except for sockets that close before their entry is inserted: a
 // second iteration finds those and marks them closed.
-func (t *Tracker) seed(procfs string) (int, error) {
-	recs, err := t.iterate()
-	if err != nil {
-		return 0, err
+func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
+	namespaces := netns.Scan(procfs, dirs)
+	recs, partial := t.iterate(namespaces)
+	if recs == nil && partial != nil {
+		return 0, partial
 	}
 	listening := make(map[listenKey]bool)
 	for i := range recs {
@@ -61,7 +66,7 @@ func (t *Tracker) seed(procfs string) (int, error) {
 		candidates[r.SockIno] = r
 	}
 	if len(candidates) == 0 {
-		return 0, nil
+		return 0, partial
 	}
 	owners := findOwners(procfs, candidates)
 
@@ -99,8 +104,8 @@ func (t *Tracker) seed(procfs string) (int, error) {
 	}
 
 	// Sockets that closed between the first iteration and their insertion.
-	again, err := t.iterate()
-	if err != nil {
+	again, err := t.iterate(namespaces)
+	if again == nil && err != nil {
 		return len(inserted), err
 	}
 	alive := make(map[uint64]bool, len(again))
@@ -125,7 +130,7 @@ func (t *Tracker) seed(procfs string) (int, error) {
 			return len(inserted), fmt.Errorf("mark closed connection: %w", err)
 		}
 	}
-	return len(inserted), nil
+	return len(inserted), partial
 }
 
 // openState reports whether a socket in kernel TCP state st is a connection
@@ -138,23 +143,71 @@ func openState(st uint8) bool {
 	return false
 }
 
-// iterate runs the TCP socket iterator once and decodes its records.
-func (t *Tracker) iterate() ([]trackerSockRec, error) {
+// iterate runs the TCP socket iterator in every namespace of namespaces
+// (inode to namespace file) and decodes the records. A socket iterator lists
+// the sockets of the namespace its creator is in, so each is created on a
+// dedicated OS thread moved into the namespace; that thread is never reused
+// (the goroutine exits locked). Moving a thread into another network
+// namespace needs CAP_SYS_ADMIN: namespaces that cannot be entered are
+// reported in the error, the others are still listed.
+func (t *Tracker) iterate(namespaces map[uint32]string) ([]trackerSockRec, error) {
 	it, err := link.AttachIter(link.IterOptions{Program: t.objs.DumpTcp})
 	if err != nil {
 		return nil, fmt.Errorf("attach iter/tcp: %w", err)
 	}
 	defer it.Close()
+
+	type result struct {
+		raw  []byte
+		errs []error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see above
+		var r result
+		for ino, path := range namespaces {
+			raw, err := iterateIn(it, path, ino)
+			if err != nil {
+				r.errs = append(r.errs, err)
+				continue
+			}
+			r.raw = append(r.raw, raw...)
+		}
+		done <- r
+	}()
+	r := <-done
+	recs, err := decodeSockRecs(r.raw)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.errs) > 0 {
+		return recs, fmt.Errorf("list sockets of %d of %d network namespaces: %w", len(r.errs), len(namespaces), errors.Join(r.errs...))
+	}
+	return recs, nil
+}
+
+// iterateIn moves the calling (locked) thread into the namespace and reads
+// the iterator there.
+func iterateIn(it *link.Iter, path string, ino uint32) ([]byte, error) {
+	f, err := netns.Open(path, ino)
+	if err != nil {
+		return nil, err
+	}
+	err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("enter netns %d: %w", ino, err)
+	}
 	rd, err := it.Open()
 	if err != nil {
-		return nil, fmt.Errorf("open tcp iterator: %w", err)
+		return nil, fmt.Errorf("open tcp iterator in netns %d: %w", ino, err)
 	}
 	defer rd.Close()
 	raw, err := io.ReadAll(rd)
 	if err != nil {
-		return nil, fmt.Errorf("read tcp iterator: %w", err)
+		return nil, fmt.Errorf("read tcp iterator in netns %d: %w", ino, err)
 	}
-	return decodeSockRecs(raw)
+	return raw, nil
 }
 
 // decodeSockRecs decodes the iterator's output: a sequence of struct sock_rec

@@ -158,13 +158,40 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 
 	// newstate == TCP_CLOSE
 	if (c->state == CONN_CONNECTING) {
-		// The tuple is complete once connect() has picked a source port;
-		// a failure before that leaves the local side zero.
-		read_tuple(c, sk);
+		// By now the kernel has released the source port: keep the tuple
+		// recorded at the reset or retransmission, if there was one.
+		if (!c->sport)
+			read_tuple(c, sk);
 		c->state = CONN_FAILED;
 	} else if (c->state == CONN_ESTABLISHED) {
 		c->state = CONN_CLOSED;
 	}
+	return 0;
+}
+
+// record_attempt keeps the tuple of a connection attempt that is about to
+// fail: after the transition to CLOSE the source port is gone.
+static __always_inline void record_attempt(const struct sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (c && c->state == CONN_CONNECTING)
+		read_tuple(c, sk);
+}
+
+// A reset answering the SYN: the attempt is refused.
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(on_reset, struct sock *sk)
+{
+	record_attempt(sk);
+	return 0;
+}
+
+// A retransmitted SYN: the attempt may time out.
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit, const struct sock *sk)
+{
+	record_attempt(sk);
 	return 0;
 }
 

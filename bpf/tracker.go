@@ -87,8 +87,12 @@ type Config struct {
 	// are counted in Stats.Lost. Zero means DefaultMaxConnections.
 	MaxConnections uint32
 	// ProcFS is the mount point of the host's procfs, used at start-up to
-	// find the owners of existing connections. Empty means /proc.
+	// find network namespaces and the owners of existing connections.
+	// Empty means /proc.
 	ProcFS string
+	// NetNSDirs are directories of bind-mounted network namespaces whose
+	// existing connections are seeded too.
+	NetNSDirs []string
 }
 
 // DefaultMaxConnections is the default size of the connection map.
@@ -99,7 +103,7 @@ const DefaultMaxConnections = 262144
 type Tracker struct {
 	logger *slog.Logger
 	objs   trackerObjects
-	link   link.Link
+	links  []link.Link
 	max    uint32
 
 	// mu serialises batch reads, which share the scratch buffers below.
@@ -140,25 +144,37 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		}
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
-	t.link, err = link.AttachTracing(link.TracingOptions{Program: t.objs.OnState})
-	if err != nil {
-		t.objs.Close()
-		return nil, fmt.Errorf("attach tp_btf/inet_sock_set_state: %w", err)
+	for _, p := range []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{"inet_sock_set_state", t.objs.OnState},
+		{"tcp_receive_reset", t.objs.OnReset},
+		{"tcp_retransmit_skb", t.objs.OnRetransmit},
+	} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog})
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("attach tp_btf/%s: %w", p.name, err)
+		}
+		t.links = append(t.links, l)
 	}
-	seeded, err := t.seed(cfg.ProcFS)
+	seeded, err := t.seed(cfg.ProcFS, cfg.NetNSDirs)
 	if err != nil {
 		// Connections opened from now on are still recorded.
-		logger.Warn("cannot seed existing connections", "err", err)
-	} else {
-		logger.Info("found existing outbound connections", "count", seeded)
+		logger.Warn("cannot seed all existing connections", "err", err)
 	}
+	logger.Info("found existing outbound connections", "count", seeded)
 	return t, nil
 }
 
 // Close detaches the programs and frees the maps.
 func (t *Tracker) Close() error {
-	err := t.link.Close()
-	return errors.Join(err, t.objs.Close())
+	var errs []error
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(append(errs, t.objs.Close())...)
 }
 
 // Capacity returns the size of the connection map.

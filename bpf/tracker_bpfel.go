@@ -52,6 +52,8 @@ const (
 	trackerMapConns         = "conns"
 	trackerMapCounters      = "counters"
 	trackerProgDumpTcp      = "dump_tcp"
+	trackerProgOnReset      = "on_reset"
+	trackerProgOnRetransmit = "on_retransmit"
 	trackerProgOnState      = "on_state"
 	trackerVarUnusedConn    = "unused_conn"
 	trackerVarUnusedSockRec = "unused_sock_rec"
@@ -99,8 +101,10 @@ type trackerSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerProgramSpecs struct {
-	DumpTcp *ebpf.ProgramSpec `ebpf:"dump_tcp"`
-	OnState *ebpf.ProgramSpec `ebpf:"on_state"`
+	DumpTcp      *ebpf.ProgramSpec `ebpf:"dump_tcp"`
+	OnReset      *ebpf.ProgramSpec `ebpf:"on_reset"`
+	OnRetransmit *ebpf.ProgramSpec `ebpf:"on_retransmit"`
+	OnState      *ebpf.ProgramSpec `ebpf:"on_state"`
 }
 
 // trackerMapSpecs contains maps before they are loaded into the kernel.
@@ -162,13 +166,17 @@ type trackerVariables struct {
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerPrograms struct {
-	DumpTcp *ebpf.Program `ebpf:"dump_tcp"`
-	OnState *ebpf.Program `ebpf:"on_state"`
+	DumpTcp      *ebpf.Program `ebpf:"dump_tcp"`
+	OnReset      *ebpf.Program `ebpf:"on_reset"`
+	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
+	OnState      *ebpf.Program `ebpf:"on_state"`
 }
 
 func (p *trackerPrograms) Close() error {
 	return _TrackerClose(
 		p.DumpTcp,
+		p.OnReset,
+		p.OnRetransmit,
 		p.OnState,
 	)
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // Names of the tables that can answer, as exported in the resolver label.
@@ -76,12 +78,12 @@ func NewConntrack(cfg ConntrackConfig, logger *slog.Logger) (*Conntrack, error) 
 	if cfg.HostNetNS == "" {
 		cfg.HostNetNS = HostNetNSPath(cfg.ProcFS)
 	}
-	ino, err := netnsInode(cfg.HostNetNS)
+	ino, err := netns.Inode(cfg.HostNetNS)
 	if err != nil {
 		return nil, fmt.Errorf("host network namespace: %w", err)
 	}
 	c := &Conntrack{cfg: cfg, logger: logger, hostIno: ino}
-	fd, err := openNetNS(cfg.HostNetNS, ino)
+	fd, err := netns.Open(cfg.HostNetNS, ino)
 	if err != nil {
 		return nil, fmt.Errorf("host network namespace: %w", err)
 	}
@@ -141,7 +143,7 @@ func (c *Conntrack) Resolve(ctx context.Context, qs []Query, out []Result) {
 		fail(out, host, ResolverConntrack, err)
 		return
 	}
-	fd, err := openNetNS(c.cfg.HostNetNS, c.hostIno)
+	fd, err := netns.Open(c.cfg.HostNetNS, c.hostIno)
 	if err != nil {
 		fail(out, host, ResolverConntrack, err)
 		return

@@ -174,21 +174,3 @@ func TestGoneNamespace(t *testing.T) {
 		t.Errorf("unknown connection resolved to %+v", out[0])
 	}
 }
-
-func TestParseNSLink(t *testing.T) {
-	for _, tc := range []struct {
-		in  string
-		ino uint32
-		ok  bool
-	}{
-		{"net:[4026531840]", 4026531840, true},
-		{"net:[]", 0, false},
-		{"mnt:[4026531840]", 0, false},
-		{"net:[99999999999]", 0, false},
-	} {
-		ino, ok := parseNSLink(tc.in)
-		if ino != tc.ino || ok != tc.ok {
-			t.Errorf("parseNSLink(%q) = %d, %v", tc.in, ino, ok)
-		}
-	}
-}

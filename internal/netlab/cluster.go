@@ -63,10 +63,12 @@ type Backend struct {
 type Cluster struct {
 	Node, Client *NS
 	Backends     []*Backend
-	// VIP4:Port and [VIP6]:Port are the service; RefusedPort on the same
-	// addresses is translated to a backend port where nothing listens.
-	VIP4, VIP6        netip.Addr
-	Port, RefusedPort uint16
+	// VIP4:Port and [VIP6]:Port are the service. On the same addresses,
+	// RefusedPort is translated to a port of the first backend where
+	// nothing listens (BackendPort+1), and DroppedPort to one whose packets
+	// the backend drops (BackendPort+2).
+	VIP4, VIP6                     netip.Addr
+	Port, RefusedPort, DroppedPort uint16
 	// BackendPort is where the backends listen.
 	BackendPort uint16
 }
@@ -81,6 +83,7 @@ func (l *Lab) KubeProxy() *Cluster {
 		VIP6:        netip.MustParseAddr("fd77::10"),
 		Port:        80,
 		RefusedPort: 81,
+		DroppedPort: 82,
 		BackendPort: 8080,
 	}
 	c.Node.Run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
@@ -116,8 +119,11 @@ func (l *Lab) KubeProxy() *Cluster {
 			}
 			ipt(append(rule, "-j", sep)...)
 		}
-		ipt("-A", "KUBE-SERVICES", "-d", family.vip.String(), "-p", "tcp", "--dport", fmt.Sprint(c.RefusedPort),
-			"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", family.to(c.Backends[0]), c.BackendPort+1))
+		for i, port := range []uint16{c.RefusedPort, c.DroppedPort} {
+			ipt("-A", "KUBE-SERVICES", "-d", family.vip.String(), "-p", "tcp", "--dport", fmt.Sprint(port),
+				"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", family.to(c.Backends[0]), int(c.BackendPort)+1+i))
+		}
+		c.Backends[0].NS.Run(family.cmd, "-w", "-A", "INPUT", "-p", "tcp", "--dport", fmt.Sprint(c.BackendPort+2), "-j", "DROP")
 	}
 	return c
 }

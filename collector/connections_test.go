@@ -1,0 +1,333 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// fakeSource serves a scripted snapshot and records releases.
+type fakeSource struct {
+	conns    []Conn
+	released []uint64
+	err      error
+}
+
+func (s *fakeSource) Connections(dst []Conn) ([]Conn, error) {
+	return append(dst, s.conns...), s.err
+}
+
+func (s *fakeSource) Release(cookies []uint64) error {
+	s.released = append(s.released, cookies...)
+	// Released entries leave the map, as the kernel map does.
+	s.conns = slices.DeleteFunc(s.conns, func(c Conn) bool { return slices.Contains(cookies, c.Cookie) })
+	return nil
+}
+
+func (s *fakeSource) Lost() (uint64, error) { return 3, nil }
+func (s *fakeSource) Capacity() uint32      { return 1024 }
+
+// fakeResolver translates by a table and counts the lookups it was asked.
+type fakeResolver struct {
+	nat     map[netip.AddrPort]Destination
+	lookups int
+	err     error
+}
+
+func (r *fakeResolver) Resolve(_ context.Context, in []Lookup, out []Destination) {
+	for i, l := range in {
+		r.lookups++
+		d, ok := r.nat[l.Dst]
+		if !ok {
+			d = Destination{Actual: l.Dst, Resolver: "none"}
+		}
+		if r.err != nil {
+			d.Err, d.ErrResolver = r.err, "conntrack"
+		}
+		out[i] = d
+	}
+}
+
+func comm(s string) (c [16]byte) {
+	copy(c[:], s)
+	return c
+}
+
+func conn(cookie uint64, process, src, dst string, st State) Conn {
+	return Conn{
+		Cookie: cookie, PID: 100, Comm: comm(process), NetNS: 4026531840,
+		Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), State: st,
+	}
+}
+
+var vip = netip.MustParseAddrPort("10.43.0.10:80")
+
+func newTestCollector(t *testing.T, cfg ConnectionsConfig, src Source, res Resolver) *Connections {
+	t.Helper()
+	if cfg.MaxSeries == 0 {
+		cfg.MaxSeries = 100
+	}
+	if cfg.SeriesIdle == 0 {
+		cfg.SeriesIdle = time.Minute
+	}
+	c, err := NewConnections(cfg, src, res, ProcessNamer{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// collect runs one scrape through a registry, as the HTTP handler does, and
+// returns its result: gathering it again does not scrape again.
+func collect(t *testing.T, c *Connections) prometheus.Gatherer {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	exp := NewExporter(map[string]Collector{"connections": c}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	reg.MustRegister(exp.Scrape(context.Background()))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return mfs, nil })
+}
+
+// golden compares a scrape's connection metrics with testdata/name.prom.
+func golden(t *testing.T, reg prometheus.Gatherer, name string, metrics ...string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".prom")
+	if *update {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, mf := range mfs {
+			if slices.Contains(metrics, mf.GetName()) {
+				if err := writeText(&b, mf); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := testutil.GatherAndCompare(reg, f, metrics...); err != nil {
+		t.Error(err)
+	}
+}
+
+var connMetrics = []string{"connection_destination_info", "connection_active", "connection_opened_total", "connection_failed_total"}
+
+func TestConnectionsLifecycle(t *testing.T) {
+	src := &fakeSource{conns: []Conn{
+		conn(1, "curl", "10.0.0.5:40001", "10.43.0.10:80", StateEstablished),
+		conn(2, "curl", "10.0.0.5:40002", "10.43.0.10:80", StateClosed), // opened and closed before the scrape
+		conn(3, "curl", "10.0.0.5:40003", "10.43.0.10:81", StateFailed),
+		conn(4, "curl", "10.0.0.5:0", "10.43.0.10:80", StateConnecting),
+		conn(5, "nginx", "[fd00::5]:40005", "[fd00::9]:443", StateEstablished),
+	}}
+	res := &fakeResolver{nat: map[netip.AddrPort]Destination{
+		vip: {Actual: netip.MustParseAddrPort("10.42.1.7:8080"), Resolver: "conntrack"},
+		netip.MustParseAddrPort("10.43.0.10:81"): {Actual: netip.MustParseAddrPort("10.42.1.7:8081"), Resolver: "conntrack"},
+	}}
+	c := newTestCollector(t, ConnectionsConfig{}, src, res)
+
+	golden(t, collect(t, c), "lifecycle_1", connMetrics...)
+	if want := []uint64{2, 3}; !slices.Equal(sorted(src.released), want) {
+		t.Errorf("released %v, want %v", src.released, want)
+	}
+	if res.lookups != 4 {
+		t.Errorf("first scrape resolved %d connections, want 4", res.lookups)
+	}
+
+	// Second scrape: connection 1 closes, 4 establishes. Nothing seen
+	// before is resolved again.
+	src.conns[0].State = StateClosed
+	src.conns[1].State = StateEstablished
+	src.conns[1].Src = netip.MustParseAddrPort("10.0.0.5:40004")
+	golden(t, collect(t, c), "lifecycle_2", connMetrics...)
+	if res.lookups != 5 {
+		t.Errorf("after the second scrape %d lookups, want 5", res.lookups)
+	}
+}
+
+func sorted(s []uint64) []uint64 {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+func TestConnectionsSeriesBound(t *testing.T) {
+	src := &fakeSource{conns: []Conn{
+		conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished),
+		conn(2, "b", "10.0.0.5:40002", "10.0.0.2:80", StateEstablished),
+		conn(3, "c", "10.0.0.5:40003", "10.0.0.3:80", StateEstablished),
+	}}
+	c := newTestCollector(t, ConnectionsConfig{MaxSeries: 1}, src, &fakeResolver{})
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_exporter_series_overflow_connections_total"); got != 2 {
+		t.Errorf("overflow connections = %v, want 2", got)
+	}
+	golden(t, reg, "bound", "connection_active")
+}
+
+func TestConnectionsIdleSeriesDropped(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateClosed)}}
+	c := newTestCollector(t, ConnectionsConfig{SeriesIdle: time.Minute}, src, &fakeResolver{})
+	now := time.Unix(1000, 0)
+	c.now = func() time.Time { return now }
+	count := func() int {
+		n, err := testutil.GatherAndCount(collect(t, c), "connection_opened_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d opened series, want 1", n)
+	}
+	now = now.Add(30 * time.Second)
+	if n := count(); n != 1 {
+		t.Errorf("series dropped before its idle time: %d", n)
+	}
+	now = now.Add(31 * time.Second)
+	if n := count(); n != 0 {
+		t.Errorf("idle series kept: %d", n)
+	}
+}
+
+func TestConnectionsResolveRetry(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.43.0.10:80", StateEstablished)}}
+	res := &fakeResolver{err: errors.New("netns gone"), nat: map[netip.AddrPort]Destination{
+		vip: {Actual: netip.MustParseAddrPort("10.42.1.7:8080"), Resolver: "conntrack"},
+	}}
+	c := newTestCollector(t, ConnectionsConfig{ResolveAttempts: 2}, src, res)
+	reg := collect(t, c)
+	if n, _ := testutil.GatherAndCount(reg, "connection_active"); n != 0 {
+		t.Errorf("connection accounted before its retry: %d series", n)
+	}
+	if got := value(t, reg, "connection_exporter_resolve_errors_total", "resolver", "conntrack"); got != 1 {
+		t.Errorf("errors = %v, want 1", got)
+	}
+	// The second failure exhausts the attempts: the best known answer stands.
+	reg = collect(t, c)
+	if n, _ := testutil.GatherAndCount(reg, "connection_active"); n != 1 {
+		t.Errorf("connection not accounted after its last attempt: %d series", n)
+	}
+	if res.lookups != 2 {
+		t.Errorf("%d lookups, want 2", res.lookups)
+	}
+}
+
+func TestConnectionsSourceFailureKeepsCounters(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	c := newTestCollector(t, ConnectionsConfig{}, src, &fakeResolver{})
+	collect(t, c)
+	src.err, src.conns = errors.New("map gone"), nil
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_exporter_scrape_collector_success"); got != 0 {
+		t.Errorf("success = %v after a failed read", got)
+	}
+	if n, _ := testutil.GatherAndCount(reg, "connection_opened_total"); n != 1 {
+		t.Errorf("counter lost after a failed read: %d series", n)
+	}
+}
+
+func TestConnectionsLint(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	c := newTestCollector(t, ConnectionsConfig{}, src, &fakeResolver{})
+	exp := NewExporter(map[string]Collector{"connections": c}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	problems, err := testutil.CollectAndLint(exp.Scrape(context.Background()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestGoldenPromtool checks the golden files with promtool when installed
+// (the CI installs it).
+func TestGoldenPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool not installed")
+	}
+	files, _ := filepath.Glob("testdata/*.prom")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(string(b))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics %s: %v\n%s", f, err, out)
+		}
+	}
+}
+
+// value returns the value of the one sample of name with the given label
+// pairs, failing the test when there is none.
+func value(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue metrics
+				}
+			}
+			switch {
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no sample %s%v", name, labels)
+	return 0
+}
+
+func writeText(w io.Writer, mf *dto.MetricFamily) error {
+	_, err := expfmt.MetricFamilyToText(w, mf)
+	return err
+}

@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
+)
+
+// TestKubeProxy: a service address DNATed by kube-proxy-style chains in the
+// node namespace to three backends; every connection's actual destination
+// is the backend that accepted it, over IPv4 and IPv6.
+func TestKubeProxy(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	proc := process(t)
+
+	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
+		t.Run(vip.String(), func(t *testing.T) {
+			dst := netip.AddrPortFrom(vip, cl.Port)
+			conns := dialAll(t, cl.Client, dst, 40)
+			want := truth(t, cl, sources(conns))
+			if len(want) < 2 {
+				t.Fatalf("40 connections all reached %v: balancing is not working", want)
+			}
+			s := exp.scrape()
+			match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
+			if got := s.byActual("connection_active", match); !equal(got, want) {
+				t.Errorf("connection_active by actual_destination = %v, backends saw %v", got, want)
+			}
+			if got := s.byActual("connection_opened_total", match); !equal(got, want) {
+				t.Errorf("connection_opened_total by actual_destination = %v, backends saw %v", got, want)
+			}
+			if got := s.byActual("connection_destination_info", match); len(got) != len(want) {
+				t.Errorf("connection_destination_info for %v: %v, want one per backend of %v", dst, got, want)
+			}
+			other := s.samples("connection_active", map[string]string{"process": proc, "destination": dst.String()})
+			for _, smp := range other {
+				if smp.labels["resolver"] != "conntrack" {
+					t.Errorf("connection to %v not resolved by conntrack: %v", dst, smp.labels)
+				}
+			}
+		})
+	}
+}
+
+// TestSidecar: an Istio-style redirect in the client namespace; the
+// application's connections resolve to the proxy's port on loopback in its
+// own namespace, the proxy's onward connections to the backends.
+func TestSidecar(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	proxy := cl.Client.Sidecar(15001)
+	exp := startExporter(t, cl.Node)
+	proc := process(t)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+
+	conns := dialAll(t, cl.Client, dst, 12)
+	var ups []netip.AddrPort
+	for _, c := range conns {
+		var up netip.AddrPort
+		for range 400 {
+			var ok bool
+			if up, ok = proxy.Upstream(local(c)); ok {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !up.IsValid() {
+			t.Fatalf("the proxy did not forward %v", local(c))
+		}
+		ups = append(ups, up)
+	}
+	want := truth(t, cl, ups)
+
+	s := exp.scrape()
+	app := s.byActual("connection_active", map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack_netns"})
+	if w := map[string]float64{proxy.Addr.String(): 12}; !equal(app, w) {
+		t.Errorf("application connections = %v, want %v", app, w)
+	}
+	onward := s.byActual("connection_active", map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"})
+	if !equal(onward, want) {
+		t.Errorf("proxy connections = %v, backends saw %v", onward, want)
+	}
+}
+
+// TestDirect: nothing translates the connection.
+func TestDirect(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.Backends[2].Addr4, cl.BackendPort)
+	dialAll(t, cl.Client, dst, 3)
+
+	s := exp.scrape()
+	got := s.samples("connection_active", map[string]string{"process": process(t), "destination": dst.String()})
+	if len(got) != 1 {
+		t.Fatalf("%d series for %v, want 1: %v", len(got), dst, got)
+	}
+	if l := got[0].labels; l["resolver"] != "none" || l["actual_destination"] != dst.String() || got[0].value != 3 {
+		t.Errorf("direct connections exported as %v = %v", l, got[0].value)
+	}
+	if w := got[0].labels["workload"]; w != process(t) {
+		t.Errorf("workload = %q, want the process name %q", w, process(t))
+	}
+}
+
+// TestShortLived: connections opened and closed between two scrapes are
+// counted and resolved.
+func TestShortLived(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	proc := process(t)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	exp.scrape()
+
+	conns := dialAll(t, cl.Client, dst, 25)
+	want := truth(t, cl, sources(conns))
+	for _, c := range conns {
+		c.Close()
+	}
+	time.Sleep(200 * time.Millisecond) // let the closes reach the kernel map
+
+	s := exp.scrape()
+	match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
+	if got := s.byActual("connection_opened_total", match); !equal(got, want) {
+		t.Errorf("connection_opened_total = %v, backends saw %v", got, want)
+	}
+	for _, smp := range s.samples("connection_active", match) {
+		if smp.value != 0 {
+			t.Errorf("closed connections still active: %v", smp)
+		}
+	}
+	if got := s.byActual("connection_destination_info", match); len(got) != len(want) {
+		t.Errorf("connection_destination_info for closed connections: %v, want %v", got, want)
+	}
+	// Counted once: a later scrape does not count them again.
+	s = exp.scrape()
+	if got := s.byActual("connection_opened_total", match); !equal(got, want) {
+		t.Errorf("after another scrape connection_opened_total = %v, want %v", got, want)
+	}
+}
+
+// TestPreexisting: connections opened before the exporter started are
+// exported after it starts.
+func TestPreexisting(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	conns := dialAll(t, cl.Client, dst, 15)
+	want := truth(t, cl, sources(conns))
+
+	exp := startExporter(t, cl.Node)
+	s := exp.scrape()
+	match := map[string]string{"process": process(t), "destination": dst.String(), "resolver": "conntrack"}
+	if got := s.byActual("connection_active", match); !equal(got, want) {
+		t.Errorf("connection_active = %v, backends saw %v", got, want)
+	}
+}
+
+// TestRefused: a connection refused behind DNAT counts as failed, never as
+// opened. The kernel deletes a conntrack entry whose only answer was a
+// reset, so nothing is left to say which backend refused it.
+func TestRefused(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.RefusedPort)
+	if c, err := cl.Client.Dial("tcp4", dst.String()); err == nil {
+		c.Close()
+		t.Fatalf("connection to %v was accepted", dst)
+	}
+	s := exp.scrape()
+	match := map[string]string{"process": process(t), "destination": dst.String()}
+	if got := s.samples("connection_failed_total", match); len(got) != 1 || got[0].value != 1 {
+		t.Fatalf("connection_failed_total for %v = %v, want one series at 1", dst, got)
+	}
+	if o := s.samples("connection_opened_total", match); len(o) != 1 || o[0].value != 0 {
+		t.Errorf("refused connection counted as opened: %v", o)
+	}
+	// Counted once.
+	if got := exp.scrape().samples("connection_failed_total", match); len(got) != 1 || got[0].value != 1 {
+		t.Errorf("after another scrape connection_failed_total = %v", got)
+	}
+}
+
+// TestTimedOut: an attempt whose SYNs a backend drops fails after its
+// retries; its conntrack entry outlives it, so the failure is resolved to
+// the backend that never answered.
+func TestTimedOut(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	cl.Client.Run("sysctl", "-qw", "net.ipv4.tcp_syn_retries=1")
+	exp := startExporter(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.DroppedPort)
+	if c, err := cl.Client.Dial("tcp4", dst.String()); err == nil {
+		c.Close()
+		t.Fatalf("connection to %v was accepted", dst)
+	}
+	s := exp.scrape()
+	got := s.samples("connection_failed_total", map[string]string{"process": process(t), "destination": dst.String()})
+	if len(got) != 1 || got[0].value != 1 {
+		t.Fatalf("connection_failed_total for %v = %v, want one series at 1", dst, got)
+	}
+	dropper := netip.AddrPortFrom(cl.Backends[0].Addr4, cl.BackendPort+2).String()
+	if l := got[0].labels; l["actual_destination"] != dropper || l["resolver"] != "conntrack" {
+		t.Errorf("timed out connection labelled %v, want actual_destination %s by conntrack", l, dropper)
+	}
+}
+
+// TestExpositionValid: the exporter's whole output passes promtool.
+func TestExpositionValid(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	dialAll(t, cl.Client, netip.AddrPortFrom(cl.VIP4, cl.Port), 3)
+	s := exp.scrape()
+	promtoolCheck(t, s.text)
+	for _, name := range []string{
+		"connection_exporter_build_info",
+		"connection_exporter_scrape_collector_success",
+		"connection_exporter_scrape_collector_duration_seconds",
+		"connection_exporter_resolve_errors_total",
+		"connection_exporter_tracked_connections",
+		"connection_exporter_tracked_connections_capacity",
+		"connection_exporter_map_full_total",
+	} {
+		if s.mfs[name] == nil {
+			t.Errorf("%s missing", name)
+		}
+	}
+	if v := s.samples("connection_exporter_scrape_collector_success", nil); len(v) != 1 || v[0].value != 1 {
+		t.Errorf("collector success = %v", v)
+	}
+}
