@@ -9,17 +9,33 @@ import (
 
 // Capability numbers (include/uapi/linux/capability.h).
 const (
-	capNetAdmin  = 12
-	capSysPtrace = 19
-	capSysAdmin  = 21
-	capPerfmon   = 38
-	capBPF       = 39
+	capDacReadSearch = 2
+	capNetAdmin      = 12
+	capSysPtrace     = 19
+	capSysAdmin      = 21
 )
 
-// missingCapabilities names the capabilities the exporter needs and lacks:
-// CAP_BPF and CAP_PERFMON to load and attach the tracing programs (both
-// implied by CAP_SYS_ADMIN), CAP_NET_ADMIN to query conntrack, and
-// CAP_SYS_PTRACE to open other processes' network namespaces and files.
+// requiredCapabilities is the exporter's least privilege, each with why.
+var requiredCapabilities = []struct {
+	bit  uint
+	name string
+}{
+	// Load and attach the tracing programs (it implies CAP_BPF and
+	// CAP_PERFMON), and enter other network namespaces: the netlink
+	// sockets for their conntrack tables and their socket iterators are
+	// created inside them.
+	{capSysAdmin, "CAP_SYS_ADMIN"},
+	// Query and dump conntrack tables.
+	{capNetAdmin, "CAP_NET_ADMIN"},
+	// Open /proc/<pid>/ns/net of processes of other users.
+	{capSysPtrace, "CAP_SYS_PTRACE"},
+	// List /proc/<pid>/fd of processes of other users to find the owners
+	// of connections that predate the exporter.
+	{capDacReadSearch, "CAP_DAC_READ_SEARCH"},
+}
+
+// missingCapabilities names the required capabilities that the exporter's
+// effective set lacks.
 func missingCapabilities() []string {
 	eff, err := effectiveCapabilities("/proc/self/status")
 	if err != nil {
@@ -29,21 +45,11 @@ func missingCapabilities() []string {
 }
 
 func missingFrom(eff uint64) []string {
-	has := func(c uint) bool { return eff&(1<<c) != 0 }
 	var missing []string
-	if !has(capSysAdmin) {
-		if !has(capBPF) {
-			missing = append(missing, "CAP_BPF")
+	for _, c := range requiredCapabilities {
+		if eff&(1<<c.bit) == 0 {
+			missing = append(missing, c.name)
 		}
-		if !has(capPerfmon) {
-			missing = append(missing, "CAP_PERFMON")
-		}
-	}
-	if !has(capNetAdmin) {
-		missing = append(missing, "CAP_NET_ADMIN")
-	}
-	if !has(capSysPtrace) {
-		missing = append(missing, "CAP_SYS_PTRACE")
 	}
 	return missing
 }

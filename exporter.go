@@ -67,7 +67,7 @@ func run() int {
 	app.Flag("path.procfs", "Mount point of the host's procfs.").
 		Default("/proc").StringVar(&cfg.procfs)
 	app.Flag("path.host-netns", "Network namespace file of the host, whose conntrack table kube-proxy and Docker use. Default: <path.procfs>/1/ns/net when readable, else the exporter's own namespace.").
-		StringVar(&cfg.hostNetNS)
+		PlaceHolder("auto").StringVar(&cfg.hostNetNS)
 	app.Flag("path.netns-dir", "Directory of bind-mounted network namespaces, searched when no process of a namespace is left (repeatable).").
 		Default("/run/netns").StringsVar(&cfg.netnsDirs)
 	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape.").

@@ -62,9 +62,12 @@ struct conn {
 // conns: key u64 socket cookie (unique for the kernel's lifetime), value
 // struct conn. The tracepoint inserts at CLOSE -> SYN_SENT and updates the
 // entry afterwards; user space deletes entries in state CLOSED or FAILED once
-// a scrape has read them. max_entries is set by user space at load time.
+// a scrape has read them. max_entries is set by user space at load time;
+// entries are allocated as they are used, so a large bound costs nothing
+// until connections fill it.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct conn);

@@ -59,6 +59,13 @@ type exporter struct {
 // serves. Cleanup stops it with SIGTERM and checks that it exits 0.
 func startExporter(t *testing.T, node *netlab.NS, args ...string) *exporter {
 	t.Helper()
+	return startWrapped(t, node, nil, args...)
+}
+
+// startWrapped is startExporter with the binary run by a wrapper command
+// (such as setpriv to limit its capabilities).
+func startWrapped(t *testing.T, node *netlab.NS, wrapper []string, args ...string) *exporter {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -66,11 +73,11 @@ func startExporter(t *testing.T, node *netlab.NS, args ...string) *exporter {
 	addr := ln.Addr().String()
 	ln.Close()
 	e := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &bytes.Buffer{}}
-	e.cmd = exec.Command(binary, append([]string{
-		"--web.listen-address=" + addr,
-		"--path.host-netns=" + node.Path(),
-		"--log.level=debug",
-	}, args...)...)
+	argv := append(append(wrapper, binary,
+		"--web.listen-address="+addr,
+		"--path.host-netns="+node.Path(),
+		"--log.level=debug"), args...)
+	e.cmd = exec.Command(argv[0], argv[1:]...)
 	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
