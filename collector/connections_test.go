@@ -150,7 +150,7 @@ func TestConnectionsLifecycle(t *testing.T) {
 		conn(5, "nginx", "[fd00::5]:40005", "[fd00::9]:443", StateEstablished),
 	}}
 	res := &fakeResolver{nat: map[netip.AddrPort]Destination{
-		vip: {Actual: netip.MustParseAddrPort("10.42.1.7:8080"), Resolver: "conntrack"},
+		vip:                                      {Actual: netip.MustParseAddrPort("10.42.1.7:8080"), Resolver: "conntrack"},
 		netip.MustParseAddrPort("10.43.0.10:81"): {Actual: netip.MustParseAddrPort("10.42.1.7:8081"), Resolver: "conntrack"},
 	}}
 	c := newTestCollector(t, ConnectionsConfig{}, src, res)
