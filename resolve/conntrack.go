@@ -202,32 +202,45 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		// No entries: conntrack is not even enabled in many pod namespaces.
 		return idx
 	}
-	var find func(q Query) (netip.AddrPort, bool, error)
+	replies := make([]netip.AddrPort, len(idx)) // invalid where no entry
 	if len(idx)*getCostPerDumpEntry > int(stats.Entries) {
-		index, err := t.dump()
+		// One pass over the table, keeping only the entries asked for.
+		want := make(map[tuple]int, len(idx))
+		for n, i := range idx {
+			want[tuple{qs[i].Src, qs[i].Dst}] = n
+		}
+		entries := 0
+		err := dumpRaw(fd, func(b []byte) {
+			entries++
+			e, ok := parseEntry(b)
+			if !ok || e.proto != unix.IPPROTO_TCP {
+				return
+			}
+			if n, ok := want[e.orig]; ok {
+				replies[n] = e.replySrc
+			}
+		})
 		if err != nil {
 			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
 			return idx
 		}
-		c.logger.Debug("dumped conntrack", "netns", ino, "entries", len(index), "queries", len(idx))
-		find = func(q Query) (netip.AddrPort, bool, error) {
-			r, ok := index[tuple{q.Src, q.Dst}]
-			return r, ok, nil
-		}
+		c.logger.Debug("dumped conntrack", "netns", ino, "entries", entries, "queries", len(idx))
 	} else {
-		find = t.get
+		for n, i := range idx {
+			if err := ctx.Err(); err != nil {
+				fail(out, idx[n:], resolver, err)
+				break
+			}
+			reply, err := t.get(qs[i])
+			if err != nil {
+				out[i].Err, out[i].ErrResolver = fmt.Errorf("get conntrack in netns %d: %w", ino, err), resolver
+			}
+			replies[n] = reply
+		}
 	}
 	for n, i := range idx {
-		if err := ctx.Err(); err != nil {
-			fail(out, idx[n:], resolver, err)
-			return append(rest, idx[n:]...)
-		}
-		reply, ok, err := find(qs[i])
-		if err != nil {
-			out[i].Err, out[i].ErrResolver = fmt.Errorf("get conntrack in netns %d: %w", ino, err), resolver
-		}
-		if ok && reply != qs[i].Dst {
-			out[i].Actual, out[i].Resolver = reply, resolver
+		if r := replies[n]; r.IsValid() && r != qs[i].Dst {
+			out[i].Actual, out[i].Resolver = r, resolver
 			continue
 		}
 		rest = append(rest, i)
@@ -250,8 +263,9 @@ func dialTable(fd *os.File) (table, error) {
 }
 
 // get looks one tuple up and returns the reply direction's source: where
-// the connection really goes. A missing entry is not an error.
-func (t table) get(q Query) (netip.AddrPort, bool, error) {
+// the connection really goes. A missing entry returns the zero AddrPort and
+// no error.
+func (t table) get(q Query) (netip.AddrPort, error) {
 	var f conntrack.Flow
 	f.TupleOrig.IP.SourceAddress = q.Src.Addr()
 	f.TupleOrig.IP.DestinationAddress = q.Dst.Addr()
@@ -260,37 +274,11 @@ func (t table) get(q Query) (netip.AddrPort, bool, error) {
 	f.TupleOrig.Proto.DestinationPort = q.Dst.Port()
 	got, err := t.conn.Get(f)
 	if errors.Is(err, unix.ENOENT) {
-		return netip.AddrPort{}, false, nil
+		return netip.AddrPort{}, nil
 	}
 	if err != nil {
-		return netip.AddrPort{}, false, err
+		return netip.AddrPort{}, err
 	}
-	return replySource(&got), true, nil
-}
-
-// dump reads the whole table into an index of TCP entries.
-func (t table) dump() (map[tuple]netip.AddrPort, error) {
-	flows, err := t.conn.Dump(nil)
-	if err != nil {
-		return nil, err
-	}
-	index := make(map[tuple]netip.AddrPort, len(flows))
-	for i := range flows {
-		f := &flows[i]
-		if f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP {
-			continue
-		}
-		o := f.TupleOrig
-		key := tuple{
-			netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
-			netip.AddrPortFrom(o.IP.DestinationAddress.Unmap(), o.Proto.DestinationPort),
-		}
-		index[key] = replySource(f)
-	}
-	return index, nil
-}
-
-func replySource(f *conntrack.Flow) netip.AddrPort {
-	r := f.TupleReply
-	return netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort)
+	r := got.TupleReply
+	return netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort), nil
 }

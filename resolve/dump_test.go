@@ -1,0 +1,78 @@
+package resolve
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+)
+
+// attr encodes one netlink attribute; nested payloads are built by
+// concatenating attrs.
+func attr(typ uint16, payload ...[]byte) []byte {
+	var p []byte
+	for _, x := range payload {
+		p = append(p, x...)
+	}
+	b := make([]byte, 4, 4+len(p)+3)
+	binary.NativeEndian.PutUint16(b[0:], uint16(4+len(p)))
+	binary.NativeEndian.PutUint16(b[2:], typ)
+	b = append(b, p...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+const nested = 0x8000
+
+func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
+// ctTuple encodes a CTA_TUPLE_* nest the way the kernel does.
+func ctTuple(typ uint16, src, dst netip.AddrPort) []byte {
+	srcT, dstT := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	if src.Addr().Is6() {
+		srcT, dstT = ctaIPv6Src, ctaIPv6Dst
+	}
+	return attr(typ|nested,
+		attr(ctaTupleIP|nested, attr(srcT, src.Addr().AsSlice()), attr(dstT, dst.Addr().AsSlice())),
+		attr(ctaTupleProto|nested, attr(ctaProtoNum, []byte{6}), attr(ctaProtoSrc, be16(src.Port())), attr(ctaProtoDst, be16(dst.Port()))),
+	)
+}
+
+func TestParseEntry(t *testing.T) {
+	for _, tc := range []struct{ client, vip, backend string }{
+		{"10.77.1.2:40000", "10.77.0.10:80", "10.77.11.2:8080"},
+		{"[fd77:1::2]:40000", "[fd77::10]:80", "[fd77:11::2]:8080"},
+	} {
+		client, vip, backend := netip.MustParseAddrPort(tc.client), netip.MustParseAddrPort(tc.vip), netip.MustParseAddrPort(tc.backend)
+		msg := append(ctTuple(ctaTupleOrig, client, vip), ctTuple(ctaTupleReply, backend, client)...)
+		msg = append(msg, attr(3, []byte{0, 0, 0, 8})...) // CTA_STATUS, ignored
+		e, ok := parseEntry(msg)
+		if !ok {
+			t.Fatalf("%s: not parsed", tc.client)
+		}
+		if e.proto != 6 || e.orig != (tuple{client, vip}) || e.replySrc != backend {
+			t.Errorf("%s: parsed %+v", tc.client, e)
+		}
+		// Every truncation is refused, never misread.
+		for n := 1; n < len(msg); n++ {
+			if e, ok := parseEntry(msg[:n]); ok && e.replySrc != backend {
+				t.Errorf("truncated at %d parsed as %+v", n, e)
+			}
+		}
+	}
+	if _, ok := parseEntry(ctTuple(ctaTupleOrig, netip.MustParseAddrPort("1.2.3.4:5"), netip.MustParseAddrPort("5.6.7.8:9"))); ok {
+		t.Error("entry without a reply tuple accepted")
+	}
+}
+
+func FuzzParseEntry(f *testing.F) {
+	a, b := netip.MustParseAddrPort("10.0.0.1:1000"), netip.MustParseAddrPort("10.0.0.2:80")
+	f.Add(append(ctTuple(ctaTupleOrig, a, b), ctTuple(ctaTupleReply, b, a)...))
+	f.Add([]byte{4, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if e, ok := parseEntry(msg); ok && (!e.orig.src.IsValid() || !e.replySrc.IsValid()) {
+			t.Errorf("accepted entry with invalid addresses: %+v", e)
+		}
+	})
+}
