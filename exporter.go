@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -49,6 +50,7 @@ type config struct {
 	maxSeries       int
 	seriesIdle      time.Duration
 	resolveAttempts int
+	pprof           bool
 }
 
 func main() {
@@ -78,6 +80,8 @@ func run() int {
 		Default("10m").DurationVar(&cfg.seriesIdle)
 	app.Flag("collector.resolve-attempts", "Scrapes that may retry resolving an open connection whose NAT table could not be read.").
 		Default("3").IntVar(&cfg.resolveAttempts)
+	app.Flag("debug.pprof", "Serve Go profiles under /debug/pprof/ (behind the same web configuration).").
+		Default("false").BoolVar(&cfg.pprof)
 	webConfig := webflag.AddFlags(app, defaultListenAddress)
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
@@ -138,6 +142,10 @@ func run() int {
 
 	mux := http.NewServeMux()
 	mux.Handle(cfg.metricsPath, metricsHandler(exp, static, cfg, logger))
+	if cfg.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	if cfg.metricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "Connection Exporter",

@@ -13,7 +13,7 @@ import (
 
 // newTracker loads the real programs. It skips only when not root; every
 // other failure, including a kernel that refuses the programs, fails.
-func newTracker(t *testing.T, cfg Config) *Tracker {
+func newTracker(t testing.TB, cfg Config) *Tracker {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")

@@ -266,7 +266,9 @@ func (c *Connections) account(ctx context.Context) error {
 	}
 
 	var err error
+	begin := time.Now()
 	c.snapshot, err = c.src.Connections(c.snapshot[:0])
+	read := time.Since(begin)
 	if err != nil {
 		// Keep going with what was read: counters stay where they were.
 		err = fmt.Errorf("read connections: %w", err)
@@ -290,10 +292,14 @@ func (c *Connections) account(ctx context.Context) error {
 			c.results = make([]Destination, len(c.lookups))
 		}
 		c.results = c.results[:len(c.lookups)]
+		resolveStart := time.Now()
 		c.resolver.Resolve(ctx, c.lookups, c.results)
+		resolved := time.Since(resolveStart)
 		for j, i := range c.pending {
 			c.admit(&c.snapshot[i], &c.results[j])
 		}
+		c.logger.Debug("resolved new connections", "count", len(c.lookups),
+			"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(resolveStart) - resolved).Seconds())
 	}
 
 	c.release = c.release[:0]
@@ -340,6 +346,8 @@ func (c *Connections) account(ctx context.Context) error {
 			delete(c.attempts, cookie)
 		}
 	}
+	c.logger.Debug("accounted snapshot", "connections", len(c.snapshot), "read_seconds", read.Seconds(),
+		"total_seconds", time.Since(begin).Seconds())
 	for key, s := range c.series {
 		if s.active == 0 && now.Sub(s.lastSeen) > c.cfg.SeriesIdle {
 			delete(c.series, key)

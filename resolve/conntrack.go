@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -203,7 +204,10 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		return idx
 	}
 	replies := make([]netip.AddrPort, len(idx)) // invalid where no entry
+	begin := time.Now()
+	method := "get"
 	if len(idx)*getCostPerDumpEntry > int(stats.Entries) {
+		method = "dump"
 		// One pass over the table, keeping only the entries asked for.
 		want := make(map[tuple]int, len(idx))
 		for n, i := range idx {
@@ -224,7 +228,6 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
 			return idx
 		}
-		c.logger.Debug("dumped conntrack", "netns", ino, "entries", entries, "queries", len(idx))
 	} else {
 		for n, i := range idx {
 			if err := ctx.Err(); err != nil {
@@ -238,6 +241,8 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 			replies[n] = reply
 		}
 	}
+	c.logger.Debug("looked up conntrack", "netns", ino, "method", method, "entries", stats.Entries,
+		"queries", len(idx), "seconds", time.Since(begin).Seconds())
 	for n, i := range idx {
 		if r := replies[n]; r.IsValid() && r != qs[i].Dst {
 			out[i].Actual, out[i].Resolver = r, resolver

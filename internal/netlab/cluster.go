@@ -53,7 +53,8 @@ func unmap(a netip.AddrPort) netip.AddrPort {
 type Backend struct {
 	NS           *NS
 	Addr4, Addr6 netip.Addr
-	Server       *Server
+	// Server is the in-process server started by KubeProxy, nil otherwise.
+	Server *Server
 }
 
 // Cluster is a Kubernetes node in miniature: a "node" namespace routes
@@ -73,8 +74,20 @@ type Cluster struct {
 	BackendPort uint16
 }
 
-// KubeProxy builds a Cluster.
+// KubeProxy builds a Cluster whose backends run a Server each, in the
+// calling process.
 func (l *Lab) KubeProxy() *Cluster {
+	l.t.Helper()
+	c := l.KubeProxyTopology()
+	for _, b := range c.Backends {
+		b.Server = Serve(b.NS.Listen("tcp", fmt.Sprintf(":%d", c.BackendPort)))
+	}
+	return c
+}
+
+// KubeProxyTopology builds a Cluster without starting servers: the caller
+// runs its own in the backends' namespaces, on BackendPort.
+func (l *Lab) KubeProxyTopology() *Cluster {
 	l.t.Helper()
 	c := &Cluster{
 		Node:        l.NetNS("node"),
@@ -91,9 +104,7 @@ func (l *Lab) KubeProxy() *Cluster {
 	for i := range 3 {
 		ns := l.NetNS(fmt.Sprintf("backend%d", i+1))
 		a4, a6 := l.pod(c.Node, ns, 11+i)
-		b := &Backend{NS: ns, Addr4: a4, Addr6: a6}
-		b.Server = Serve(ns.Listen("tcp", fmt.Sprintf(":%d", c.BackendPort)))
-		c.Backends = append(c.Backends, b)
+		c.Backends = append(c.Backends, &Backend{NS: ns, Addr4: a4, Addr6: a6})
 	}
 	for _, family := range []struct {
 		cmd string

@@ -22,15 +22,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// TB is the part of testing.TB a Lab uses, so that commands (such as the
+// benchmark) can build topologies too.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+}
+
+var _ TB = testing.TB(nil)
+
 // Lab creates namespaces whose names share a random prefix.
 type Lab struct {
-	t      testing.TB
+	t      TB
 	prefix string
 }
 
 // New returns a Lab. It skips the test when not root and fails it when the
 // tools it needs (ip, iptables) are missing.
-func New(t testing.TB) *Lab {
+func New(t TB) *Lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")

@@ -1,0 +1,677 @@
+// Command bench measures what a scrape costs at 1k, 10k and 50k connections
+// against the machine's own floors, and what the kernel programs cost a
+// connecting application. Run it as root: `scripts/bench`.
+//
+// For each size it builds the kube-proxy shape of the end-to-end tests (a
+// service address DNATed in a node namespace to three backends), opens N
+// long-lived connections from helper processes in the client namespace, runs
+// the exporter binary, and measures the cold scrape (every connection new),
+// warm scrapes (nothing new), a scrape after 10% of the connections were
+// replaced, memory, and allocations per warm scrape. On the same data it
+// measures the floors: one batch read of a BPF map holding the same
+// connections, one raw conntrack dump of the same table, and client_golang
+// rendering the same number of series. It then measures loopback
+// connect/close throughput with and without the programs attached, and prints
+// one table.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/bpf"
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/resolve"
+)
+
+// perClient bounds the connections of one helper process: the open file
+// limit here is 20000 and cannot be raised.
+const perClient = 9000
+
+func main() {
+	helper := flag.String("helper", "", "internal: run as a helper (server or client)")
+	listen := flag.String("listen", "", "internal: server address")
+	dst := flag.String("dst", "", "internal: client destination")
+	n := flag.Int("n", 0, "internal: client connections")
+	sizes := flag.String("conns", "1000,10000,50000", "connection counts to measure")
+	warm := flag.Int("warm", 20, "warm scrapes per size")
+	cycles := flag.Int("cycles", 20000, "connect/close cycles per throughput round")
+	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
+	logs := flag.Bool("logs", false, "print the exporter's debug log after each size")
+	profiles := flag.String("profiles", "", "directory to write CPU profiles of the cold and churn scrapes to")
+	flag.Parse()
+
+	switch *helper {
+	case "server":
+		os.Exit(server(*listen))
+	case "client":
+		os.Exit(client(*dst, *n))
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: run as root")
+		os.Exit(1)
+	}
+	var counts []int
+	for _, s := range strings.Split(*sizes, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "bench: bad -conns value %q\n", s)
+			os.Exit(2)
+		}
+		counts = append(counts, v)
+	}
+	r := &runner{}
+	code := r.run(func() {
+		bin := *exporter
+		if bin == "" {
+			bin = r.build()
+		}
+		var rows []row
+		for _, c := range counts {
+			rows = append(rows, r.measure(bin, c, *warm, *logs, *profiles)...)
+		}
+		rows = append(rows, r.throughput(*cycles)...)
+		printTable(rows)
+	})
+	os.Exit(code)
+}
+
+// runner implements netlab.TB for a command: cleanups run in reverse order
+// when the work ends or fails.
+type runner struct {
+	cleanups []func()
+	failed   bool
+}
+
+type fatal struct{}
+
+func (r *runner) Helper()          {}
+func (r *runner) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
+func (r *runner) Skip(args ...any) { r.Fatalf("%s", fmt.Sprint(args...)) }
+func (r *runner) Errorf(f string, a ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+f+"\n", a...)
+	r.failed = true
+}
+func (r *runner) Fatalf(f string, a ...any) {
+	r.Errorf(f, a...)
+	panic(fatal{})
+}
+
+// cleanup runs and forgets the registered cleanups.
+func (r *runner) cleanup() { r.cleanupTo(0) }
+
+// cleanupTo runs and forgets the cleanups registered after the first mark.
+func (r *runner) cleanupTo(mark int) {
+	for i := len(r.cleanups) - 1; i >= mark; i-- {
+		r.cleanups[i]()
+	}
+	r.cleanups = r.cleanups[:mark]
+}
+
+func (r *runner) run(work func()) (code int) {
+	defer func() {
+		if p := recover(); p != nil {
+			if _, ok := p.(fatal); !ok {
+				r.cleanup()
+				panic(p)
+			}
+		}
+		r.cleanup()
+		if r.failed {
+			code = 1
+		}
+	}()
+	work()
+	return 0
+}
+
+func (r *runner) build() string {
+	dir, err := os.MkdirTemp("", "connection_exporter-bench")
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	r.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "connection_exporter")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		r.Fatalf("build exporter: %v", err)
+	}
+	return bin
+}
+
+// row is one line of the result table.
+type row struct {
+	n      int
+	figure string
+	value  float64
+	unit   string
+	floor  float64 // 0 when the figure has no floor
+	target string
+}
+
+// measure runs the scrape benchmark for n connections. Everything it
+// creates is removed before it returns.
+func (r *runner) measure(bin string, n, warm int, logs bool, profiles string) []row {
+	defer r.cleanupTo(len(r.cleanups))
+	self, err := os.Executable()
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	lab := netlab.New(r)
+	cl := lab.KubeProxyTopology()
+	cl.Client.Run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
+	for _, b := range cl.Backends {
+		r.helper(b.NS, self, "-helper=server", "-listen", fmt.Sprintf(":%d", cl.BackendPort))
+	}
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	var clients []*helperProc
+	for left := n; left > 0; left -= perClient {
+		k := min(left, perClient)
+		clients = append(clients, r.helper(cl.Client, self, "-helper=client", "-dst", dst.String(), "-n", strconv.Itoa(k)))
+	}
+	for _, c := range clients {
+		c.wait(r)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %d connections open\n", n)
+
+	exp := r.startExporter(bin, cl.Node)
+	stopProfile := exp.profile(r, profiles, fmt.Sprintf("cold-%d", n))
+	cold, body := exp.scrape(r)
+	stopProfile()
+	series := countSeries(body)
+	mallocs0 := metric(body, "go_memstats_mallocs_total")
+	var times []float64
+	for range warm {
+		d, b := exp.scrape(r)
+		times = append(times, d)
+		body = b
+	}
+	allocs := (metric(body, "go_memstats_mallocs_total") - mallocs0) / float64(warm)
+	heap := metric(body, "go_memstats_heap_alloc_bytes")
+	rss := exp.rss(r)
+	// Replace 10% of the connections.
+	for _, c := range clients {
+		c.send(r, fmt.Sprintf("churn %d\n", c.n/10))
+	}
+	for _, c := range clients {
+		c.wait(r)
+	}
+	stopProfile = exp.profile(r, profiles, fmt.Sprintf("churn-%d", n))
+	churn, body := exp.scrape(r)
+	stopProfile()
+	if got := metric(body, "connection_exporter_tracked_connections"); got < float64(n) {
+		r.Errorf("exporter tracks %v connections, want at least %d", got, n)
+	}
+	exp.stop(r)
+	if logs {
+		os.Stderr.Write(exp.logs.Bytes())
+	}
+
+	// Floors, on the same data.
+	batch := r.batchFloor()
+	dump := median(repeat(5, func() float64 {
+		start := time.Now()
+		entries, err := resolve.CountConntrack(cl.Node.Path())
+		if err != nil {
+			r.Fatalf("raw conntrack dump: %v", err)
+		}
+		if entries < n {
+			r.Errorf("conntrack holds %d entries, want at least %d", entries, n)
+		}
+		return time.Since(start).Seconds()
+	}))
+	render := renderFloor(series)
+
+	p50, p95 := median(times), percentile(times, 95)
+	return []row{
+		{n, "cold scrape", cold, "s", dump, "≤ 1.5x raw conntrack dump"},
+		{n, "warm scrape p50", p50, "s", batch + render, "≤ 2x batch read + render"},
+		{n, "warm scrape p95", p95, "s", batch + render, ""},
+		{n, "10% churn scrape", churn, "s", cold, "≤ 0.5x cold scrape"},
+		{n, "RSS", rss, "MiB", 0, "≤ 64 MiB at 50k"},
+		{n, "Go heap", heap / (1 << 20), "MiB", 0, ""},
+		{n, "allocations per warm scrape", allocs, "", 0, ""},
+		{n, "floor: BPF batch read", batch, "s", 0, ""},
+		{n, "floor: raw conntrack dump", dump, "s", 0, ""},
+		{n, fmt.Sprintf("floor: render %d series", series), render, "s", 0, ""},
+	}
+}
+
+// batchFloor loads the programs in this process (seeding the map with the
+// same connections) and times one batch read of the map.
+func (r *runner) batchFloor() float64 {
+	tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		r.Fatalf("load programs: %v", err)
+	}
+	defer tr.Close()
+	var buf []bpf.Conn
+	return median(repeat(7, func() float64 {
+		start := time.Now()
+		buf, err = tr.Snapshot(buf[:0])
+		if err != nil {
+			r.Fatalf("snapshot: %v", err)
+		}
+		return time.Since(start).Seconds()
+	}))
+}
+
+// renderFloor times client_golang encoding n constant series with the
+// connection metrics' nine labels.
+func renderFloor(n int) float64 {
+	labels := []string{"container", "pod", "namespace", "workload", "process", "destination", "actual_destination", "destination_workload", "resolver"}
+	desc := prometheus.NewDesc("connection_active", "Connections open now.", labels, nil)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(constCollector{desc: desc, n: n})
+	h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	return median(repeat(20, func() float64 {
+		w := &discardWriter{header: http.Header{}}
+		req, _ := http.NewRequest("GET", "/metrics", nil)
+		start := time.Now()
+		h.ServeHTTP(w, req)
+		return time.Since(start).Seconds()
+	}))
+}
+
+type constCollector struct {
+	desc *prometheus.Desc
+	n    int
+}
+
+func (c constCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c constCollector) Collect(ch chan<- prometheus.Metric) {
+	for i := range c.n {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1,
+			"", "", "", "client", "client", "10.77.0.10:80", fmt.Sprintf("10.77.%d.2:8080", i), "", "conntrack")
+	}
+}
+
+type discardWriter struct{ header http.Header }
+
+func (w *discardWriter) Header() http.Header         { return w.header }
+func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *discardWriter) WriteHeader(int)             {}
+
+// throughput measures loopback connect/close cycles per second in a
+// throwaway namespace, alternating rounds without and with the programs.
+func (r *runner) throughput(cycles int) []row {
+	defer r.cleanupTo(len(r.cleanups))
+	lab := netlab.New(r)
+	ns := lab.NetNS("loop")
+	ln := ns.Listen("tcp4", "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := ln.Addr().String()
+	round := func() float64 {
+		var rate float64
+		err := ns.Do(func() error {
+			start := time.Now()
+			for range cycles {
+				c, err := net.Dial("tcp4", addr)
+				if err != nil {
+					return err
+				}
+				c.(*net.TCPConn).SetLinger(0) // reset: no TIME_WAIT to exhaust ports
+				c.Close()
+			}
+			rate = float64(cycles) / time.Since(start).Seconds()
+			return nil
+		})
+		if err != nil {
+			r.Fatalf("connect/close: %v", err)
+		}
+		return rate
+	}
+	var without, with []float64
+	for range 3 {
+		without = append(without, round())
+		tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			r.Fatalf("load programs: %v", err)
+		}
+		with = append(with, round())
+		tr.Close()
+	}
+	w, wo := median(with), median(without)
+	return []row{
+		{0, "connect/close without programs", wo, "/s", 0, ""},
+		{0, "connect/close with programs", w, "/s", wo, "≥ 0.97x without"},
+	}
+}
+
+// helperProc is a helper process (server or client) in a namespace.
+type helperProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+	n     int
+}
+
+func (r *runner) helper(ns *netlab.NS, self string, args ...string) *helperProc {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, self}, args...)...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		r.Fatalf("start helper: %v", err)
+	}
+	h := &helperProc{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
+	for i, a := range args {
+		if a == "-n" {
+			h.n, _ = strconv.Atoi(args[i+1])
+		}
+	}
+	r.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	if args[0] == "-helper=server" {
+		h.wait(r)
+	}
+	return h
+}
+
+func (h *helperProc) wait(r *runner) {
+	line, err := h.out.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		r.Fatalf("helper %v: %q, %v", h.cmd.Args, line, err)
+	}
+}
+
+func (h *helperProc) send(r *runner, s string) {
+	if _, err := io.WriteString(h.stdin, s); err != nil {
+		r.Fatalf("helper: %v", err)
+	}
+}
+
+// server accepts and holds connections until stdin closes.
+func server(addr string) int {
+	raiseNoFile()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		return 1
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// client opens n connections, says ready, and on "churn k" replaces k of
+// them; it exits when stdin closes.
+func client(dst string, n int) int {
+	raiseNoFile()
+	conns := make([]net.Conn, 0, n)
+	open := func(k int) error {
+		for range k {
+			c, err := net.Dial("tcp", dst)
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	}
+	if err := open(n); err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		return 1
+	}
+	fmt.Println("ready")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		k, ok := strings.CutPrefix(sc.Text(), "churn ")
+		if !ok {
+			continue
+		}
+		m, _ := strconv.Atoi(k)
+		for _, c := range conns[:m] {
+			c.Close()
+		}
+		conns = slices.Delete(conns, 0, m)
+		if err := open(m); err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		time.Sleep(100 * time.Millisecond) // let the closes reach the kernel map
+		fmt.Println("ready")
+	}
+	return 0
+}
+
+func raiseNoFile() {
+	var l unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &l) == nil {
+		l.Cur = l.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &l)
+	}
+}
+
+// exporterProc is the exporter binary under measurement.
+type exporterProc struct {
+	cmd  *exec.Cmd
+	url  string
+	logs bytes.Buffer
+}
+
+func (r *runner) startExporter(bin string, node *netlab.NS) *exporterProc {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	e := &exporterProc{url: "http://" + addr + "/metrics"}
+	e.cmd = exec.Command(bin, "--web.listen-address="+addr, "--path.host-netns="+node.Path(), "--log.level=debug", "--debug.pprof")
+	e.cmd.Stdout, e.cmd.Stderr = &e.logs, &e.logs
+	if err := e.cmd.Start(); err != nil {
+		r.Fatalf("start exporter: %v", err)
+	}
+	r.Cleanup(func() { e.stop(r) })
+	for range 200 {
+		if resp, err := http.Get("http://" + addr + "/"); err == nil {
+			resp.Body.Close()
+			return e
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.Fatalf("exporter did not start:\n%s", e.logs.String())
+	return nil
+}
+
+func (e *exporterProc) stop(r *runner) {
+	if e.cmd.ProcessState != nil {
+		return
+	}
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	if err := e.cmd.Wait(); err != nil {
+		r.Errorf("exporter exited with %v:\n%s", err, e.logs.String())
+	}
+}
+
+// profile starts a 2-second CPU profile of the exporter, written to
+// dir/name.prof, and returns a function that waits for it. It does nothing
+// when dir is empty.
+func (e *exporterProc) profile(r *runner, dir, name string) func() {
+	if dir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(strings.TrimSuffix(e.url, "/metrics") + "/debug/pprof/profile?seconds=2")
+		if err != nil {
+			r.Errorf("profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if err := os.WriteFile(filepath.Join(dir, name+".prof"), b, 0o644); err != nil {
+			r.Errorf("profile: %v", err)
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // let the profile start first
+	return func() { <-done }
+}
+
+// scrape times one scrape, from request to the last byte.
+func (e *exporterProc) scrape(r *runner) (float64, []byte) {
+	start := time.Now()
+	resp, err := http.Get(e.url)
+	if err != nil {
+		r.Fatalf("scrape: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	d := time.Since(start).Seconds()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		r.Fatalf("scrape: %v %s", err, resp.Status)
+	}
+	return d, body
+}
+
+func (e *exporterProc) rss(r *runner) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.cmd.Process.Pid))
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
+			return kb / 1024
+		}
+	}
+	r.Fatalf("no VmRSS")
+	return 0
+}
+
+// metric returns the sum of a metric's samples in an exposition.
+func metric(body []byte, name string) float64 {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return math.NaN()
+	}
+	var sum float64
+	for _, m := range mfs[name].GetMetric() {
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Untyped != nil:
+			sum += m.GetUntyped().GetValue()
+		}
+	}
+	return sum
+}
+
+// countSeries counts the samples in an exposition.
+func countSeries(body []byte) int {
+	n := 0
+	for _, line := range bytes.Split(body, []byte("\n")) {
+		if len(line) > 0 && line[0] != '#' {
+			n++
+		}
+	}
+	return n
+}
+
+func repeat(k int, f func() float64) []float64 {
+	out := make([]float64, k)
+	for i := range out {
+		out[i] = f()
+	}
+	return out
+}
+
+func median(v []float64) float64 { return percentile(v, 50) }
+
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+func printTable(rows []row) {
+	fmt.Println("| connections | figure | value | floor | ratio | target |")
+	fmt.Println("| ---: | --- | ---: | ---: | ---: | --- |")
+	for _, r := range rows {
+		n := "—"
+		if r.n > 0 {
+			n = strconv.Itoa(r.n)
+		}
+		value, floor, ratio := format(r.value, r.unit), "", ""
+		if r.floor > 0 {
+			floor, ratio = format(r.floor, r.unit), fmt.Sprintf("%.2fx", r.value/r.floor)
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", n, r.figure, value, floor, ratio, r.target)
+	}
+}
+
+func format(v float64, unit string) string {
+	switch unit {
+	case "s":
+		return fmt.Sprintf("%.1f ms", v*1000)
+	case "MiB":
+		return fmt.Sprintf("%.1f MiB", v)
+	case "/s":
+		return fmt.Sprintf("%.0f/s", v)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
