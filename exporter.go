@@ -238,24 +238,20 @@ func scrapeTimeout(header string, offset time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// trackerSource adapts bpf.Tracker to collector.Source. The collector
-// serialises scrapes, so the scratch buffer needs no lock.
+// trackerSource adapts bpf.Tracker to collector.Source.
 type trackerSource struct {
-	t   *bpf.Tracker
-	buf []bpf.Conn
+	t *bpf.Tracker
 }
 
-func (s *trackerSource) Connections(dst []collector.Conn) ([]collector.Conn, error) {
-	var err error
-	s.buf, err = s.t.Snapshot(s.buf[:0])
-	for i := range s.buf {
-		c := &s.buf[i]
-		dst = append(dst, collector.Conn{
+func (s *trackerSource) Connections(fn func(*collector.Conn)) error {
+	var k collector.Conn
+	return s.t.Walk(func(c *bpf.Conn) {
+		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
 			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
-		})
-	}
-	return dst, err
+		}
+		fn(&k)
+	})
 }
 
 func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(cookies) }
@@ -264,22 +260,17 @@ func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() 
 
 // conntrackResolver adapts resolve.Conntrack to collector.Resolver.
 type conntrackResolver struct {
-	c   *resolve.Conntrack
-	qs  []resolve.Query
-	out []resolve.Result
+	c *resolve.Conntrack
 }
 
 func (r *conntrackResolver) Resolve(ctx context.Context, in []collector.Lookup, out []collector.Destination) {
-	r.qs = r.qs[:0]
-	for _, l := range in {
-		r.qs = append(r.qs, resolve.Query{NetNS: l.NetNS, PID: l.PID, Src: l.Src, Dst: l.Dst})
+	qs := make([]resolve.Query, len(in))
+	for i, l := range in {
+		qs[i] = resolve.Query{NetNS: l.NetNS, PID: l.PID, Src: l.Src, Dst: l.Dst}
 	}
-	if cap(r.out) < len(in) {
-		r.out = make([]resolve.Result, len(in))
-	}
-	r.out = r.out[:len(in)]
-	r.c.Resolve(ctx, r.qs, r.out)
-	for i, res := range r.out {
+	res := make([]resolve.Result, len(in))
+	r.c.Resolve(ctx, qs, res)
+	for i, res := range res {
 		out[i] = collector.Destination{Actual: res.Actual, Resolver: res.Resolver, Err: res.Err, ErrResolver: res.ErrResolver}
 	}
 }

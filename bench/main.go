@@ -353,7 +353,7 @@ func (r *runner) throughput(cycles int) []row {
 		return rate
 	}
 	var without, with []float64
-	for range 3 {
+	for range 5 {
 		without = append(without, round())
 		tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {

@@ -184,6 +184,14 @@ func (t *Tracker) Capacity() uint32 { return t.max }
 // order is unspecified. Entries updated while the snapshot is taken may show
 // either their old or new state.
 func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
+	err := t.Walk(func(c *Conn) { dst = append(dst, *c) })
+	return dst, err
+}
+
+// Walk calls fn for every recorded connection, reading the map in batches;
+// the Conn is only valid during the call. Calls are serialised: fn must not
+// call the Tracker's read methods.
+func (t *Tracker) Walk(fn func(*Conn)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.keys == nil {
@@ -191,22 +199,24 @@ func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 		t.values = make([]trackerConn, batchSize)
 	}
 	var cursor ebpf.MapBatchCursor
+	var c Conn
 	for {
 		n, err := t.objs.Conns.BatchLookup(&cursor, t.keys, t.values, nil)
 		for i := range n {
-			dst = append(dst, convert(t.keys[i], &t.values[i]))
+			convert(&c, t.keys[i], &t.values[i])
+			fn(&c)
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return dst, nil
+			return nil
 		}
 		if err != nil {
-			return dst, fmt.Errorf("read connection map: %w", err)
+			return fmt.Errorf("read connection map: %w", err)
 		}
 	}
 }
 
-func convert(cookie uint64, v *trackerConn) Conn {
-	c := Conn{
+func convert(c *Conn, cookie uint64, v *trackerConn) {
+	*c = Conn{
 		Cookie:   cookie,
 		PID:      v.Pid,
 		NetNS:    v.Netns,
@@ -220,7 +230,6 @@ func convert(cookie uint64, v *trackerConn) Conn {
 		c.Src = netip.AddrPortFrom(addr(v.Family, &v.Saddr), v.Sport)
 		c.Dst = netip.AddrPortFrom(addr(v.Family, &v.Daddr), v.Dport)
 	}
-	return c
 }
 
 const (

@@ -54,9 +54,10 @@ func (k *Conn) Command() string {
 
 // Source gives snapshots of the connections the kernel recorded.
 type Source interface {
-	// Connections appends every recorded connection to dst. It must not
-	// block on anything slower than reading kernel memory.
-	Connections(dst []Conn) ([]Conn, error)
+	// Connections calls fn once for every recorded connection; the Conn is
+	// only valid during the call. It must not block on anything slower than
+	// reading kernel memory.
+	Connections(fn func(*Conn)) error
 	// Release forgets connections in a final state once they are counted.
 	Release(cookies []uint64) error
 	// Lost returns how many connections could not be recorded since start.
@@ -211,12 +212,24 @@ type Connections struct {
 	overflowConns float64
 	warned        map[string]bool
 
-	// Scratch buffers reused across scrapes.
-	snapshot []Conn
-	lookups  []Lookup
-	results  []Destination
-	pending  []int
-	release  []uint64
+	// Per-scrape state.
+	seen    int                 // connections in the last snapshot
+	fresh   []Conn              // connections seen for the first time
+	release []uint64            // connections to release
+	named   map[nameKey]*series // label sets of this scrape's new connections
+}
+
+// nameKey is what decides a new connection's label set within one scrape:
+// the owner is named from the process, namespace and cgroup, the rest from
+// the destination. It holds no pointers, so a large map of them costs the
+// garbage collector nothing.
+type nameKey struct {
+	comm         [16]byte
+	pid, netns   uint32
+	cgroup       uint64
+	dst, actual  [16]byte
+	dport, aport uint16
+	resolver     string
 }
 
 // NewConnections returns the connections collector.
@@ -254,7 +267,14 @@ func (c *Connections) Update(ctx context.Context, ch chan<- prometheus.Metric) e
 	return err
 }
 
-// account folds one snapshot into the label sets.
+// scratchKeep bounds the scratch buffers kept between scrapes: a cold
+// scrape's thousands of new connections are rare, and their buffers are
+// better returned to the garbage collector than held for ever.
+const scratchKeep = 4096
+
+// account folds one snapshot into the label sets. Connections already known
+// are accounted as they are read, with no copy; new ones are set aside,
+// resolved together, then accounted.
 func (c *Connections) account(ctx context.Context) error {
 	now := c.now()
 	c.gen++
@@ -264,75 +284,55 @@ func (c *Connections) account(ctx context.Context) error {
 	if c.overflow != nil {
 		c.overflow.active, c.overflow.touched = 0, false
 	}
+	c.release, c.fresh, c.seen = c.release[:0], c.fresh[:0], 0
 
-	var err error
 	begin := time.Now()
-	c.snapshot, err = c.src.Connections(c.snapshot[:0])
-	read := time.Since(begin)
+	err := c.src.Connections(func(k *Conn) {
+		c.seen++
+		if k.State == StateConnecting {
+			return
+		}
+		if t, ok := c.conns[k.Cookie]; ok {
+			c.apply(t, k, now)
+			return
+		}
+		c.fresh = append(c.fresh, *k)
+	})
 	if err != nil {
 		// Keep going with what was read: counters stay where they were.
 		err = fmt.Errorf("read connections: %w", err)
 	}
+	read := time.Since(begin)
 
-	// Resolve the connections seen for the first time, all at once.
-	c.lookups, c.pending = c.lookups[:0], c.pending[:0]
-	for i := range c.snapshot {
-		k := &c.snapshot[i]
-		if k.State == StateConnecting {
-			continue
+	if len(c.fresh) > 0 {
+		lookups := make([]Lookup, len(c.fresh))
+		for i := range c.fresh {
+			k := &c.fresh[i]
+			lookups[i] = Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst}
 		}
-		if _, ok := c.conns[k.Cookie]; ok {
-			continue
-		}
-		c.pending = append(c.pending, i)
-		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
-	}
-	if len(c.lookups) > 0 {
-		if cap(c.results) < len(c.lookups) {
-			c.results = make([]Destination, len(c.lookups))
-		}
-		c.results = c.results[:len(c.lookups)]
+		results := make([]Destination, len(lookups))
 		resolveStart := time.Now()
-		c.resolver.Resolve(ctx, c.lookups, c.results)
+		c.resolver.Resolve(ctx, lookups, results)
 		resolved := time.Since(resolveStart)
-		for j, i := range c.pending {
-			c.admit(&c.snapshot[i], &c.results[j])
+		c.named = make(map[nameKey]*series)
+		for i := range c.fresh {
+			k := &c.fresh[i]
+			if t := c.admit(k, &results[i]); t != nil {
+				c.apply(t, k, now)
+			}
 		}
-		c.logger.Debug("resolved new connections", "count", len(c.lookups),
+		c.named = nil
+		c.logger.Debug("resolved new connections", "count", len(c.fresh),
 			"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(resolveStart) - resolved).Seconds())
-	}
-
-	c.release = c.release[:0]
-	for i := range c.snapshot {
-		k := &c.snapshot[i]
-		t, ok := c.conns[k.Cookie]
-		if !ok {
-			continue // connecting, or resolution postponed
-		}
-		t.gen = c.gen
-		s := t.s
-		s.lastSeen, s.touched = now, true
-		switch k.State {
-		case StateEstablished:
-			s.active++
-			if !t.counted {
-				s.opened++
-				t.counted = true
-			}
-		case StateClosed:
-			if !t.counted {
-				s.opened++ // opened and closed between two scrapes
-			}
-			c.release = append(c.release, k.Cookie)
-			delete(c.conns, k.Cookie)
-		case StateFailed:
-			s.failed++
-			c.release = append(c.release, k.Cookie)
-			delete(c.conns, k.Cookie)
-		}
 	}
 	if rerr := c.src.Release(c.release); rerr != nil && err == nil {
 		err = fmt.Errorf("release connections: %w", rerr)
+	}
+	if cap(c.fresh) > scratchKeep {
+		c.fresh = nil
+	}
+	if cap(c.release) > scratchKeep {
+		c.release = nil
 	}
 
 	// Forget connections that left the map without a final state.
@@ -346,7 +346,7 @@ func (c *Connections) account(ctx context.Context) error {
 			delete(c.attempts, cookie)
 		}
 	}
-	c.logger.Debug("accounted snapshot", "connections", len(c.snapshot), "read_seconds", read.Seconds(),
+	c.logger.Debug("accounted snapshot", "connections", c.seen, "new", len(c.fresh), "read_seconds", read.Seconds(),
 		"total_seconds", time.Since(begin).Seconds())
 	for key, s := range c.series {
 		if s.active == 0 && now.Sub(s.lastSeen) > c.cfg.SeriesIdle {
@@ -359,9 +359,35 @@ func (c *Connections) account(ctx context.Context) error {
 	return err
 }
 
+// apply accounts for one known connection in this scrape.
+func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
+	t.gen = c.gen
+	s := t.s
+	s.lastSeen, s.touched = now, true
+	switch k.State {
+	case StateEstablished:
+		s.active++
+		if !t.counted {
+			s.opened++
+			t.counted = true
+		}
+	case StateClosed:
+		if !t.counted {
+			s.opened++ // opened and closed between two scrapes
+		}
+		c.release = append(c.release, k.Cookie)
+		delete(c.conns, k.Cookie)
+	case StateFailed:
+		s.failed++
+		c.release = append(c.release, k.Cookie)
+		delete(c.conns, k.Cookie)
+	}
+}
+
 // admit records the destination of a connection seen for the first time,
-// or postpones it when a table could not be read and attempts are left.
-func (c *Connections) admit(k *Conn, d *Destination) {
+// or postpones it (returning nil) when a table could not be read and
+// attempts are left.
+func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 	if d.Err != nil {
 		c.errors[d.ErrResolver]++
 		if !c.warned[d.ErrResolver] {
@@ -374,18 +400,37 @@ func (c *Connections) admit(k *Conn, d *Destination) {
 			r := retry{n: c.attempts[k.Cookie].n + 1, gen: c.gen}
 			if r.n < c.cfg.ResolveAttempts {
 				c.attempts[k.Cookie] = r
-				return
+				return nil
 			}
 		}
 	}
 	delete(c.attempts, k.Cookie)
 	c.resolved[d.Resolver]++
-	c.conns[k.Cookie] = &tracked{s: c.seriesFor(k, d)}
+	t := &tracked{s: c.seriesFor(k, d)}
+	c.conns[k.Cookie] = t
+	return t
 }
 
 // seriesFor returns the label set of a connection, creating it if the
 // bound allows, else the overflow label set.
 func (c *Connections) seriesFor(k *Conn, d *Destination) *series {
+	nk := nameKey{
+		comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID,
+		dst: k.Dst.Addr().As16(), dport: k.Dst.Port(),
+		actual: d.Actual.Addr().As16(), aport: d.Actual.Port(), resolver: d.Resolver,
+	}
+	if s, ok := c.named[nk]; ok {
+		return s
+	}
+	s := c.seriesByLabels(k, d)
+	if c.named != nil {
+		c.named[nk] = s
+	}
+	return s
+}
+
+// seriesByLabels names a connection and finds or creates its label set.
+func (c *Connections) seriesByLabels(k *Conn, d *Destination) *series {
 	o := c.namer.Owner(k)
 	values := []string{
 		o.Container, o.Pod, o.Namespace, o.Workload, k.Command(),
@@ -432,7 +477,7 @@ func (c *Connections) emit(ch chan<- prometheus.Metric) {
 	for r, v := range c.resolved {
 		ch <- prometheus.MustNewConstMetric(resolvedDesc, prometheus.CounterValue, v, r)
 	}
-	ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(len(c.snapshot)))
+	ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(c.seen))
 	ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(c.src.Capacity()))
 	if lost, err := c.src.Lost(); err == nil {
 		ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(lost))

@@ -30,8 +30,13 @@ type fakeSource struct {
 	err      error
 }
 
-func (s *fakeSource) Connections(dst []Conn) ([]Conn, error) {
-	return append(dst, s.conns...), s.err
+func (s *fakeSource) Connections(fn func(*Conn)) error {
+	var c Conn // one copy reused, as the real source does: it must not be kept
+	for i := range s.conns {
+		c = s.conns[i]
+		fn(&c)
+	}
+	return s.err
 }
 
 func (s *fakeSource) Release(cookies []uint64) error {
@@ -79,6 +84,8 @@ func conn(cookie uint64, process, src, dst string, st State) Conn {
 
 var vip = netip.MustParseAddrPort("10.43.0.10:80")
 
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
 func newTestCollector(t *testing.T, cfg ConnectionsConfig, src Source, res Resolver) *Connections {
 	t.Helper()
 	if cfg.MaxSeries == 0 {
@@ -87,7 +94,7 @@ func newTestCollector(t *testing.T, cfg ConnectionsConfig, src Source, res Resol
 	if cfg.SeriesIdle == 0 {
 		cfg.SeriesIdle = time.Minute
 	}
-	c, err := NewConnections(cfg, src, res, ProcessNamer{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := NewConnections(cfg, src, res, ProcessNamer{}, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -180,10 +180,10 @@ func fail(out []Result, idx []int, resolver string, err error) {
 	}
 }
 
-// Relative cost of one conntrack Get against decoding one dumped entry,
-// measured on the development machine (~50 µs against ~10 µs): a dump wins
-// when the queries outnumber a fifth of the table.
-const getCostPerDumpEntry = 5
+// Relative cost of one pipelined lookup against reading one entry of a
+// dump, measured with scripts/bench on the development machine: a dump wins
+// when the queries times this outnumber the table's entries.
+const getCostPerDumpEntry = 3
 
 // lookup resolves the queries idx in the namespace open as fd and returns the
 // ones it did not translate.
@@ -203,43 +203,37 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		// No entries: conntrack is not even enabled in many pod namespaces.
 		return idx
 	}
+	sock, err := openCT(fd)
+	if err != nil {
+		fail(out, idx, resolver, err)
+		return idx
+	}
+	defer sock.close()
 	replies := make([]netip.AddrPort, len(idx)) // invalid where no entry
 	begin := time.Now()
 	method := "get"
 	if len(idx)*getCostPerDumpEntry > int(stats.Entries) {
-		method = "dump"
 		// One pass over the table, keeping only the entries asked for.
-		want := make(map[tuple]int, len(idx))
+		method = "dump"
+		want := make(map[tupleKey]int, len(idx))
 		for n, i := range idx {
-			want[tuple{qs[i].Src, qs[i].Dst}] = n
+			want[keyOf(qs[i].Src, qs[i].Dst)] = n
 		}
-		entries := 0
-		err := dumpRaw(fd, func(b []byte) {
-			entries++
+		err = sock.dump(func(b []byte) {
 			e, ok := parseEntry(b)
 			if !ok || e.proto != unix.IPPROTO_TCP {
 				return
 			}
-			if n, ok := want[e.orig]; ok {
+			if n, ok := want[keyOf(e.orig.src, e.orig.dst)]; ok {
 				replies[n] = e.replySrc
 			}
 		})
-		if err != nil {
-			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
-			return idx
-		}
 	} else {
-		for n, i := range idx {
-			if err := ctx.Err(); err != nil {
-				fail(out, idx[n:], resolver, err)
-				break
-			}
-			reply, err := t.get(qs[i])
-			if err != nil {
-				out[i].Err, out[i].ErrResolver = fmt.Errorf("get conntrack in netns %d: %w", ino, err), resolver
-			}
-			replies[n] = reply
-		}
+		err = sock.get(qs, idx, replies)
+	}
+	if err != nil {
+		fail(out, idx, resolver, fmt.Errorf("%s conntrack in netns %d: %w", method, ino, err))
+		return idx
 	}
 	c.logger.Debug("looked up conntrack", "netns", ino, "method", method, "entries", stats.Entries,
 		"queries", len(idx), "seconds", time.Since(begin).Seconds())
@@ -253,8 +247,19 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 	return rest
 }
 
-// tuple is a connection's original direction, the key of a dump index.
+// tuple is a connection's original direction.
 type tuple struct{ src, dst netip.AddrPort }
+
+// tupleKey is a tuple without pointers, the key of a dump's index: a large
+// map of them costs the garbage collector nothing to scan.
+type tupleKey struct {
+	src, dst     [16]byte
+	sport, dport uint16
+}
+
+func keyOf(src, dst netip.AddrPort) tupleKey {
+	return tupleKey{src.Addr().As16(), dst.Addr().As16(), src.Port(), dst.Port()}
+}
 
 // table is a conntrack netlink socket in one namespace.
 type table struct{ conn *conntrack.Conn }
@@ -265,25 +270,4 @@ func dialTable(fd *os.File) (table, error) {
 		return table{}, fmt.Errorf("open conntrack netlink socket: %w", err)
 	}
 	return table{conn: conn}, nil
-}
-
-// get looks one tuple up and returns the reply direction's source: where
-// the connection really goes. A missing entry returns the zero AddrPort and
-// no error.
-func (t table) get(q Query) (netip.AddrPort, error) {
-	var f conntrack.Flow
-	f.TupleOrig.IP.SourceAddress = q.Src.Addr()
-	f.TupleOrig.IP.DestinationAddress = q.Dst.Addr()
-	f.TupleOrig.Proto.Protocol = unix.IPPROTO_TCP
-	f.TupleOrig.Proto.SourcePort = q.Src.Port()
-	f.TupleOrig.Proto.DestinationPort = q.Dst.Port()
-	got, err := t.conn.Get(f)
-	if errors.Is(err, unix.ENOENT) {
-		return netip.AddrPort{}, nil
-	}
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	r := got.TupleReply
-	return netip.AddrPortFrom(r.IP.SourceAddress.Unmap(), r.Proto.SourcePort), nil
 }

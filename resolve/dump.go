@@ -77,64 +77,217 @@ func netlinkSocketIn(ns *os.File) (int, error) {
 	return r.fd, r.err
 }
 
-// dumpRaw streams the whole conntrack table of namespace ns and calls fn
-// with each entry message's attributes (after the netfilter header). The
-// slice is only valid during the call.
-func dumpRaw(ns *os.File, fn func(attrs []byte)) error {
+// ctSocket is a netfilter netlink socket inside one namespace, with its
+// receive buffer. It is not safe for concurrent use.
+type ctSocket struct {
+	fd  int
+	buf []byte
+}
+
+// openCT opens a conntrack socket in the namespace ns.
+func openCT(ns *os.File) (*ctSocket, error) {
 	fd, err := netlinkSocketIn(ns)
 	if err != nil {
-		return fmt.Errorf("open netfilter netlink socket: %w", err)
+		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
 	}
-	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("bind netlink socket: %w", err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind netlink socket: %w", err)
 	}
+	return &ctSocket{fd: fd, buf: make([]byte, dumpBufSize)}, nil
+}
 
-	var req [nlmsgHdrLen + nfgenHdrLen]byte
+func (s *ctSocket) close() { unix.Close(s.fd) }
+
+// putHeader writes a netlink and netfilter header for a conntrack message
+// of length l at the start of b.
+func putHeader(b []byte, l int, msg, flags uint16, seq uint32, family uint8) {
 	ne := binary.NativeEndian
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], nfnlSubsysCTNetlink<<8|ipctnlMsgCTGet)
-	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	ne.PutUint32(req[8:], 1) // sequence
-	req[16] = unix.AF_UNSPEC // both IPv4 and IPv6
-	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	ne.PutUint32(b[0:], uint32(l))
+	ne.PutUint16(b[4:], nfnlSubsysCTNetlink<<8|msg)
+	ne.PutUint16(b[6:], flags)
+	ne.PutUint32(b[8:], seq)
+	ne.PutUint32(b[12:], 0)
+	b[16], b[17], b[18], b[19] = family, 0, 0, 0 // nfgenmsg: family, version, res_id
+}
+
+func (s *ctSocket) send(b []byte) error {
+	for {
+		err := unix.Sendto(s.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// receive reads one datagram and calls fn for each netlink message in it
+// with its sequence number, type, and payload after the netlink header. fn
+// returns false to stop; receive reports whether it was stopped.
+func (s *ctSocket) receive(fn func(seq uint32, typ uint16, payload []byte) bool) (bool, error) {
+	n, _, err := unix.Recvfrom(s.fd, s.buf, 0)
+	for errors.Is(err, unix.EINTR) {
+		n, _, err = unix.Recvfrom(s.fd, s.buf, 0)
+	}
+	if err != nil {
+		return false, err
+	}
+	ne := binary.NativeEndian
+	b := s.buf[:n]
+	for len(b) >= nlmsgHdrLen {
+		l := int(ne.Uint32(b[0:]))
+		if l < nlmsgHdrLen || l > len(b) {
+			return false, fmt.Errorf("malformed netlink message of length %d in %d bytes", l, len(b))
+		}
+		if !fn(ne.Uint32(b[8:]), ne.Uint16(b[4:]), b[nlmsgHdrLen:l]) {
+			return true, nil
+		}
+		b = b[min(align4(l), len(b)):]
+	}
+	return false, nil
+}
+
+// errno decodes the error code of an NLMSG_ERROR payload (nil for an ack).
+func errno(payload []byte) error {
+	if len(payload) < 4 {
+		return fmt.Errorf("truncated netlink error message")
+	}
+	if code := int32(binary.NativeEndian.Uint32(payload)); code != 0 {
+		return syscall.Errno(-code)
+	}
+	return nil
+}
+
+// dump streams the whole conntrack table and calls fn with each entry
+// message's attributes (after the netfilter header). The slice is only
+// valid during the call.
+func (s *ctSocket) dump(fn func(attrs []byte)) error {
+	var req [nlmsgHdrLen + nfgenHdrLen]byte
+	putHeader(req[:], len(req), ipctnlMsgCTGet, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, 1, unix.AF_UNSPEC)
+	if err := s.send(req[:]); err != nil {
 		return fmt.Errorf("send conntrack dump request: %w", err)
 	}
-
-	buf := make([]byte, dumpBufSize)
+	var failed error
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		done, err := s.receive(func(_ uint32, typ uint16, p []byte) bool {
+			switch typ {
+			case unix.NLMSG_DONE:
+				return false
+			case unix.NLMSG_ERROR:
+				failed = errno(p)
+				return false
+			}
+			if len(p) >= nfgenHdrLen {
+				fn(p[nfgenHdrLen:])
+			}
+			return true
+		})
 		if err != nil {
 			return fmt.Errorf("receive conntrack dump: %w", err)
 		}
-		b := buf[:n]
-		for len(b) >= nlmsgHdrLen {
-			l := int(ne.Uint32(b[0:]))
-			typ := ne.Uint16(b[4:])
-			if l < nlmsgHdrLen || l > len(b) {
-				return fmt.Errorf("malformed netlink message of length %d in %d bytes", l, len(b))
-			}
-			switch typ {
-			case unix.NLMSG_DONE:
-				return nil
-			case unix.NLMSG_ERROR:
-				if l >= nlmsgHdrLen+4 {
-					if code := int32(ne.Uint32(b[nlmsgHdrLen:])); code != 0 {
-						return fmt.Errorf("conntrack dump: %w", syscall.Errno(-code))
-					}
-				}
-				return nil
-			default:
-				if l >= nlmsgHdrLen+nfgenHdrLen {
-					fn(b[nlmsgHdrLen+nfgenHdrLen : l])
-				}
-			}
-			b = b[align4(l):]
+		if done {
+			return failed
 		}
 	}
+}
+
+// getBatchSize is how many lookups are sent in one datagram: the kernel
+// answers each in turn, and their answers fit the receive buffer.
+const getBatchSize = 128
+
+// get looks up the original tuples of qs[idx[n]] and sets replies[n] to the
+// reply source of its entry, leaving it invalid where there is none.
+// Requests are pipelined: a batch goes out in one system call and the
+// answers come back in order, so a lookup costs the kernel's hash lookup
+// rather than a round trip.
+func (s *ctSocket) get(qs []Query, idx []int, replies []netip.AddrPort) error {
+	req := make([]byte, 0, getBatchSize*128)
+	for start := 0; start < len(idx); start += getBatchSize {
+		end := min(start+getBatchSize, len(idx))
+		req = req[:0]
+		for n := start; n < end; n++ {
+			req = appendGet(req, uint32(n+1), qs[idx[n]])
+		}
+		if err := s.send(req); err != nil {
+			return fmt.Errorf("send conntrack lookups: %w", err)
+		}
+		answered := start
+		var failed error
+		for answered < end && failed == nil {
+			_, err := s.receive(func(seq uint32, typ uint16, p []byte) bool {
+				n := int(seq) - 1
+				if n < start || n >= end {
+					return true // not an answer to this batch
+				}
+				answered++
+				if typ == unix.NLMSG_ERROR {
+					if err := errno(p); err != nil && !errors.Is(err, unix.ENOENT) {
+						failed = err
+						return false
+					}
+					return true
+				}
+				if len(p) >= nfgenHdrLen {
+					if e, ok := parseEntry(p[nfgenHdrLen:]); ok {
+						replies[n] = e.replySrc
+					}
+				}
+				return true
+			})
+			if err != nil {
+				return fmt.Errorf("receive conntrack lookups: %w", err)
+			}
+		}
+		if failed != nil {
+			return failed
+		}
+	}
+	return nil
+}
+
+// appendGet appends a conntrack GET request for q's original tuple.
+func appendGet(b []byte, seq uint32, q Query) []byte {
+	start := len(b)
+	family, srcT, dstT := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	src, dst := q.Src.Addr().AsSlice(), q.Dst.Addr().AsSlice()
+	if q.Dst.Addr().Is6() {
+		family, srcT, dstT = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst
+		s16, d16 := q.Src.Addr().As16(), q.Dst.Addr().As16()
+		src, dst = s16[:], d16[:]
+	}
+	b = append(b, make([]byte, nlmsgHdrLen+nfgenHdrLen)...)
+	orig := len(b)
+	b = appendAttr(b, ctaTupleOrig|unix.NLA_F_NESTED, nil)
+	ip := len(b)
+	b = appendAttr(b, ctaTupleIP|unix.NLA_F_NESTED, nil)
+	b = appendAttr(b, srcT, src)
+	b = appendAttr(b, dstT, dst)
+	endAttr(b, ip)
+	proto := len(b)
+	b = appendAttr(b, ctaTupleProto|unix.NLA_F_NESTED, nil)
+	b = appendAttr(b, ctaProtoNum, []byte{unix.IPPROTO_TCP})
+	b = appendAttr(b, ctaProtoSrc, binary.BigEndian.AppendUint16(nil, q.Src.Port()))
+	b = appendAttr(b, ctaProtoDst, binary.BigEndian.AppendUint16(nil, q.Dst.Port()))
+	endAttr(b, proto)
+	endAttr(b, orig)
+	putHeader(b[start:], len(b)-start, ipctnlMsgCTGet, unix.NLM_F_REQUEST, seq, family)
+	return b
+}
+
+// appendAttr appends an attribute header and payload, padded to 4 bytes.
+func appendAttr(b []byte, typ uint16, payload []byte) []byte {
+	ne := binary.NativeEndian
+	b = ne.AppendUint16(b, uint16(4+len(payload)))
+	b = ne.AppendUint16(b, typ)
+	b = append(b, payload...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// endAttr sets the length of the nested attribute starting at off.
+func endAttr(b []byte, off int) {
+	binary.NativeEndian.PutUint16(b[off:], uint16(len(b)-off))
 }
 
 // CountConntrack reads the whole conntrack table of the namespace file at
@@ -146,8 +299,13 @@ func CountConntrack(path string) (int, error) {
 		return 0, err
 	}
 	defer ns.Close()
+	s, err := openCT(ns)
+	if err != nil {
+		return 0, err
+	}
+	defer s.close()
 	n := 0
-	err = dumpRaw(ns, func([]byte) { n++ })
+	err = s.dump(func([]byte) { n++ })
 	return n, err
 }
 
