@@ -46,6 +46,7 @@ type config struct {
 	procfs          string
 	hostNetNS       string
 	netnsDirs       []string
+	bpffs           string
 	maxConnections  uint32
 	maxSeries       int
 	seriesIdle      time.Duration
@@ -72,6 +73,8 @@ func run() int {
 		PlaceHolder("auto").StringVar(&cfg.hostNetNS)
 	app.Flag("path.netns-dir", "Directory of bind-mounted network namespaces, searched when no process of a namespace is left (repeatable).").
 		Default("/run/netns").StringsVar(&cfg.netnsDirs)
+	app.Flag("path.bpffs", "Mount point of the host's BPF filesystem, where Cilium pins its maps (tc/globals).").
+		Default("/sys/fs/bpf").StringVar(&cfg.bpffs)
 	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape.").
 		Default(strconv.Itoa(bpf.DefaultMaxConnections)).Uint32Var(&cfg.maxConnections)
 	app.Flag("collector.max-series", "Maximum number of label sets of the connection metrics; connections beyond are counted under the label value _other.").
@@ -129,7 +132,11 @@ func run() int {
 
 	conns, err := collector.NewConnections(collector.ConnectionsConfig{
 		MaxSeries: cfg.maxSeries, SeriesIdle: cfg.seriesIdle, ResolveAttempts: cfg.resolveAttempts,
-	}, &trackerSource{t: tracker}, &conntrackResolver{c: ct}, collector.ProcessNamer{}, logger.With("collector", "connections"))
+	}, &trackerSource{t: tracker}, &chainResolver{chain: resolve.Chain{
+		ct.OwnNamespace(),
+		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
+		ct.HostNamespace(),
+	}}, collector.ProcessNamer{}, logger.With("collector", "connections"))
 	if err != nil {
 		logger.Error("invalid collector configuration", "err", err)
 		return 1
@@ -258,18 +265,18 @@ func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(coo
 func (s *trackerSource) Lost() (uint64, error)          { return s.t.Lost() }
 func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() }
 
-// conntrackResolver adapts resolve.Conntrack to collector.Resolver.
-type conntrackResolver struct {
-	c *resolve.Conntrack
+// chainResolver adapts a resolve.Chain to collector.Resolver.
+type chainResolver struct {
+	chain resolve.Chain
 }
 
-func (r *conntrackResolver) Resolve(ctx context.Context, in []collector.Lookup, out []collector.Destination) {
+func (r *chainResolver) Resolve(ctx context.Context, in []collector.Lookup, out []collector.Destination) {
 	qs := make([]resolve.Query, len(in))
 	for i, l := range in {
 		qs[i] = resolve.Query{NetNS: l.NetNS, PID: l.PID, Src: l.Src, Dst: l.Dst}
 	}
 	res := make([]resolve.Result, len(in))
-	r.c.Resolve(ctx, qs, res)
+	r.chain.Resolve(ctx, qs, res)
 	for i, res := range res {
 		out[i] = collector.Destination{Actual: res.Actual, Resolver: res.Resolver, Err: res.Err, ErrResolver: res.ErrResolver}
 	}

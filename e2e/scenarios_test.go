@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	cf "github.com/connection-exporter/connection_exporter/internal/ciliumfake"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
 
@@ -234,5 +237,34 @@ func TestExpositionValid(t *testing.T) {
 	}
 	if v := s.samples("connection_exporter_scrape_collector_success", nil); len(v) != 1 || v[0].value != 1 {
 		t.Errorf("collector success = %v", v)
+	}
+}
+
+// TestCilium: with Cilium's maps pinned under --path.bpffs, a connection to
+// a service address resolves from Cilium's service entry and backend map.
+// The fake agent writes the entry as Cilium's datapath would, naming the
+// backend that really accepted the connection.
+func TestCilium(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	fs := cf.Mount(t, t.TempDir())
+	ct4 := fs.Pin("cilium_ct4_global", ebpf.LRUHash, cf.Tuple4Size, cf.CTEntrySize)
+	lb4 := fs.Pin("cilium_lb4_backends_v3", ebpf.Hash, 4, 12)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	conns := dialAll(t, cl.Client, dst, 5)
+	for i, c := range conns {
+		accepted := truth(t, cl, []netip.AddrPort{local(c)})
+		for a := range accepted {
+			backend := netip.MustParseAddrPort(a)
+			fs.Put(ct4, cf.ServiceKey4(local(c), dst), cf.CTEntry116{BackendID: uint64(i + 1), Packets: 3})
+			fs.Put(lb4, uint32(i+1), cf.LB4BackendV3{Address: backend.Addr().As4(), Port: cf.Port(backend.Port()), Proto: 6})
+		}
+	}
+	want := truth(t, cl, sources(conns))
+	exp := startExporter(t, cl.Node, "--path.bpffs="+fs.Root)
+	s := exp.scrape()
+	match := map[string]string{"process": process(t), "destination": dst.String(), "resolver": "cilium"}
+	if got := s.byActual("connection_active", match); !equal(got, want) {
+		t.Errorf("connection_active by cilium = %v, backends saw %v", got, want)
 	}
 }

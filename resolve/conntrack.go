@@ -104,21 +104,30 @@ func NewConntrack(cfg ConntrackConfig, logger *slog.Logger) (*Conntrack, error) 
 func (c *Conntrack) HostNetNS() uint32 { return c.hostIno }
 
 // Resolve fills out[i] with the destination of qs[i]; out must be at least
-// as long as qs. A connection is first looked up in its own namespace, where
-// a translated entry answers with ResolverConntrackNetNS; an entry without
-// translation, or none, passes it on to the host namespace. Resolve stops
-// looking up when ctx is done, leaving the rest unresolved with ctx's error.
+// as long as qs. It is Chain{c.OwnNamespace(), c.HostNamespace()}.Resolve.
 func (c *Conntrack) Resolve(ctx context.Context, qs []Query, out []Result) {
-	for i, q := range qs {
-		out[i] = Result{Actual: q.Dst, Resolver: ResolverNone}
-	}
-	finder := nsFinder{procfs: c.cfg.ProcFS, extra: c.cfg.NetNSDirs}
+	Chain{c.OwnNamespace(), c.HostNamespace()}.Resolve(ctx, qs, out)
+}
 
+// OwnNamespace returns the step that looks each connection up in the
+// conntrack table of its own network namespace, where a translated entry
+// answers with ResolverConntrackNetNS (sidecar redirects). Connections of
+// the host namespace are left to HostNamespace.
+func (c *Conntrack) OwnNamespace() Step { return ownNamespace{c} }
+
+// HostNamespace returns the step that looks connections up in the host
+// namespace's conntrack table (kube-proxy, Docker DNAT).
+func (c *Conntrack) HostNamespace() Step { return hostNamespace{c} }
+
+type ownNamespace struct{ c *Conntrack }
+
+func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
+	c := s.c
+	finder := nsFinder{procfs: c.cfg.ProcFS, extra: c.cfg.NetNSDirs}
 	byNS := make(map[uint32][]int)
-	var host []int
-	for i, q := range qs {
-		if q.NetNS == c.hostIno || q.NetNS == 0 {
-			host = append(host, i)
+	for _, i := range idx {
+		if q := qs[i]; q.NetNS == c.hostIno || q.NetNS == 0 {
+			rest = append(rest, i)
 		} else {
 			byNS[q.NetNS] = append(byNS[q.NetNS], i)
 		}
@@ -126,31 +135,36 @@ func (c *Conntrack) Resolve(ctx context.Context, qs []Query, out []Result) {
 	for ino, idx := range byNS {
 		if err := ctx.Err(); err != nil {
 			fail(out, idx, ResolverConntrackNetNS, err)
+			rest = append(rest, idx...)
 			continue
 		}
 		fd, err := c.openFor(&finder, ino, qs, idx)
 		if err != nil {
 			fail(out, idx, ResolverConntrackNetNS, err)
-			host = append(host, idx...)
+			rest = append(rest, idx...)
 			continue
 		}
-		host = append(host, c.lookup(ctx, fd, ino, qs, idx, out, ResolverConntrackNetNS)...)
+		rest = append(rest, c.lookup(ctx, fd, ino, qs, idx, out, ResolverConntrackNetNS)...)
 		fd.Close()
 	}
-	if len(host) == 0 {
-		return
-	}
+	return rest
+}
+
+type hostNamespace struct{ c *Conntrack }
+
+func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
+	c := s.c
 	if err := ctx.Err(); err != nil {
-		fail(out, host, ResolverConntrack, err)
-		return
+		fail(out, idx, ResolverConntrack, err)
+		return idx
 	}
 	fd, err := netns.Open(c.cfg.HostNetNS, c.hostIno)
 	if err != nil {
-		fail(out, host, ResolverConntrack, err)
-		return
+		fail(out, idx, ResolverConntrack, err)
+		return idx
 	}
 	defer fd.Close()
-	c.lookup(ctx, fd, c.hostIno, qs, host, out, ResolverConntrack)
+	return c.lookup(ctx, fd, c.hostIno, qs, idx, out, ResolverConntrack)
 }
 
 // openFor opens namespace ino through the process of any of its queries.
