@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
 
 // newTracker loads the real programs. It skips only when not root; every
@@ -37,15 +39,7 @@ func listen(t *testing.T, network, address string) net.Listener {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
+	netlab.Serve(ln)
 	return ln
 }
 

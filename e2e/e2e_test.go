@@ -222,15 +222,8 @@ func truth(t *testing.T, cl *netlab.Cluster, clients []netip.AddrPort) map[strin
 	t.Helper()
 	out := map[string]float64{}
 	for _, c := range clients {
-		var got netip.AddrPort
-		for range 400 {
-			var ok bool
-			if got, ok = cl.Accepted(c); ok {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if !got.IsValid() {
+		got, ok := cl.AwaitAccepted(c)
+		if !ok {
 			t.Fatalf("no backend accepted the connection from %v", c)
 		}
 		out[got.String()]++

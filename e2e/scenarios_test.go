@@ -63,15 +63,8 @@ func TestSidecar(t *testing.T) {
 	conns := dialAll(t, cl.Client, dst, 12)
 	var ups []netip.AddrPort
 	for _, c := range conns {
-		var up netip.AddrPort
-		for range 400 {
-			var ok bool
-			if up, ok = proxy.Upstream(local(c)); ok {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if !up.IsValid() {
+		up, ok := proxy.AwaitUpstream(local(c))
+		if !ok {
 			t.Fatalf("the proxy did not forward %v", local(c))
 		}
 		ups = append(ups, up)

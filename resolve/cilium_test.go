@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	cf "github.com/connection-exporter/connection_exporter/internal/ciliumfake"
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
 
 // dialLoopback opens a real connection and returns its tuple.
@@ -22,15 +23,7 @@ func dialLoopback(t *testing.T, network, addr string) Query {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	netlab.Serve(ln)
 	c, err := net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

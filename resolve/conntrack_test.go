@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
@@ -30,14 +29,11 @@ func tcpAddr(a net.Addr) netip.AddrPort {
 // waitAccepted waits for the cluster's servers to record client.
 func waitAccepted(t *testing.T, c *netlab.Cluster, client netip.AddrPort) netip.AddrPort {
 	t.Helper()
-	for range 200 {
-		if a, ok := c.Accepted(client); ok {
-			return a
-		}
-		time.Sleep(5 * time.Millisecond)
+	a, ok := c.AwaitAccepted(client)
+	if !ok {
+		t.Fatalf("no backend accepted %v", client)
 	}
-	t.Fatalf("no backend accepted %v", client)
-	return netip.AddrPort{}
+	return a
 }
 
 // TestKubeProxy resolves connections to a service address DNATed by
@@ -129,15 +125,8 @@ func TestSidecar(t *testing.T) {
 	}
 	defer app.Close()
 	src := tcpAddr(app.LocalAddr())
-	var up netip.AddrPort
-	for range 200 {
-		var ok bool
-		if up, ok = proxy.Upstream(src); ok {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if !up.IsValid() {
+	up, ok := proxy.AwaitUpstream(src)
+	if !ok {
 		t.Fatal("the proxy did not forward the connection")
 	}
 	backend := waitAccepted(t, cl, up)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // Server accepts TCP connections and records, for each, the peer that
@@ -170,4 +171,21 @@ func (c *Cluster) Accepted(client netip.AddrPort) (netip.AddrPort, bool) {
 		}
 	}
 	return netip.AddrPort{}, false
+}
+
+// await polls fn for up to two seconds: servers record a connection
+// shortly after the client sees it established.
+func await(fn func() (netip.AddrPort, bool)) (netip.AddrPort, bool) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if a, ok := fn(); ok || time.Now().After(deadline) {
+			return a, ok
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// AwaitAccepted is Accepted, waiting for the backend to record client.
+func (c *Cluster) AwaitAccepted(client netip.AddrPort) (netip.AddrPort, bool) {
+	return await(func() (netip.AddrPort, bool) { return c.Accepted(client) })
 }

@@ -86,3 +86,8 @@ func (s *Sidecar) forward(n *NS, c net.Conn) {
 	}()
 	io.Copy(io.Discard, up)
 }
+
+// AwaitUpstream is Upstream, waiting for the proxy to dial onwards.
+func (s *Sidecar) AwaitUpstream(client netip.AddrPort) (netip.AddrPort, bool) {
+	return await(func() (netip.AddrPort, bool) { return s.Upstream(client) })
+}
