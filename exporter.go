@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/collector"
+	"github.com/connection-exporter/connection_exporter/kube"
 	"github.com/connection-exporter/connection_exporter/resolve"
 )
 
@@ -52,6 +54,7 @@ type config struct {
 	seriesIdle      time.Duration
 	resolveAttempts int
 	pprof           bool
+	kubelet         kube.Config
 }
 
 func main() {
@@ -83,6 +86,16 @@ func run() int {
 		Default("10m").DurationVar(&cfg.seriesIdle)
 	app.Flag("collector.resolve-attempts", "Scrapes that may retry resolving an open connection whose NAT table could not be read.").
 		Default("3").IntVar(&cfg.resolveAttempts)
+	app.Flag("kubelet.url", "Kubelet API of this node (e.g. https://$(NODE_NAME):10250) to name pods; empty disables Kubernetes naming.").
+		StringVar(&cfg.kubelet.URL)
+	app.Flag("kubelet.token-file", "Bearer token for the kubelet API.").
+		Default("/var/run/secrets/kubernetes.io/serviceaccount/token").StringVar(&cfg.kubelet.TokenFile)
+	app.Flag("kubelet.ca-file", "CA of the kubelet's serving certificate.").
+		Default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").StringVar(&cfg.kubelet.CAFile)
+	app.Flag("kubelet.insecure-skip-verify", "Do not verify the kubelet's serving certificate.").
+		Default("false").BoolVar(&cfg.kubelet.InsecureSkipVerify)
+	app.Flag("kubelet.refresh-interval", "How often the node's pods are fetched.").
+		Default("15s").DurationVar(&cfg.kubelet.Refresh)
 	app.Flag("debug.pprof", "Serve Go profiles under /debug/pprof/ (behind the same web configuration).").
 		Default("false").BoolVar(&cfg.pprof)
 	webConfig := webflag.AddFlags(app, defaultListenAddress)
@@ -130,22 +143,36 @@ func run() int {
 	}
 	logger.Info("host network namespace", "path", hostNetNS, "inode", ct.HostNetNS())
 
+	static := prometheus.NewRegistry()
+	static.MustRegister(versioncollector.NewCollector(exporterName))
+	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+
+	var namer collector.Namer = collector.ProcessNamer{}
+	if cfg.kubelet.URL != "" {
+		kc, err := kube.NewClient(cfg.kubelet, logger.With("component", "kubelet"))
+		if err != nil {
+			logger.Error("invalid kubelet configuration", "err", err)
+			return 1
+		}
+		go kc.Run(ctx)
+		static.MustRegister(kc)
+		kn := kube.NewNamer(kc, cfg.procfs)
+		go kn.Run(ctx, cfg.kubelet.Refresh)
+		namer = kubeNamer{kn}
+	}
+
 	conns, err := collector.NewConnections(collector.ConnectionsConfig{
 		MaxSeries: cfg.maxSeries, SeriesIdle: cfg.seriesIdle, ResolveAttempts: cfg.resolveAttempts,
 	}, &trackerSource{t: tracker}, &chainResolver{chain: resolve.Chain{
 		ct.OwnNamespace(),
 		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
 		ct.HostNamespace(),
-	}}, collector.ProcessNamer{}, logger.With("collector", "connections"))
+	}}, namer, logger.With("collector", "connections"))
 	if err != nil {
 		logger.Error("invalid collector configuration", "err", err)
 		return 1
 	}
 	exp := collector.NewExporter(map[string]collector.Collector{"connections": conns}, logger)
-
-	static := prometheus.NewRegistry()
-	static.MustRegister(versioncollector.NewCollector(exporterName))
-	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 
 	mux := http.NewServeMux()
 	mux.Handle(cfg.metricsPath, metricsHandler(exp, static, cfg, logger))
@@ -280,4 +307,20 @@ func (r *chainResolver) Resolve(ctx context.Context, in []collector.Lookup, out 
 	for i, res := range res {
 		out[i] = collector.Destination{Actual: res.Actual, Resolver: res.Resolver, Err: res.Err, ErrResolver: res.ErrResolver}
 	}
+}
+
+// kubeNamer adapts kube.Namer to collector.Namer: pods by process cgroup,
+// the process name for everything else.
+type kubeNamer struct{ n *kube.Namer }
+
+func (k kubeNamer) Owner(c *collector.Conn) collector.Owner {
+	if o, ok := k.n.Owner(c.PID, c.NetNS); ok {
+		return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}
+	}
+	return collector.ProcessNamer{}.Owner(c)
+}
+
+func (k kubeNamer) DestinationWorkload(addr netip.AddrPort) string {
+	w, _ := k.n.Workload(addr.Addr())
+	return w
 }

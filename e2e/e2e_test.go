@@ -28,11 +28,16 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("E2E_HELPER") == "sidecar" {
+		os.Exit(sidecarHelper())
+	}
 	dir, err := os.MkdirTemp("", "connection_exporter-e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Helpers run as another user exec from here: let them in.
+	os.Chmod(dir, 0o755)
 	binary = filepath.Join(dir, "connection_exporter")
 	build := exec.Command("go", "build", "-o", binary, "..")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr

@@ -25,12 +25,12 @@ func TestParsePods(t *testing.T) {
 			"4bd9f0ac1b6c2e6f3e8b7c9d0a1b2c3d4e5f60718293a4b5c6d7e8f901234567": "nginx",
 			"9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0": "init-config"}},
 		{"cache", "redis-0", "redis", false, []string{"10.42.1.8"}, map[string]string{
-			"5ce0a1bd2c7d3f704f9c8d0e1b2c3d4e5f60718293a4b5c6d7e8f90123456a": "redis"}},
+			"5ce0a1bd2c7d3f704f9c8d0e1b2c3d4e5f60718293a4b5c6d7e8f90123456ab1": "redis"}},
 		{"kube-system", "node-agent-8xq2l", "node-agent", true, []string{"192.0.2.10"}, map[string]string{
-			"6df1b2ce3d8e4a815a0d9e1f2c3d4e5f60718293a4b5c6d7e8f90123456ab7": "agent"}},
+			"6df1b2ce3d8e4a815a0d9e1f2c3d4e5f60718293a4b5c6d7e8f90123456ab7c2": "agent"}},
 		{"ops", "backup-29145600-abcde", "backup-29145600", false, nil, map[string]string{}},
 		{"default", "debug", "debug", false, []string{"10.42.1.9"}, map[string]string{
-			"7e02c3df4e9f5b926b1e0f2a3d4e5f60718293a4b5c6d7e8f90123456abc8": "shell"}},
+			"7e02c3df4e9f5b926b1e0f2a3d4e5f60718293a4b5c6d7e8f90123456abc8d93": "shell"}},
 	}
 	if len(pods) != len(want) {
 		t.Fatalf("%d pods, want %d", len(pods), len(want))

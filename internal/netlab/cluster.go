@@ -189,3 +189,14 @@ func await(fn func() (netip.AddrPort, bool)) (netip.AddrPort, bool) {
 func (c *Cluster) AwaitAccepted(client netip.AddrPort) (netip.AddrPort, bool) {
 	return await(func() (netip.AddrPort, bool) { return c.Accepted(client) })
 }
+
+// All returns how many connections each accepting address took.
+func (s *Server) All() map[netip.AddrPort]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[netip.AddrPort]int)
+	for _, a := range s.seen {
+		out[a]++
+	}
+	return out
+}

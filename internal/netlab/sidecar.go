@@ -51,40 +51,51 @@ func (n *NS) Sidecar(port uint16) *Sidecar {
 	t.Cleanup(func() { ln.Close() })
 	n.Run("iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "!", "-d", "127.0.0.0/8",
 		"-m", "owner", "!", "--uid-owner", fmt.Sprint(SidecarUID), "-j", "REDIRECT", "--to-ports", fmt.Sprint(port))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go s.forward(n, c)
-		}
-	}()
+	go Proxy(ln, func(addr string) (up net.Conn, err error) {
+		err = n.DoAs(SidecarUID, func() (err error) {
+			up, err = net.Dial("tcp4", addr)
+			return err
+		})
+		return up, err
+	}, func(client, upstream netip.AddrPort) {
+		s.mu.Lock()
+		s.upstreams[client] = upstream
+		s.mu.Unlock()
+	})
 	return s
 }
 
-func (s *Sidecar) forward(n *NS, c net.Conn) {
-	defer c.Close()
-	orig, err := OriginalDst(c)
-	if err != nil {
-		return
+// Proxy accepts redirected connections on ln until it is closed, dials
+// each one's original destination with dial, reports the pair to seen (if
+// not nil), and relays until either side closes. It is the whole of a
+// sidecar proxy, for tests that run it in a process of its own.
+func Proxy(ln net.Listener, dial func(addr string) (net.Conn, error), seen func(client, upstream netip.AddrPort)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			orig, err := OriginalDst(c)
+			if err != nil {
+				return
+			}
+			up, err := dial(orig)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			if seen != nil {
+				seen(c.RemoteAddr().(*net.TCPAddr).AddrPort(), up.LocalAddr().(*net.TCPAddr).AddrPort())
+			}
+			go func() {
+				io.Copy(up, c)
+				up.(*net.TCPConn).CloseWrite()
+			}()
+			io.Copy(io.Discard, up)
+		}()
 	}
-	var up net.Conn
-	if err := n.DoAs(SidecarUID, func() (err error) {
-		up, err = net.Dial("tcp4", orig)
-		return err
-	}); err != nil {
-		return
-	}
-	defer up.Close()
-	s.mu.Lock()
-	s.upstreams[c.RemoteAddr().(*net.TCPAddr).AddrPort()] = up.LocalAddr().(*net.TCPAddr).AddrPort()
-	s.mu.Unlock()
-	go func() {
-		io.Copy(up, c)
-		up.(*net.TCPConn).CloseWrite()
-	}()
-	io.Copy(io.Discard, up)
 }
 
 // AwaitUpstream is Upstream, waiting for the proxy to dial onwards.

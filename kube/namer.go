@@ -1,0 +1,134 @@
+package kube
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/connection-exporter/connection_exporter/internal/netns"
+)
+
+// Owner is who runs a process, as Kubernetes names it.
+type Owner struct {
+	Namespace, Pod, Container, Workload string
+}
+
+// Namer names processes and addresses from a Client's pods. Its methods
+// read one small procfs file at most and never wait on the kubelet; they
+// are safe for concurrent use.
+type Namer struct {
+	client *Client
+	procfs string
+
+	mu    sync.RWMutex
+	netns map[uint32]string // network namespace inode -> pod uid
+}
+
+// NewNamer returns a Namer reading process cgroups under procfs.
+func NewNamer(c *Client, procfs string) *Namer {
+	if procfs == "" {
+		procfs = "/proc"
+	}
+	return &Namer{client: c, procfs: procfs}
+}
+
+// Owner names the pod container that process pid runs in, or, when the
+// process is gone, the pod whose network namespace netns is (without a
+// container). It reports false for host processes and containers the last
+// pod list does not know.
+func (n *Namer) Owner(pid, netns uint32) (Owner, bool) {
+	if o, ok := n.byProcess(pid); ok {
+		return o, true
+	}
+	n.mu.RLock()
+	uid, ok := n.netns[netns]
+	n.mu.RUnlock()
+	if p, found := n.client.PodByUID(uid); ok && found {
+		return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, true
+	}
+	return Owner{}, false
+}
+
+func (n *Namer) byProcess(pid uint32) (Owner, bool) {
+	if pid == 0 {
+		return Owner{}, false
+	}
+	cg, ok := n.cgroup(strconv.FormatUint(uint64(pid), 10))
+	if !ok {
+		return Owner{}, false
+	}
+	if p, name, ok := n.client.Container(cg.ID); ok {
+		return Owner{Namespace: p.Namespace, Pod: p.Name, Container: name, Workload: p.Workload}, true
+	}
+	// A container started since the last refresh: its pod may be known.
+	if p, ok := n.client.PodByUID(cg.PodUID); ok && cg.PodUID != "" {
+		return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, true
+	}
+	return Owner{}, false
+}
+
+// Workload names the workload of the pod of this node at addr, if any.
+func (n *Namer) Workload(addr netip.Addr) (string, bool) {
+	p, ok := n.client.PodByIP(addr.Unmap().String())
+	if !ok {
+		return "", false
+	}
+	return p.Workload, true
+}
+
+func (n *Namer) cgroup(pid string) (CgroupContainer, bool) {
+	f, err := os.Open(filepath.Join(n.procfs, pid, "cgroup"))
+	if err != nil {
+		return CgroupContainer{}, false
+	}
+	defer f.Close()
+	return ParseProcCgroup(f)
+}
+
+// Run indexes pods' network namespaces every interval until ctx is done,
+// so that connections of processes that have exited are still named by
+// their pod.
+func (n *Namer) Run(ctx context.Context, interval time.Duration) {
+	for {
+		n.Index()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+// Index maps the network namespace of every process in a pod's cgroup to
+// that pod (host-network pods excluded: they share the host's).
+func (n *Namer) Index() {
+	index := make(map[uint32]string)
+	entries, _ := os.ReadDir(n.procfs)
+	for _, e := range entries {
+		if _, err := strconv.ParseUint(e.Name(), 10, 32); err != nil {
+			continue
+		}
+		cg, ok := n.cgroup(e.Name())
+		if !ok || cg.PodUID == "" {
+			continue
+		}
+		p, ok := n.client.PodByUID(cg.PodUID)
+		if !ok || p.HostNetwork {
+			continue
+		}
+		target, err := os.Readlink(filepath.Join(n.procfs, e.Name(), "ns", "net"))
+		if err != nil {
+			continue
+		}
+		if ino, ok := netns.ParseLink(target); ok {
+			index[ino] = cg.PodUID
+		}
+	}
+	n.mu.Lock()
+	n.netns = index
+	n.mu.Unlock()
+}
