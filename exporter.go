@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/collector"
+	"github.com/connection-exporter/connection_exporter/docker"
 	"github.com/connection-exporter/connection_exporter/kube"
 	"github.com/connection-exporter/connection_exporter/resolve"
 )
@@ -49,6 +51,9 @@ type config struct {
 	hostNetNS       string
 	netnsDirs       []string
 	bpffs           string
+	dockerNetNS     string
+	docker          docker.Config
+	dockerEnabled   bool
 	maxConnections  uint32
 	maxSeries       int
 	seriesIdle      time.Duration
@@ -86,6 +91,14 @@ func run() int {
 		Default("10m").DurationVar(&cfg.seriesIdle)
 	app.Flag("collector.resolve-attempts", "Scrapes that may retry resolving an open connection whose NAT table could not be read.").
 		Default("3").IntVar(&cfg.resolveAttempts)
+	app.Flag("docker", "Name containers and resolve Swarm service addresses from the Docker Engine API (off when no engine answers: names come back when it does).").
+		Default("true").BoolVar(&cfg.dockerEnabled)
+	app.Flag("docker.host", "Docker Engine API address; default DOCKER_HOST or the standard socket.").
+		StringVar(&cfg.docker.Host)
+	app.Flag("docker.resync-interval", "Period of full resyncs of the container cache besides the events stream.").
+		Default("5m").DurationVar(&cfg.docker.Resync)
+	app.Flag("path.docker-netns", "Docker's directory of network namespaces, where Swarm load balancers live (lb_<network>).").
+		Default("/run/docker/netns").StringVar(&cfg.dockerNetNS)
 	app.Flag("kubelet.url", "Kubelet API of this node (e.g. https://$(NODE_NAME):10250) to name pods; empty disables Kubernetes naming.").
 		StringVar(&cfg.kubelet.URL)
 	app.Flag("kubelet.token-file", "Bearer token for the kubelet API.").
@@ -147,7 +160,20 @@ func run() int {
 	static.MustRegister(versioncollector.NewCollector(exporterName))
 	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 
-	var namer collector.Namer = collector.ProcessNamer{}
+	names := &namer{}
+	steps := resolve.Chain{ct.OwnNamespace()}
+	if cfg.dockerEnabled {
+		cfg.docker.ProcFS = cfg.procfs
+		dc, err := docker.New(cfg.docker, logger.With("component", "docker"))
+		if err != nil {
+			logger.Error("invalid docker configuration", "err", err)
+			return 1
+		}
+		go dc.Run(ctx)
+		static.MustRegister(dc)
+		names.docker = dc
+		steps = append(steps, ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, ServiceNetwork: dc.ServiceNetwork}))
+	}
 	if cfg.kubelet.URL != "" {
 		kc, err := kube.NewClient(cfg.kubelet, logger.With("component", "kubelet"))
 		if err != nil {
@@ -158,16 +184,16 @@ func run() int {
 		static.MustRegister(kc)
 		kn := kube.NewNamer(kc, cfg.procfs)
 		go kn.Run(ctx, cfg.kubelet.Refresh)
-		namer = kubeNamer{kn}
+		names.kube = kn
 	}
+	names.procfs = cfg.procfs
+	steps = append(steps,
+		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
+		ct.HostNamespace())
 
 	conns, err := collector.NewConnections(collector.ConnectionsConfig{
 		MaxSeries: cfg.maxSeries, SeriesIdle: cfg.seriesIdle, ResolveAttempts: cfg.resolveAttempts,
-	}, &trackerSource{t: tracker}, &chainResolver{chain: resolve.Chain{
-		ct.OwnNamespace(),
-		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
-		ct.HostNamespace(),
-	}}, namer, logger.With("collector", "connections"))
+	}, &trackerSource{t: tracker}, &chainResolver{chain: steps}, names, logger.With("collector", "connections"))
 	if err != nil {
 		logger.Error("invalid collector configuration", "err", err)
 		return 1
@@ -309,18 +335,58 @@ func (r *chainResolver) Resolve(ctx context.Context, in []collector.Lookup, out 
 	}
 }
 
-// kubeNamer adapts kube.Namer to collector.Namer: pods by process cgroup,
-// the process name for everything else.
-type kubeNamer struct{ n *kube.Namer }
+// namer names connections from Kubernetes pods first, then Docker
+// containers (by network namespace, or by cgroup for host-network ones),
+// then by process.
+type namer struct {
+	kube   *kube.Namer
+	docker *docker.Client
+	procfs string
+}
 
-func (k kubeNamer) Owner(c *collector.Conn) collector.Owner {
-	if o, ok := k.n.Owner(c.PID, c.NetNS); ok {
-		return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}
+func (n *namer) Owner(c *collector.Conn) collector.Owner {
+	if n.kube != nil {
+		if o, ok := n.kube.Owner(c.PID, c.NetNS); ok {
+			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}
+		}
+	}
+	if n.docker != nil {
+		ct, ok := n.docker.ByNetNS(c.NetNS)
+		if !ok {
+			ct, ok = n.containerOfProcess(c.PID)
+		}
+		if ok {
+			return collector.Owner{Container: ct.Name, Workload: ct.Workload()}
+		}
 	}
 	return collector.ProcessNamer{}.Owner(c)
 }
 
-func (k kubeNamer) DestinationWorkload(addr netip.AddrPort) string {
-	w, _ := k.n.Workload(addr.Addr())
-	return w
+// containerOfProcess finds a host-network container by the id in its
+// process's cgroup path.
+func (n *namer) containerOfProcess(pid uint32) (docker.Container, bool) {
+	f, err := os.Open(filepath.Join(n.procfs, strconv.FormatUint(uint64(pid), 10), "cgroup"))
+	if err != nil {
+		return docker.Container{}, false
+	}
+	defer f.Close()
+	cg, ok := kube.ParseProcCgroup(f)
+	if !ok {
+		return docker.Container{}, false
+	}
+	return n.docker.ByID(cg.ID)
+}
+
+func (n *namer) DestinationWorkload(addr netip.AddrPort) string {
+	if n.kube != nil {
+		if w, ok := n.kube.Workload(addr.Addr()); ok {
+			return w
+		}
+	}
+	if n.docker != nil {
+		if w, ok := n.docker.Workload(addr.Addr()); ok {
+			return w
+		}
+	}
+	return ""
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,10 +79,14 @@ func startWrapped(t *testing.T, node *netlab.NS, wrapper []string, args ...strin
 	addr := ln.Addr().String()
 	ln.Close()
 	e := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &bytes.Buffer{}}
-	argv := append(append(wrapper, binary,
-		"--web.listen-address="+addr,
-		"--path.host-netns="+node.Path(),
-		"--log.level=debug"), args...)
+	argv := append(wrapper, binary, "--web.listen-address="+addr, "--log.level=debug")
+	if node != nil {
+		argv = append(argv, "--path.host-netns="+node.Path())
+	}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--docker.host") }) {
+		argv = append(argv, "--no-docker") // no engine in these tests: no warning about it
+	}
+	argv = append(argv, args...)
 	e.cmd = exec.Command(argv[0], argv[1:]...)
 	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
 	if err := e.cmd.Start(); err != nil {
@@ -119,6 +124,9 @@ func startWrapped(t *testing.T, node *netlab.NS, wrapper []string, args ...strin
 	t.Fatalf("exporter did not start serving; log:\n%s", e.logs)
 	return nil
 }
+
+// scrapeQuiet is scrape for polling loops.
+func (e *exporter) scrapeQuiet() scraped { return e.scrape() }
 
 // scrape fetches and parses the metrics.
 func (e *exporter) scrape() scraped {

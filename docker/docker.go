@@ -1,0 +1,447 @@
+// Package docker owns knowing which Docker container a process or a network
+// namespace belongs to, and which container or Swarm task stands behind an
+// address: a cache of the Docker Engine's containers and Swarm service
+// addresses, fed by its events stream with periodic full resyncs, that
+// lookups answer from without ever calling the daemon.
+package docker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/connection-exporter/connection_exporter/internal/netns"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Host is the Engine API address (unix:///var/run/docker.sock,
+	// tcp://...); empty means DOCKER_HOST or the standard socket.
+	Host string
+	// ProcFS is the host's procfs, to find containers' network namespaces.
+	ProcFS string
+	// Resync is the period of full resyncs besides the events stream.
+	Resync time.Duration
+	// Timeout bounds one API call.
+	Timeout time.Duration
+}
+
+// Container is what the cache knows of one running container.
+type Container struct {
+	ID, Name string
+	PID      int
+	// NetNS is the inode of the container's network namespace; 0 when it
+	// shares the host's (network mode host).
+	NetNS uint32
+	// Addrs are the container's addresses on its networks.
+	Addrs []netip.Addr
+	// Swarm service, task and stack; Compose project and service.
+	Service, Task, Stack           string
+	ComposeProject, ComposeService string
+}
+
+// Workload names what the container is an instance of: its Swarm service,
+// else its Compose service, else its own name.
+func (c *Container) Workload() string {
+	switch {
+	case c.Service != "":
+		return c.Service
+	case c.ComposeService != "":
+		return c.ComposeService
+	}
+	return c.Name
+}
+
+// Labels Docker, Swarm and Compose set on containers.
+const (
+	labelService        = "com.docker.swarm.service.name"
+	labelTask           = "com.docker.swarm.task.name"
+	labelStack          = "com.docker.stack.namespace"
+	labelComposeProject = "com.docker.compose.project"
+	labelComposeService = "com.docker.compose.service"
+)
+
+// Client keeps the cache. Its lookups are safe for concurrent use and
+// never wait on the daemon.
+type Client struct {
+	cfg    Config
+	logger *slog.Logger
+	api    *client.Client
+	hostNS uint32
+
+	mu       sync.RWMutex
+	byID     map[string]*Container
+	byNetNS  map[uint32]*Container
+	byIP     map[netip.Addr]string // address -> workload (containers and Swarm tasks)
+	vips     map[netip.Addr]string // Swarm service VIP -> network id
+	up       bool
+	errors   map[string]float64
+	warned   bool
+	resynced time.Time
+}
+
+// New creates the API client (with API version negotiation, so engines from
+// API 1.40 on work). It does not contact the daemon: Run does.
+func New(cfg Config, logger *slog.Logger) (*Client, error) {
+	if cfg.ProcFS == "" {
+		cfg.ProcFS = "/proc"
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 5 * time.Minute
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if cfg.Host != "" {
+		opts = append(opts, client.WithHost(cfg.Host))
+	}
+	api, err := client.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	c := &Client{cfg: cfg, logger: logger, api: api, errors: make(map[string]float64)}
+	for _, r := range []string{"connect", "events", "inspect"} {
+		c.errors[r] = 0
+	}
+	c.hostNS, _ = netns.Inode(filepath.Join(cfg.ProcFS, "self", "ns", "net"))
+	c.reset()
+	return c, nil
+}
+
+func (c *Client) reset() {
+	c.byID = make(map[string]*Container)
+	c.byNetNS = make(map[uint32]*Container)
+	c.byIP = make(map[netip.Addr]string)
+	c.vips = make(map[netip.Addr]string)
+}
+
+// Run keeps the cache until ctx is done: a full sync, then the events
+// stream, with a full resync every Resync; when the daemon is away it
+// retries with backoff, keeping what it knew.
+func (c *Client) Run(ctx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		err := c.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		c.fail("events", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+		if err == nil {
+			backoff = time.Second
+		}
+	}
+}
+
+// session syncs and follows events until the stream breaks.
+func (c *Client) session(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Subscribe first, so nothing between the sync and the stream is lost.
+	ev := c.api.Events(ctx, client.EventsListOptions{
+		Filters: make(client.Filters).Add("type", string(events.ContainerEventType), string(events.NetworkEventType), string(events.ServiceEventType)),
+	})
+	if err := c.Sync(ctx); err != nil {
+		return err
+	}
+	resync := time.NewTicker(c.cfg.Resync)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-ev.Err:
+			c.setUp(false)
+			return fmt.Errorf("events stream: %w", err)
+		case <-resync.C:
+			if err := c.Sync(ctx); err != nil {
+				return err
+			}
+		case m := <-ev.Messages:
+			c.handle(ctx, m)
+		}
+	}
+}
+
+func (c *Client) handle(ctx context.Context, m events.Message) {
+	switch m.Type {
+	case events.ContainerEventType:
+		switch m.Action {
+		case events.ActionStart, events.ActionRename, events.ActionConnect, events.ActionDisconnect:
+			c.refreshContainer(ctx, m.Actor.ID)
+		case events.ActionDie, events.ActionDestroy:
+			c.mu.Lock()
+			c.removeLocked(m.Actor.ID)
+			c.mu.Unlock()
+		}
+	case events.NetworkEventType:
+		if m.Action == events.ActionConnect || m.Action == events.ActionDisconnect {
+			if id := m.Actor.Attributes["container"]; id != "" {
+				c.refreshContainer(ctx, id)
+			}
+		}
+		c.refreshVIPs(ctx)
+	case events.ServiceEventType:
+		c.refreshVIPs(ctx)
+	}
+}
+
+func (c *Client) fail(reason string, err error) {
+	if err == nil {
+		return
+	}
+	c.mu.Lock()
+	c.errors[reason]++
+	first := !c.warned
+	c.warned = true
+	c.mu.Unlock()
+	level := slog.LevelDebug
+	if first {
+		level = slog.LevelWarn
+	}
+	c.logger.Log(context.Background(), level, "docker engine unavailable, names kept from the last sync", "reason", reason, "err", err)
+}
+
+func (c *Client) setUp(up bool) {
+	c.mu.Lock()
+	c.up = up
+	if up {
+		c.warned = false
+	}
+	c.mu.Unlock()
+}
+
+// Sync lists and inspects every running container and the Swarm services
+// of the networks this node is attached to, replacing the cache.
+func (c *Client) Sync(ctx context.Context) error {
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	list, err := c.api.ContainerList(tctx, client.ContainerListOptions{})
+	cancel()
+	if err != nil {
+		c.setUp(false)
+		c.fail("connect", err)
+		return err
+	}
+	found := make([]*Container, 0, len(list.Items))
+	for _, s := range list.Items {
+		ct, err := c.inspect(ctx, s.ID)
+		if err != nil {
+			c.fail("inspect", err)
+			continue
+		}
+		found = append(found, ct)
+	}
+	vips, tasks := c.swarmAddresses(ctx)
+	c.mu.Lock()
+	c.reset()
+	for _, ct := range found {
+		c.addLocked(ct)
+	}
+	for ip, w := range tasks {
+		if _, ok := c.byIP[ip]; !ok {
+			c.byIP[ip] = w
+		}
+	}
+	c.vips = vips
+	c.resynced = time.Now()
+	c.mu.Unlock()
+	c.setUp(true)
+	return nil
+}
+
+// inspect reads one container.
+func (c *Client) inspect(ctx context.Context, id string) (*Container, error) {
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	r, err := c.api.ContainerInspect(tctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("inspect container %.12s: %w", id, err)
+	}
+	in := r.Container
+	ct := &Container{ID: in.ID, Name: strings.TrimPrefix(in.Name, "/")}
+	if in.Config != nil {
+		l := in.Config.Labels
+		ct.Service, ct.Task, ct.Stack = l[labelService], l[labelTask], l[labelStack]
+		ct.ComposeProject, ct.ComposeService = l[labelComposeProject], l[labelComposeService]
+	}
+	if in.State != nil {
+		ct.PID = in.State.Pid
+	}
+	if ct.PID > 0 {
+		ino, err := netns.Inode(filepath.Join(c.cfg.ProcFS, strconv.Itoa(ct.PID), "ns", "net"))
+		if err == nil && ino != c.hostNS {
+			ct.NetNS = ino
+		}
+	}
+	if in.NetworkSettings != nil {
+		for _, ep := range in.NetworkSettings.Networks {
+			if ep != nil && ep.IPAddress.IsValid() {
+				ct.Addrs = append(ct.Addrs, ep.IPAddress.Unmap())
+			}
+		}
+	}
+	return ct, nil
+}
+
+func (c *Client) refreshContainer(ctx context.Context, id string) {
+	ct, err := c.inspect(ctx, id)
+	if err != nil {
+		c.fail("inspect", err)
+		return
+	}
+	c.mu.Lock()
+	c.removeLocked(id)
+	c.addLocked(ct)
+	c.mu.Unlock()
+}
+
+func (c *Client) addLocked(ct *Container) {
+	c.byID[ct.ID] = ct
+	if ct.NetNS != 0 {
+		c.byNetNS[ct.NetNS] = ct
+	}
+	for _, a := range ct.Addrs {
+		c.byIP[a] = ct.Workload()
+	}
+}
+
+func (c *Client) removeLocked(id string) {
+	ct, ok := c.byID[id]
+	if !ok {
+		return
+	}
+	delete(c.byID, id)
+	if c.byNetNS[ct.NetNS] == ct {
+		delete(c.byNetNS, ct.NetNS)
+	}
+	for _, a := range ct.Addrs {
+		if c.byIP[a] == ct.Workload() {
+			delete(c.byIP, a)
+		}
+	}
+}
+
+// swarmAddresses reads, from the overlay networks this node is attached
+// to, each Swarm service's VIP (with its network) and each task's address
+// (with its service).
+func (c *Client) swarmAddresses(ctx context.Context) (vips map[netip.Addr]string, tasks map[netip.Addr]string) {
+	vips, tasks = make(map[netip.Addr]string), make(map[netip.Addr]string)
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	nets, err := c.api.NetworkList(tctx, client.NetworkListOptions{Filters: make(client.Filters).Add("driver", "overlay")})
+	if err != nil {
+		c.fail("inspect", err)
+		return vips, tasks
+	}
+	for _, n := range nets.Items {
+		r, err := c.api.NetworkInspect(tctx, n.ID, client.NetworkInspectOptions{Verbose: true})
+		if err != nil {
+			// A network this node is not attached to has no verbose view.
+			continue
+		}
+		for name, svc := range r.Network.Services {
+			if svc.VIP.IsValid() {
+				vips[svc.VIP.Unmap()] = n.ID
+			}
+			for _, task := range svc.Tasks {
+				if task.EndpointIP.IsValid() {
+					tasks[task.EndpointIP.Unmap()] = name
+				}
+			}
+		}
+	}
+	return vips, tasks
+}
+
+func (c *Client) refreshVIPs(ctx context.Context) {
+	vips, tasks := c.swarmAddresses(ctx)
+	c.mu.Lock()
+	c.vips = vips
+	for ip, w := range tasks {
+		c.byIP[ip] = w
+	}
+	c.mu.Unlock()
+}
+
+// ByNetNS returns the container whose network namespace is ino.
+func (c *Client) ByNetNS(ino uint32) (Container, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ct, ok := c.byNetNS[ino]
+	if !ok {
+		return Container{}, false
+	}
+	return *ct, true
+}
+
+// ByID returns a container by its full id.
+func (c *Client) ByID(id string) (Container, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ct, ok := c.byID[id]
+	if !ok {
+		return Container{}, false
+	}
+	return *ct, true
+}
+
+// Workload names the container or Swarm task at addr.
+func (c *Client) Workload(addr netip.Addr) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	w, ok := c.byIP[addr.Unmap()]
+	return w, ok
+}
+
+// ServiceNetwork returns the id of the overlay network on which addr is a
+// Swarm service's virtual IP.
+func (c *Client) ServiceNetwork(addr netip.Addr) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	id, ok := c.vips[addr.Unmap()]
+	return id, ok
+}
+
+var (
+	upDesc         = prometheus.NewDesc("connection_exporter_docker_up", "Whether the Docker Engine answered the last sync or stream.", nil, nil)
+	containersDesc = prometheus.NewDesc("connection_exporter_docker_containers", "Running containers in the cache.", nil, nil)
+	errorsDesc     = prometheus.NewDesc("connection_exporter_docker_errors_total", "Failed calls to the Docker Engine, by reason.", []string{"reason"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *Client) Describe(ch chan<- *prometheus.Desc) {
+	ch <- upDesc
+	ch <- containersDesc
+	ch <- errorsDesc
+}
+
+// Collect implements prometheus.Collector from the cache.
+func (c *Client) Collect(ch chan<- prometheus.Metric) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	up := 0.0
+	if c.up {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(containersDesc, prometheus.GaugeValue, float64(len(c.byID)))
+	for r, v := range c.errors {
+		ch <- prometheus.MustNewConstMetric(errorsDesc, prometheus.CounterValue, v, r)
+	}
+}

@@ -1,0 +1,268 @@
+// Package dockerlab runs a private Docker daemon for tests: its own data
+// and exec roots and socket, test images built FROM scratch around a
+// static binary, and a cleanup that stops it and removes what it changed
+// on the host (nft tables, links, sysctls, mounts, files), even when the
+// test fails.
+package dockerlab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/moby/moby/client"
+)
+
+// TB is the part of testing.TB the lab uses.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+	Logf(format string, args ...any)
+}
+
+// Daemon is a running private dockerd.
+type Daemon struct {
+	t        TB
+	Root     string // everything the daemon writes lives here
+	Host     string // unix:// address of its API
+	ExecRoot string
+	cmd      *exec.Cmd
+	logs     *bytes.Buffer
+	args     []string
+	done     chan struct{}
+}
+
+// Start runs a daemon. It skips when not root and fails when dockerd is
+// not installed (scripts/deps installs docker.io).
+func Start(t TB) *Daemon {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a Docker daemon needs root")
+	}
+	if _, err := exec.LookPath("dockerd"); err != nil {
+		t.Fatalf("dockerd is needed (apt-get install docker.io): %v", err)
+	}
+	// Short paths: containerd's sockets live under the exec root.
+	root, err := os.MkdirTemp("/tmp", "cxd")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	d := &Daemon{t: t, Root: root, Host: "unix://" + filepath.Join(root, "d.sock"), ExecRoot: filepath.Join(root, "x"), logs: &bytes.Buffer{}}
+	d.args = []string{
+		"--data-root", filepath.Join(root, "data"), "--exec-root", d.ExecRoot,
+		"--pidfile", filepath.Join(root, "d.pid"), "-H", d.Host,
+		"--userland-proxy=false", "--bip", "172.31.254.1/24",
+		"--default-address-pool", "base=172.30.0.0/16,size=24",
+	}
+	restore := hostState(t)
+	t.Cleanup(func() {
+		d.stop()
+		unmountUnder(root)
+		os.RemoveAll(root)
+		restore()
+		if t, ok := d.t.(interface{ Failed() bool }); ok && t.Failed() {
+			d.t.Logf("dockerd log:\n%s", d.logs)
+		}
+	})
+	d.start()
+	return d
+}
+
+func (d *Daemon) start() {
+	d.t.Helper()
+	d.cmd = exec.Command("dockerd", d.args...)
+	d.cmd.Env = append(os.Environ(), "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1")
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatalf("start dockerd: %v", err)
+	}
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
+	api, err := client.New(client.WithHost(d.Host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		d.t.Fatalf("%v", err)
+	}
+	defer api.Close()
+	for range 300 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err = api.Ping(ctx, client.PingOptions{})
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-d.done:
+			d.t.Fatalf("dockerd exited at start:\n%s", d.logs)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	d.t.Fatalf("dockerd did not answer: %v\n%s", err, d.logs)
+}
+
+// Stop stops the daemon (its containers stop with it).
+func (d *Daemon) Stop() { d.stop() }
+
+// Restart starts a stopped daemon again, on the same data.
+func (d *Daemon) Restart() {
+	d.t.Helper()
+	d.start()
+}
+
+func (d *Daemon) stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-d.done
+	}
+}
+
+// Docker runs the docker CLI against the daemon and returns its output,
+// failing the test on error.
+func (d *Daemon) Docker(args ...string) string {
+	d.t.Helper()
+	out, err := d.TryDocker(args...)
+	if err != nil {
+		d.t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// TryDocker is Docker returning the error instead of failing.
+func (d *Daemon) TryDocker(args ...string) (string, error) {
+	cmd := exec.Command("/usr/bin/docker", append([]string{"-H", d.Host}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// BuildImage builds image name FROM scratch around the static binary bin
+// (copied in as /name), with that binary as its entry point.
+func (d *Daemon) BuildImage(name, bin string) {
+	d.t.Helper()
+	dir, err := os.MkdirTemp("", "cxd-image")
+	if err != nil {
+		d.t.Fatalf("%v", err)
+	}
+	defer os.RemoveAll(dir)
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		d.t.Fatalf("%v", err)
+	}
+	base := filepath.Base(bin)
+	os.WriteFile(filepath.Join(dir, base), b, 0o755)
+	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(fmt.Sprintf("FROM scratch\nCOPY %s /%s\nENTRYPOINT [\"/%s\"]\n", base, base, base)), 0o644)
+	d.Docker("build", "-q", "-t", name, dir)
+}
+
+// BuildStatic builds a Go package as a static binary into dir.
+func BuildStatic(t TB, pkg, dir, name string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// hostState records what dockerd changes on the host and returns the
+// function that puts it back: ip_forward (set on first, so that dockerd
+// leaves the FORWARD policy alone), nft tables, links and the files it
+// writes outside its roots.
+func hostState(t TB) func() {
+	fwd, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	tables := nftTables()
+	links := linkNames()
+	os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	var had []string
+	for _, p := range []string{"/var/lib/docker/network/files", "/run/docker/plugins", "/run/docker/netns", "/run/docker"} {
+		if _, err := os.Stat(p); err == nil {
+			had = append(had, p)
+		}
+	}
+	return func() {
+		for tbl := range nftTables() {
+			if !tables[tbl] {
+				if out, err := exec.Command("nft", append([]string{"delete", "table"}, strings.Fields(tbl)...)...).CombinedOutput(); err != nil {
+					t.Errorf("delete nft table %s: %v %s", tbl, err, out)
+				}
+			}
+		}
+		for l := range linkNames() {
+			if !links[l] {
+				exec.Command("ip", "link", "delete", l).Run()
+			}
+		}
+		for _, p := range []string{"/var/lib/docker/network/files", "/run/docker/plugins", "/run/docker/netns", "/run/docker"} {
+			keep := false
+			for _, h := range had {
+				keep = keep || h == p
+			}
+			if !keep {
+				unmountUnder(p)
+				os.RemoveAll(p)
+			}
+		}
+		if len(fwd) > 0 {
+			os.WriteFile("/proc/sys/net/ipv4/ip_forward", fwd, 0o644)
+		}
+	}
+}
+
+func nftTables() map[string]bool {
+	out, _ := exec.Command("nft", "list", "tables").Output()
+	m := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if f, ok := strings.CutPrefix(strings.TrimSpace(l), "table "); ok {
+			m[f] = true
+		}
+	}
+	return m
+}
+
+func linkNames() map[string]bool {
+	out, _ := exec.Command("ip", "-o", "link", "show").Output()
+	m := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 1 {
+			m[strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]] = true
+		}
+	}
+	return m
+}
+
+// unmountUnder lazily unmounts every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	b, _ := os.ReadFile("/proc/self/mounts")
+	var mounts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
+			mounts = append(mounts, f[1])
+		}
+	}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+	}
+}
