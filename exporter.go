@@ -186,7 +186,7 @@ func run() int {
 		go kn.Run(ctx, cfg.kubelet.Refresh)
 		names.kube = kn
 	}
-	names.procfs = cfg.procfs
+	names.procfs, names.hostNS = cfg.procfs, ct.HostNetNS()
 	steps = append(steps,
 		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
 		ct.HostNamespace())
@@ -342,12 +342,13 @@ type namer struct {
 	kube   *kube.Namer
 	docker *docker.Client
 	procfs string
+	hostNS uint32
 }
 
-func (n *namer) Owner(c *collector.Conn) collector.Owner {
+func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 	if n.kube != nil {
 		if o, ok := n.kube.Owner(c.PID, c.NetNS); ok {
-			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}
+			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, true
 		}
 	}
 	if n.docker != nil {
@@ -356,10 +357,14 @@ func (n *namer) Owner(c *collector.Conn) collector.Owner {
 			ct, ok = n.containerOfProcess(c.PID)
 		}
 		if ok {
-			return collector.Owner{Container: ct.Name, Workload: ct.Workload()}
+			return collector.Owner{Container: ct.Name, Workload: ct.Workload()}, true
 		}
 	}
-	return collector.ProcessNamer{}.Owner(c)
+	o, _ := collector.ProcessNamer{}.Owner(c)
+	// Outside the host's namespace a process most likely runs in a
+	// container that the caches will know shortly.
+	known := (n.kube == nil && n.docker == nil) || c.NetNS == n.hostNS
+	return o, known
 }
 
 // containerOfProcess finds a host-network container by the id in its

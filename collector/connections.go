@@ -98,7 +98,11 @@ type Owner struct {
 // Namer names the owner of a connection and the workload behind an address.
 // It must answer from memory: it is called within a scrape.
 type Namer interface {
-	Owner(c *Conn) Owner
+	// Owner names who opened c. It returns false when c likely belongs to
+	// a container its caches do not know yet (one that just started): the
+	// collector then asks again at later scrapes, up to ResolveAttempts,
+	// before taking the answer as final.
+	Owner(c *Conn) (Owner, bool)
 	DestinationWorkload(addr netip.AddrPort) string
 }
 
@@ -107,7 +111,7 @@ type Namer interface {
 type ProcessNamer struct{}
 
 // Owner returns the process name as the workload.
-func (ProcessNamer) Owner(c *Conn) Owner { return Owner{Workload: c.Command()} }
+func (ProcessNamer) Owner(c *Conn) (Owner, bool) { return Owner{Workload: c.Command()}, true }
 
 // DestinationWorkload knows no destinations.
 func (ProcessNamer) DestinationWorkload(netip.AddrPort) string { return "" }
@@ -217,6 +221,19 @@ type Connections struct {
 	fresh   []Conn              // connections seen for the first time
 	release []uint64            // connections to release
 	named   map[nameKey]*series // label sets of this scrape's new connections
+	owners  map[ownerKey]owned  // owners of this scrape's new connections
+}
+
+// ownerKey is what a Namer names an owner from.
+type ownerKey struct {
+	comm       [16]byte
+	pid, netns uint32
+	cgroup     uint64
+}
+
+type owned struct {
+	owner Owner
+	known bool
 }
 
 // nameKey is what decides a new connection's label set within one scrape:
@@ -314,14 +331,14 @@ func (c *Connections) account(ctx context.Context) error {
 		resolveStart := time.Now()
 		c.resolver.Resolve(ctx, lookups, results)
 		resolved := time.Since(resolveStart)
-		c.named = make(map[nameKey]*series)
+		c.named, c.owners = make(map[nameKey]*series), make(map[ownerKey]owned)
 		for i := range c.fresh {
 			k := &c.fresh[i]
 			if t := c.admit(k, &results[i]); t != nil {
 				c.apply(t, k, now)
 			}
 		}
-		c.named = nil
+		c.named, c.owners = nil, nil
 		c.logger.Debug("resolved new connections", "count", len(c.fresh),
 			"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(resolveStart) - resolved).Seconds())
 	}
@@ -388,6 +405,11 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 // or postpones it (returning nil) when a table could not be read and
 // attempts are left.
 func (c *Connections) admit(k *Conn, d *Destination) *tracked {
+	ok := c.owner(k).known
+	if !ok && k.State == StateEstablished && c.retry(k) {
+		c.logger.Debug("owner not known yet", "pid", k.PID, "netns", k.NetNS)
+		return nil
+	}
 	if d.Err != nil {
 		c.errors[d.ErrResolver]++
 		if !c.warned[d.ErrResolver] {
@@ -396,12 +418,8 @@ func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 		} else {
 			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
 		}
-		if k.State == StateEstablished {
-			r := retry{n: c.attempts[k.Cookie].n + 1, gen: c.gen}
-			if r.n < c.cfg.ResolveAttempts {
-				c.attempts[k.Cookie] = r
-				return nil
-			}
+		if k.State == StateEstablished && c.retry(k) {
+			return nil
 		}
 	}
 	delete(c.attempts, k.Cookie)
@@ -409,6 +427,31 @@ func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 	t := &tracked{s: c.seriesFor(k, d)}
 	c.conns[k.Cookie] = t
 	return t
+}
+
+// retry counts an attempt to admit an open connection and reports whether
+// attempts are left, so that the connection should wait for a later scrape.
+func (c *Connections) retry(k *Conn) bool {
+	r := retry{n: c.attempts[k.Cookie].n + 1, gen: c.gen}
+	if r.n < c.cfg.ResolveAttempts {
+		c.attempts[k.Cookie] = r
+		return true
+	}
+	return false
+}
+
+// owner names a connection's owner, once per owner in a scrape.
+func (c *Connections) owner(k *Conn) owned {
+	ok := ownerKey{comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID}
+	if o, found := c.owners[ok]; found {
+		return o
+	}
+	var o owned
+	o.owner, o.known = c.namer.Owner(k)
+	if c.owners != nil {
+		c.owners[ok] = o
+	}
+	return o
 }
 
 // seriesFor returns the label set of a connection, creating it if the
@@ -431,7 +474,7 @@ func (c *Connections) seriesFor(k *Conn, d *Destination) *series {
 
 // seriesByLabels names a connection and finds or creates its label set.
 func (c *Connections) seriesByLabels(k *Conn, d *Destination) *series {
-	o := c.namer.Owner(k)
+	o := c.owner(k).owner
 	values := []string{
 		o.Container, o.Pod, o.Namespace, o.Workload, k.Command(),
 		k.Dst.String(), d.Actual.String(), c.namer.DestinationWorkload(d.Actual), d.Resolver,

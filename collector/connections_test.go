@@ -338,3 +338,31 @@ func writeText(w io.Writer, mf *dto.MetricFamily) error {
 	_, err := expfmt.MetricFamilyToText(w, mf)
 	return err
 }
+
+// lateNamer does not know a container until it has been asked twice.
+type lateNamer struct{ asked int }
+
+func (n *lateNamer) Owner(c *Conn) (Owner, bool) {
+	n.asked++
+	if n.asked < 2 {
+		return Owner{Workload: c.Command()}, false
+	}
+	return Owner{Container: "web-1", Workload: "web"}, true
+}
+
+func (n *lateNamer) DestinationWorkload(netip.AddrPort) string { return "" }
+
+func TestConnectionsOwnerRetry(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	c, err := NewConnections(ConnectionsConfig{MaxSeries: 10, SeriesIdle: time.Minute, ResolveAttempts: 3}, src, &fakeResolver{}, &lateNamer{}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := testutil.GatherAndCount(collect(t, c), "connection_active"); n != 0 {
+		t.Errorf("connection of an unknown container accounted at once: %d series", n)
+	}
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_active", "container", "web-1", "workload", "web"); got != 1 {
+		t.Errorf("connection named late: active = %v", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,4 +111,134 @@ func TestDockerPublished(t *testing.T) {
 	if l := got[0].labels; l["actual_destination"] != pub || l["resolver"] != "conntrack" || l["destination_workload"] != "pub" {
 		t.Errorf("labels %v, want actual %s by conntrack, destination_workload pub", l, pub)
 	}
+}
+
+// swarmDemo is a Swarm with a server service of three tasks behind a VIP
+// on an overlay network, and the load balancer reproduced in the real lb_
+// namespace with iptables (no IPVS in this kernel): DNAT to the tasks at
+// random, SNAT to the load balancer's address, which leaves the conntrack
+// entries IPVS with conntrack=1 leaves.
+type swarmDemo struct {
+	d         *dockerlab.Daemon
+	vip       netip.Addr
+	tasks     map[string]string // task container id -> address
+	networkID string
+}
+
+func newSwarmDemo(t *testing.T, d *dockerlab.Daemon) *swarmDemo {
+	t.Helper()
+	d.Docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377")
+	t.Cleanup(func() { d.TryDocker("swarm", "leave", "--force") })
+	d.Docker("network", "create", "-d", "overlay", "--attachable", "demo_net")
+	d.Docker("service", "create", "-d", "--name", "demo_nginx", "--replicas", "3", "--network", "demo_net",
+		"--no-resolve-image", "peer", "serve", ":8080")
+	s := &swarmDemo{d: d, tasks: map[string]string{}}
+	waitFor(t, "three demo_nginx tasks", 60*time.Second, func() bool {
+		out, _ := d.TryDocker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=demo_nginx")
+		return len(strings.Fields(out)) == 3
+	})
+	for _, id := range strings.Fields(d.Docker("ps", "-q", "--no-trunc", "--filter", "label=com.docker.swarm.service.name=demo_nginx")) {
+		s.tasks[id] = d.Docker("inspect", "-f", `{{(index .NetworkSettings.Networks "demo_net").IPAddress}}`, id)
+	}
+	s.networkID = d.Docker("network", "inspect", "-f", "{{.Id}}", "demo_net")
+	vip := d.Docker("service", "inspect", "-f", `{{range .Endpoint.VirtualIPs}}{{if eq .NetworkID "`+s.networkID+`"}}{{.Addr}}{{end}}{{end}}`, "demo_nginx")
+	s.vip = netip.MustParsePrefix(vip).Addr()
+
+	lb := filepath.Join(d.ExecRoot, "netns", "lb_"+s.networkID[:9])
+	waitFor(t, "the load balancer namespace", 20*time.Second, func() bool {
+		_, err := exec.Command("nsenter", "--net="+lb, "true").CombinedOutput()
+		return err == nil
+	})
+	in := func(args ...string) string {
+		out, err := exec.Command("nsenter", append([]string{"--net=" + lb}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("in %s: %s: %v\n%s", lb, strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	var lbAddr string
+	hasVIP := false
+	for _, f := range strings.Fields(in("ip", "-o", "-4", "addr", "show", "dev", "eth0")) {
+		if p, err := netip.ParsePrefix(f); err == nil && p.Bits() < 32 {
+			lbAddr = p.Addr().String()
+		} else if err == nil && p.Addr() == s.vip {
+			hasVIP = true
+		}
+	}
+	if lbAddr == "" {
+		t.Fatalf("no load balancer address in %s", lb)
+	}
+	if !hasVIP {
+		// dockerd puts the VIP on eth0 along with its IPVS service; with no
+		// IPVS in the kernel it gives up before: do its part.
+		in("ip", "addr", "add", s.vip.String()+"/32", "dev", "eth0")
+	}
+	in("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	i := 0
+	for _, ip := range s.tasks {
+		rule := []string{"iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-d", s.vip.String(), "-p", "tcp", "--dport", "8080"}
+		if left := len(s.tasks) - i; left > 1 {
+			rule = append(rule, "-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%.5f", 1/float64(left)))
+		}
+		in(append(rule, "-j", "DNAT", "--to-destination", ip+":8080")...)
+		i++
+	}
+	in("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", lbAddr)
+	return s
+}
+
+// accepted counts the tasks' accepted connections by the address that
+// accepted them, as the servers logged it.
+func (s *swarmDemo) accepted() map[string]float64 {
+	out := map[string]float64{}
+	for id := range s.tasks {
+		logs, _ := s.d.TryDocker("logs", id)
+		for _, line := range strings.Split(logs, "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[0] == "accepted" {
+				out[f[2]]++
+			}
+		}
+	}
+	return out
+}
+
+func (s *swarmDemo) total() int {
+	n := 0
+	for _, v := range s.accepted() {
+		n += int(v)
+	}
+	return n
+}
+
+// checkSwarm checks that every demo_client connection to the VIP resolved
+// to the task that accepted it, with Swarm service names.
+func (s *swarmDemo) check(t *testing.T, exp *exporter, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d connections accepted by the tasks", n), 30*time.Second, func() bool { return s.total() >= n })
+	want := s.accepted()
+	dst := netip.AddrPortFrom(s.vip, 8080).String()
+	var got map[string]float64
+	var sc scraped
+	for range 50 { // the cache learns of the client task from the events stream
+		sc = exp.scrape()
+		got = sc.byActual("connection_active", map[string]string{"workload": "demo_client", "destination": dst,
+			"resolver": "swarm_lb", "destination_workload": "demo_nginx"})
+		if equal(got, want) {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Errorf("demo_client's connections to %s by actual destination %v, tasks accepted %v\n%s", dst, got, want, grep(sc.text, "connection_active"))
+}
+
+// TestSwarm: every client connection to a service VIP resolves to the task
+// that accepted it, in the overlay network's load-balancer namespace.
+func TestSwarm(t *testing.T) {
+	d := dockerLab(t)
+	s := newSwarmDemo(t, d)
+	exp := startExporter(t, nil, dockerArgs(d)...)
+	waitContainers(t, exp, 3)
+	d.Docker("service", "create", "-d", "--name", "demo_client", "--network", "demo_net", "--no-resolve-image",
+		"peer", "connect", "demo_nginx:8080", "9")
+	s.check(t, exp, 9)
 }
