@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -115,5 +117,28 @@ func TestCompose(t *testing.T) {
 	}
 	if get(svc, "pid") != "host" || get(svc, "network_mode") != "host" {
 		t.Error("the exporter must use the host's pid and network namespaces")
+	}
+}
+
+// TestSwarm checks the Swarm example: Prometheus discovers every node and
+// scrapes the exporter's port; every file the stack names exists.
+func TestSwarm(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool is needed (apt-get install prometheus): %v", err)
+	}
+	if out, err := exec.Command(promtool, "check", "config", "swarm/prometheus.yml").CombinedOutput(); err != nil {
+		t.Errorf("promtool check config: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile("swarm/prometheus.yml")
+	if !strings.Contains(string(b), "replacement: $1:10074") || !strings.Contains(string(b), "role: nodes") {
+		t.Error("prometheus.yml does not scrape port 10074 of every node")
+	}
+	stack := docs(t, "swarm/stack.yml")[0]
+	for name, cfg := range get(stack, "configs").(map[string]any) {
+		f := get(cfg, "file").(string)
+		if _, err := os.Stat(filepath.Join("swarm", f)); err != nil {
+			t.Errorf("config %s: %v", name, err)
+		}
 	}
 }

@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/connection-exporter/connection_exporter/internal/dockerlab"
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
 
 // dockerLab starts a private daemon with the peer image built.
@@ -241,4 +245,112 @@ func TestSwarm(t *testing.T) {
 	d.Docker("service", "create", "-d", "--name", "demo_client", "--network", "demo_net", "--no-resolve-image",
 		"peer", "connect", "demo_nginx:8080", "9")
 	s.check(t, exp, 9)
+}
+
+// readmeDockerRun returns the arguments of the docker run command that
+// README.md documents.
+func readmeDockerRun(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "docker run -d --name connection_exporter")
+	if start < 0 {
+		t.Fatal("README.md has no docker run command")
+	}
+	end := strings.Index(text[start:], "```")
+	cmd := strings.ReplaceAll(text[start:start+end], "\\\n", " ")
+	return strings.Fields(cmd)
+}
+
+// TestDockerImage: the image built from the Dockerfile, started with the
+// README's docker run command (the daemon's private paths substituted for
+// the standard ones), exports the Swarm case correctly.
+func TestDockerImage(t *testing.T) {
+	// The README mounts /run/netns with slave propagation, which needs it
+	// to be a shared mount: `ip netns add` makes it one.
+	netlab.New(t).NetNS("mk")
+	d := dockerLab(t)
+	s := newSwarmDemo(t, d)
+
+	dir := t.TempDir()
+	dockerlab.BuildStatic(t, "github.com/connection-exporter/connection_exporter", dir, "connection_exporter")
+	df, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "Dockerfile"), df, 0o644)
+	d.Docker("build", "-q", "-t", "connection-exporter:latest", dir)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var args []string
+	for _, a := range readmeDockerRun(t)[1:] { // without "docker"
+		a = strings.Replace(a, "/var/run/docker.sock:", strings.TrimPrefix(d.Host, "unix://")+":", 1)
+		a = strings.Replace(a, "/run/docker/netns:", filepath.Join(d.ExecRoot, "netns")+":", 1)
+		args = append(args, a)
+	}
+	args = append(args, "--web.listen-address="+addr)
+	d.Docker(args...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := d.TryDocker("logs", "connection_exporter")
+			t.Logf("exporter container log:\n%s", logs)
+		}
+		d.TryDocker("rm", "-f", "connection_exporter")
+	})
+	exp := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &bytes.Buffer{}}
+	waitFor(t, "the exporter container to serve", 20*time.Second, func() bool {
+		resp, err := http.Get(exp.url)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	waitContainers(t, exp, 4)
+	d.Docker("service", "create", "-d", "--name", "demo_client", "--network", "demo_net", "--no-resolve-image",
+		"peer", "connect", "demo_nginx:8080", "6")
+	s.check(t, exp, 6)
+}
+
+// TestDockerRestart: the daemon stops and comes back during a run; the
+// exporter keeps serving, counts the outage, and names the containers'
+// new connections again.
+func TestDockerRestart(t *testing.T) {
+	d := dockerLab(t)
+	d.Docker("network", "create", "shopnet")
+	d.Docker("run", "-d", "--restart", "always", "--name", "web", "--network", "shopnet", "peer", "serve", ":8080")
+	exp := startExporter(t, nil, dockerArgs(d)...)
+	waitContainers(t, exp, 1)
+	d.Docker("run", "-d", "--restart", "always", "--name", "client", "--network", "shopnet", "peer", "connect", "web:8080", "3")
+	waitFor(t, "web to accept 3 connections", 20*time.Second, func() bool { return acceptedBy(d, "web") >= 3 })
+	named := func() float64 {
+		total := 0.0
+		for _, smp := range exp.scrape().samples("connection_active", map[string]string{"container": "client", "destination_workload": "web"}) {
+			total += smp.value
+		}
+		return total
+	}
+	waitFor(t, "the client's connections named", 10*time.Second, func() bool { return named() == 3 })
+
+	d.Stop()
+	waitFor(t, "docker_up to drop", 10*time.Second, func() bool {
+		up := exp.scrape().samples("connection_exporter_docker_up", nil)
+		return len(up) == 1 && up[0].value == 0
+	})
+	if errs := exp.scrape().samples("connection_exporter_docker_errors_total", nil); len(errs) == 0 {
+		t.Error("no docker error counted")
+	}
+
+	d.Restart()
+	waitFor(t, "the client's new connections named", 60*time.Second, func() bool { return named() == 3 })
+	if up := exp.scrape().samples("connection_exporter_docker_up", nil); len(up) != 1 || up[0].value != 1 {
+		t.Errorf("docker_up after restart: %v", up)
+	}
 }

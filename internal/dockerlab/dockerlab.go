@@ -64,6 +64,20 @@ func Start(t TB) *Daemon {
 		"--default-address-pool", "base=172.30.0.0/16,size=24",
 	}
 	restore := hostState(t)
+	// On a systemd host / is a shared mount, so the namespace directory can
+	// be bind-mounted into a container with slave propagation; this VM's /
+	// is private: make the directory a shared mount of its own, as
+	// `ip netns add` does for /run/netns.
+	netnsDir := filepath.Join(d.ExecRoot, "netns")
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		t.Fatalf("%v", err)
+	}
+	if err := syscall.Mount(netnsDir, netnsDir, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind %s: %v", netnsDir, err)
+	}
+	if err := syscall.Mount("", netnsDir, "", syscall.MS_SHARED, ""); err != nil {
+		t.Fatalf("share %s: %v", netnsDir, err)
+	}
 	t.Cleanup(func() {
 		d.stop()
 		unmountUnder(root)
