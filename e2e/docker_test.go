@@ -26,8 +26,13 @@ func dockerLab(t *testing.T) *dockerlab.Daemon {
 	return d
 }
 
+// dockerArgs points the exporter at the private daemon. The tests poll
+// with scrapes a few hundred milliseconds apart, where Prometheus scrapes
+// every 15 s or so: give a new container's connections as much time as
+// they would have before they are named by their process.
 func dockerArgs(d *dockerlab.Daemon) []string {
-	return []string{"--docker.host=" + d.Host, "--path.docker-netns=" + filepath.Join(d.ExecRoot, "netns")}
+	return []string{"--docker.host=" + d.Host, "--path.docker-netns=" + filepath.Join(d.ExecRoot, "netns"),
+		"--collector.resolve-attempts=100"}
 }
 
 // accepted counts the "accepted" lines of a peer server container.
