@@ -172,7 +172,9 @@ func run() int {
 		go dc.Run(ctx)
 		static.MustRegister(dc)
 		names.docker = dc
-		steps = append(steps, ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, ServiceNetwork: dc.ServiceNetwork}))
+		steps = append(steps,
+			ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, ServiceNetwork: dc.ServiceNetwork}),
+			ct.Ingress(resolve.IngressConfig{NetNSDir: cfg.dockerNetNS, IngressAddr: dc.IngressAddr}))
 	}
 	if cfg.kubelet.URL != "" {
 		kc, err := kube.NewClient(cfg.kubelet, logger.With("component", "kubelet"))

@@ -84,6 +84,7 @@ type Client struct {
 	byNetNS  map[uint32]*Container
 	byIP     map[netip.Addr]string // address -> workload (containers and Swarm tasks)
 	vips     map[netip.Addr]string // Swarm service VIP -> network id
+	ingress  netip.Addr            // ingress_sbox's address on docker_gwbridge
 	up       bool
 	errors   map[string]float64
 	warned   bool
@@ -248,8 +249,10 @@ func (c *Client) Sync(ctx context.Context) error {
 		found = append(found, ct)
 	}
 	vips, tasks := c.swarmAddresses(ctx)
+	ingress := c.ingressAddress(ctx)
 	c.mu.Lock()
 	c.reset()
+	c.ingress = ingress
 	for _, ct := range found {
 		c.addLocked(ct)
 	}
@@ -369,14 +372,40 @@ func (c *Client) swarmAddresses(ctx context.Context) (vips map[netip.Addr]string
 	return vips, tasks
 }
 
+// ingressAddress reads the address of the routing mesh's sandbox on
+// docker_gwbridge, where the host's DNAT sends published ports of Swarm
+// services. It is invalid when the node is in no Swarm.
+func (c *Client) ingressAddress(ctx context.Context) netip.Addr {
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	r, err := c.api.NetworkInspect(tctx, "docker_gwbridge", client.NetworkInspectOptions{})
+	if err != nil {
+		return netip.Addr{}
+	}
+	if ep, ok := r.Network.Containers["ingress-sbox"]; ok && ep.IPv4Address.IsValid() {
+		return ep.IPv4Address.Addr()
+	}
+	return netip.Addr{}
+}
+
 func (c *Client) refreshVIPs(ctx context.Context) {
 	vips, tasks := c.swarmAddresses(ctx)
+	ingress := c.ingressAddress(ctx)
 	c.mu.Lock()
+	c.ingress = ingress
 	c.vips = vips
 	for ip, w := range tasks {
 		c.byIP[ip] = w
 	}
 	c.mu.Unlock()
+}
+
+// IngressAddr returns the routing mesh sandbox's address on docker_gwbridge,
+// if this node is in a Swarm.
+func (c *Client) IngressAddr() (netip.Addr, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.ingress, c.ingress.IsValid()
 }
 
 // ByNetNS returns the container whose network namespace is ino.

@@ -359,3 +359,106 @@ func TestDockerRestart(t *testing.T) {
 		t.Errorf("docker_up after restart: %v", up)
 	}
 }
+
+// TestSwarmIngress: a connection to a published port of a Swarm service,
+// through the routing mesh, resolves to the task behind it: the host's
+// DNAT to ingress_sbox (DOCKER-INGRESS) and, inside ingress_sbox, the
+// translation to a task. dockerd sets up neither without IPVS in the
+// kernel, so the test installs the rules it would have, with iptables DNAT
+// and SNAT standing in for IPVS.
+func TestSwarmIngress(t *testing.T) {
+	d := dockerLab(t)
+	newSwarmDemo(t, d)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	d.Docker("service", "create", "-d", "--name", "pubsvc", "--replicas", "2", "--publish", fmt.Sprintf("%d:8080", port),
+		"--no-resolve-image", "peer", "serve", ":8080")
+	var tasks []string
+	waitFor(t, "two pubsvc tasks", 60*time.Second, func() bool {
+		out, _ := d.TryDocker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=pubsvc")
+		tasks = strings.Fields(out)
+		return len(tasks) == 2
+	})
+	sbox := filepath.Join(d.ExecRoot, "netns", "ingress_sbox")
+	prefix := func(network, container string) string {
+		p := d.Docker("network", "inspect", "-f", `{{(index .Containers "`+container+`").IPv4Address}}`, network)
+		return netip.MustParsePrefix(p).Addr().String()
+	}
+	gw := prefix("docker_gwbridge", "ingress-sbox")
+	sboxIngress := prefix("ingress", "ingress-sbox")
+	ipt := func(ns string, args ...string) {
+		cmd := append([]string{"iptables", "-w"}, args...)
+		if ns != "" {
+			cmd = append([]string{"nsenter", "--net=" + ns}, cmd...)
+		}
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	// The host's side (removed with the daemon's nat table at cleanup, and
+	// here explicitly).
+	ipt("", "-t", "nat", "-N", "DOCKER-INGRESS")
+	ipt("", "-t", "nat", "-I", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER-INGRESS")
+	ipt("", "-t", "nat", "-I", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER-INGRESS")
+	ipt("", "-t", "nat", "-A", "DOCKER-INGRESS", "-p", "tcp", "--dport", fmt.Sprint(port), "-j", "DNAT", "--to-destination", fmt.Sprintf("%s:%d", gw, port))
+	t.Cleanup(func() {
+		exec.Command("iptables", "-w", "-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER-INGRESS").Run()
+		exec.Command("iptables", "-w", "-t", "nat", "-D", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER-INGRESS").Run()
+		exec.Command("iptables", "-w", "-t", "nat", "-F", "DOCKER-INGRESS").Run()
+		exec.Command("iptables", "-w", "-t", "nat", "-X", "DOCKER-INGRESS").Run()
+	})
+	// Loopback clients leave through docker_gwbridge (the link goes with
+	// the daemon).
+	if out, err := exec.Command("sysctl", "-qw", "net.ipv4.conf.docker_gwbridge.route_localnet=1").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	// ingress_sbox's side: IPVS's choice of a task and its SNAT.
+	if out, err := exec.Command("nsenter", "--net="+sbox, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	for i, id := range tasks {
+		ip := d.Docker("inspect", "-f", `{{(index .NetworkSettings.Networks "ingress").IPAddress}}`, id)
+		rule := []string{"-t", "nat", "-A", "PREROUTING", "-d", gw, "-p", "tcp", "--dport", fmt.Sprint(port)}
+		if i == 0 {
+			rule = append(rule, "-m", "statistic", "--mode", "random", "--probability", "0.5")
+		}
+		ipt(sbox, append(rule, "-j", "DNAT", "--to-destination", ip+":8080")...)
+	}
+	ipt(sbox, "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", sboxIngress)
+
+	exp := startExporter(t, nil, dockerArgs(d)...)
+	waitContainers(t, exp, 5)
+	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+	for range 6 {
+		c, err := net.DialTimeout("tcp4", dst.String(), 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial the published port: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	want := map[string]float64{}
+	waitFor(t, "the tasks to accept 6 connections", 20*time.Second, func() bool {
+		want = map[string]float64{}
+		total := 0
+		for _, id := range tasks {
+			logs, _ := d.TryDocker("logs", id)
+			for _, line := range strings.Split(logs, "\n") {
+				if f := strings.Fields(line); len(f) == 3 && f[0] == "accepted" {
+					want[f[2]]++
+					total++
+				}
+			}
+		}
+		return total >= 6
+	})
+	s := exp.scrape()
+	got := s.byActual("connection_active", map[string]string{"process": process(t), "destination": dst.String(),
+		"resolver": "swarm_lb", "destination_workload": "pubsvc"})
+	if !equal(got, want) {
+		t.Errorf("connections to %v through the routing mesh %v, tasks accepted %v\n%s", dst, got, want, grep(s.text, "connection_active"))
+	}
+}

@@ -25,8 +25,13 @@ func (ch Chain) Resolve(ctx context.Context, qs []Query, out []Result) {
 	}
 	for _, s := range ch {
 		if len(idx) == 0 {
-			return
+			break
 		}
 		idx = s.Resolve(ctx, qs, idx, out)
+	}
+	for _, s := range ch {
+		if r, ok := s.(Refiner); ok {
+			r.Refine(ctx, qs, out)
+		}
 	}
 }

@@ -45,6 +45,10 @@ type Result struct {
 	// result is still the best known, but a later attempt may do better.
 	Err         error
 	ErrResolver string
+
+	// via is the reply destination of the translating entry: the client as
+	// the next hop sees it, for a second translation (Swarm's ingress).
+	via netip.AddrPort
 }
 
 // ConntrackConfig configures a Conntrack resolver.
@@ -223,7 +227,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		return idx
 	}
 	defer sock.close()
-	replies := make([]netip.AddrPort, len(idx)) // invalid where no entry
+	replies := make([]tuple, len(idx)) // zero where no entry
 	begin := time.Now()
 	method := "get"
 	if len(idx)*getCostPerDumpEntry > int(stats.Entries) {
@@ -239,7 +243,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 				return
 			}
 			if n, ok := want[keyOf(e.orig.src, e.orig.dst)]; ok {
-				replies[n] = e.replySrc
+				replies[n] = e.reply
 			}
 		})
 	} else {
@@ -252,8 +256,8 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 	c.logger.Debug("looked up conntrack", "netns", ino, "method", method, "entries", stats.Entries,
 		"queries", len(idx), "seconds", time.Since(begin).Seconds())
 	for n, i := range idx {
-		if r := replies[n]; r.IsValid() && r != qs[i].Dst {
-			out[i].Actual, out[i].Resolver = r, resolver
+		if r := replies[n]; r.src.IsValid() && r.src != qs[i].Dst {
+			out[i].Actual, out[i].Resolver, out[i].via = r.src, resolver, r.dst
 			continue
 		}
 		rest = append(rest, i)

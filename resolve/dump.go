@@ -47,9 +47,12 @@ const dumpBufSize = 256 << 10
 
 // ctEntry is what a dump keeps of one conntrack entry.
 type ctEntry struct {
-	proto    uint8
-	orig     tuple
-	replySrc netip.AddrPort
+	proto uint8
+	orig  tuple
+	// reply is the reply direction: its source is where the connection
+	// really goes, its destination where the connection appears to come
+	// from past the translation (the next hop's view of the client).
+	reply tuple
 }
 
 // netlinkSocketIn opens a NETLINK_NETFILTER socket inside the namespace ns.
@@ -195,11 +198,11 @@ func (s *ctSocket) dump(fn func(attrs []byte)) error {
 const getBatchSize = 128
 
 // get looks up the original tuples of qs[idx[n]] and sets replies[n] to the
-// reply source of its entry, leaving it invalid where there is none.
+// reply tuple of its entry, leaving it zero where there is none.
 // Requests are pipelined: a batch goes out in one system call and the
 // answers come back in order, so a lookup costs the kernel's hash lookup
 // rather than a round trip.
-func (s *ctSocket) get(qs []Query, idx []int, replies []netip.AddrPort) error {
+func (s *ctSocket) get(qs []Query, idx []int, replies []tuple) error {
 	req := make([]byte, 0, getBatchSize*128)
 	for start := 0; start < len(idx); start += getBatchSize {
 		end := min(start+getBatchSize, len(idx))
@@ -228,7 +231,7 @@ func (s *ctSocket) get(qs []Query, idx []int, replies []netip.AddrPort) error {
 				}
 				if len(p) >= nfgenHdrLen {
 					if e, ok := parseEntry(p[nfgenHdrLen:]); ok {
-						replies[n] = e.replySrc
+						replies[n] = e.reply
 					}
 				}
 				return true
@@ -342,7 +345,9 @@ func parseEntry(b []byte) (ctEntry, bool) {
 			src, dst, e.proto, origOK = parseTuple(p)
 			e.orig = tuple{src, dst}
 		case ctaTupleReply:
-			e.replySrc, _, _, replyOK = parseTuple(p)
+			var src, dst netip.AddrPort
+			src, dst, _, replyOK = parseTuple(p)
+			e.reply = tuple{src, dst}
 		}
 	})
 	return e, ok && origOK && replyOK

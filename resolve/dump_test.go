@@ -51,12 +51,12 @@ func TestParseEntry(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: not parsed", tc.client)
 		}
-		if e.proto != 6 || e.orig != (tuple{client, vip}) || e.replySrc != backend {
+		if e.proto != 6 || e.orig != (tuple{client, vip}) || e.reply.src != backend {
 			t.Errorf("%s: parsed %+v", tc.client, e)
 		}
 		// Every truncation is refused, never misread.
 		for n := 1; n < len(msg); n++ {
-			if e, ok := parseEntry(msg[:n]); ok && e.replySrc != backend {
+			if e, ok := parseEntry(msg[:n]); ok && e.reply.src != backend {
 				t.Errorf("truncated at %d parsed as %+v", n, e)
 			}
 		}
@@ -71,7 +71,7 @@ func FuzzParseEntry(f *testing.F) {
 	f.Add(append(ctTuple(ctaTupleOrig, a, b), ctTuple(ctaTupleReply, b, a)...))
 	f.Add([]byte{4, 0, 1, 0})
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		if e, ok := parseEntry(msg); ok && (!e.orig.src.IsValid() || !e.replySrc.IsValid()) {
+		if e, ok := parseEntry(msg); ok && (!e.orig.src.IsValid() || !e.reply.src.IsValid()) {
 			t.Errorf("accepted entry with invalid addresses: %+v", e)
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 
 	"github.com/connection-exporter/connection_exporter/internal/netns"
@@ -73,4 +74,82 @@ func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 		fd.Close()
 	}
 	return rest
+}
+
+// Refiner improves answers that earlier steps gave: Chain calls it on every
+// query after all steps.
+type Refiner interface {
+	Refine(ctx context.Context, qs []Query, out []Result)
+}
+
+// IngressConfig configures the routing mesh step.
+type IngressConfig struct {
+	// NetNSDir is Docker's directory of network namespaces.
+	NetNSDir string
+	// IngressAddr returns the address of the ingress_sbox namespace on
+	// docker_gwbridge (from the Docker cache).
+	IngressAddr func() (netip.Addr, bool)
+}
+
+// Ingress returns the step that follows connections to a published port of
+// a Swarm service through the routing mesh: the host's conntrack sends them
+// to the ingress_sbox namespace, whose conntrack holds the task IPVS chose.
+// It refines host conntrack answers whose actual destination is
+// ingress_sbox, looking the connection up there as ingress_sbox saw it (the
+// host entry's reply tuple, reversed).
+func (c *Conntrack) Ingress(cfg IngressConfig) Step { return ingress{c: c, cfg: cfg} }
+
+type ingress struct {
+	c   *Conntrack
+	cfg IngressConfig
+}
+
+// Resolve passes every connection on: the work is done in Refine.
+func (ingress) Resolve(_ context.Context, _ []Query, idx []int, _ []Result) []int { return idx }
+
+func (s ingress) Refine(ctx context.Context, qs []Query, out []Result) {
+	if s.cfg.IngressAddr == nil {
+		return
+	}
+	sbox, ok := s.cfg.IngressAddr()
+	if !ok {
+		return
+	}
+	var hop []Query
+	var from []int
+	for i := range out {
+		if out[i].Resolver == ResolverConntrack && out[i].Actual.Addr() == sbox && out[i].via.IsValid() {
+			hop = append(hop, Query{Src: out[i].via, Dst: out[i].Actual})
+			from = append(from, i)
+		}
+	}
+	if len(hop) == 0 {
+		return
+	}
+	path := filepath.Join(s.cfg.NetNSDir, "ingress_sbox")
+	hopOut := make([]Result, len(hop))
+	idx := make([]int, len(hop))
+	for n := range hop {
+		hopOut[n] = Result{Actual: hop[n].Dst, Resolver: ResolverNone}
+		idx[n] = n
+	}
+	ino, err := netns.Inode(path)
+	if err == nil {
+		var fd *os.File
+		if fd, err = netns.Open(path, ino); err == nil {
+			s.c.lookup(ctx, fd, ino, hop, idx, hopOut, ResolverSwarmLB)
+			fd.Close()
+		}
+	}
+	for n, i := range from {
+		if err != nil {
+			out[i].Err, out[i].ErrResolver = fmt.Errorf("routing mesh: %w", err), ResolverSwarmLB
+			continue
+		}
+		if hopOut[n].Resolver == ResolverSwarmLB {
+			out[i].Actual, out[i].Resolver = hopOut[n].Actual, ResolverSwarmLB
+		} else if hopOut[n].Err != nil {
+			out[i].Err, out[i].ErrResolver = hopOut[n].Err, hopOut[n].ErrResolver
+		}
+	}
 }
