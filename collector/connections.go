@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/connection-exporter/connection_exporter/internal/labels"
 )
 
 // State is where a connection is in its life, as the capture reports it.
@@ -478,6 +480,9 @@ func (c *Connections) seriesByLabels(k *Conn, d *Destination) *series {
 	values := []string{
 		o.Container, o.Pod, o.Namespace, o.Workload, k.Command(),
 		k.Dst.String(), d.Actual.String(), c.namer.DestinationWorkload(d.Actual), d.Resolver,
+	}
+	for i, v := range values {
+		values[i] = labels.Value(v)
 	}
 	key := strings.Join(values, "\x00")
 	if s, ok := c.series[key]; ok {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/connection-exporter/connection_exporter/internal/labels"
 )
 
 // Config configures a kubelet Client.
@@ -251,7 +253,8 @@ func (c *Client) Collect(ch chan<- prometheus.Metric) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for ip, p := range c.byIP {
-		ch <- prometheus.MustNewConstMetric(endpointDesc, prometheus.GaugeValue, 1, ip, p.Namespace, p.Name, p.Workload)
+		ch <- prometheus.MustNewConstMetric(endpointDesc, prometheus.GaugeValue, 1,
+			ip, labels.Value(p.Namespace), labels.Value(p.Name), labels.Value(p.Workload))
 	}
 	for r, v := range c.errors {
 		ch <- prometheus.MustNewConstMetric(kubeletErrorsDesc, prometheus.CounterValue, v, r)
