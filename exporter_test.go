@@ -1,9 +1,19 @@
 package main
 
 import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/connection-exporter/connection_exporter/collector"
 )
 
 func TestScrapeTimeout(t *testing.T) {
@@ -69,5 +79,89 @@ func TestEffectiveCapabilities(t *testing.T) {
 	}
 	if _, err := effectiveCapabilities("/nonexistent"); err == nil {
 		t.Error("missing file accepted")
+	}
+}
+
+// blockingCollector records the deadline of its scrape context and blocks
+// until released or the context is done.
+type blockingCollector struct {
+	deadline chan time.Duration
+	release  chan struct{}
+}
+
+func (b *blockingCollector) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
+	if d, ok := ctx.Deadline(); ok {
+		b.deadline <- time.Until(d)
+	} else {
+		b.deadline <- 0
+	}
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+func testHandler(t *testing.T, c collector.Collector, maxRequests int) http.Handler {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	exp := collector.NewExporter(map[string]collector.Collector{"test": c}, logger)
+	return metricsHandler(exp, prometheus.NewRegistry(), config{maxRequests: maxRequests, timeoutOffset: 500 * time.Millisecond}, logger)
+}
+
+// TestScrapeDeadline: the scrape context ends at Prometheus' timeout less
+// the offset, and the scrape answers then with the collector marked failed.
+func TestScrapeDeadline(t *testing.T) {
+	b := &blockingCollector{deadline: make(chan time.Duration, 1), release: make(chan struct{})}
+	srv := httptest.NewServer(testHandler(t, b, 0))
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", "1")
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if d := <-b.deadline; d <= 0 || d > 500*time.Millisecond {
+		t.Errorf("scrape deadline in %v, want 500ms (1s less the offset)", d)
+	}
+	if took := time.Since(start); took > 900*time.Millisecond {
+		t.Errorf("scrape took %v past its deadline", took)
+	}
+	if !strings.Contains(string(body), `connection_exporter_scrape_collector_success{collector="test"} 0`) {
+		t.Errorf("timed out collector not reported as failed:\n%s", body)
+	}
+}
+
+// TestMaxRequests: parallel scrapes beyond --web.max-requests get 503.
+func TestMaxRequests(t *testing.T) {
+	b := &blockingCollector{deadline: make(chan time.Duration, 2), release: make(chan struct{})}
+	srv := httptest.NewServer(testHandler(t, b, 1))
+	defer srv.Close()
+	first := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	<-b.deadline // the first scrape is in its collector
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("second parallel scrape: %d, want 503", resp.StatusCode)
+	}
+	close(b.release)
+	if code := <-first; code != http.StatusOK {
+		t.Errorf("first scrape: %d", code)
 	}
 }
