@@ -56,6 +56,7 @@ func main() {
 	dst := flag.String("dst", "", "internal: client destination")
 	n := flag.Int("n", 0, "internal: client connections")
 	sizes := flag.String("conns", "1000,10000,50000", "connection counts to measure")
+	soak := flag.Duration("soak", 0, "instead of the benchmark, churn connections at full speed across namespaces for this long, scraping every second, and print the exporter's resources over time")
 	warm := flag.Int("warm", 20, "warm scrapes per size")
 	cycles := flag.Int("cycles", 20000, "connect/close cycles per throughput round")
 	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
@@ -87,6 +88,10 @@ func main() {
 		bin := *exporter
 		if bin == "" {
 			bin = r.build()
+		}
+		if *soak > 0 {
+			r.soak(bin, *soak)
+			return
 		}
 		var rows []row
 		for _, c := range counts {
