@@ -59,8 +59,17 @@ func New(t TB) *Lab {
 
 // NS is a network namespace created by a Lab.
 type NS struct {
-	lab  *Lab
-	Name string // name under /run/netns
+	lab     *Lab
+	Name    string // name under /run/netns
+	deleted bool
+}
+
+// Delete removes the namespace now (its cleanup then does nothing): what a
+// pod's end looks like to the exporter.
+func (n *NS) Delete() {
+	n.lab.t.Helper()
+	n.lab.Cmd("ip", "netns", "delete", n.Name)
+	n.deleted = true
 }
 
 // Path returns the namespace's bind mount.
@@ -81,6 +90,9 @@ func (l *Lab) NetNS(name string) *NS {
 	n := &NS{lab: l, Name: l.prefix + "-" + name}
 	l.Cmd("ip", "netns", "add", n.Name)
 	l.t.Cleanup(func() {
+		if n.deleted {
+			return
+		}
 		if out, err := exec.Command("ip", "netns", "delete", n.Name).CombinedOutput(); err != nil {
 			l.t.Errorf("delete netns %s: %v: %s", n.Name, err, out)
 		}
