@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -248,4 +249,25 @@ func TestSocketInode(t *testing.T) {
 
 func inode(fi os.FileInfo) uint32 {
 	return uint32(fi.Sys().(*syscall.Stat_t).Ino)
+}
+
+func FuzzDecodeSockRecs(f *testing.F) {
+	f.Add(make([]byte, 2*sockRecSize))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		recs, err := decodeSockRecs(raw)
+		if err == nil && len(recs)*sockRecSize != len(raw) {
+			t.Errorf("%d bytes decoded into %d records", len(raw), len(recs))
+		}
+	})
+}
+
+func FuzzSocketInode(f *testing.F) {
+	f.Add("socket:[12345]")
+	f.Add("anon_inode:[eventpoll]")
+	f.Fuzz(func(t *testing.T, s string) {
+		if ino, ok := socketInode(s); ok && !strings.HasPrefix(s, "socket:[") {
+			t.Errorf("socketInode(%q) = %d", s, ino)
+		}
+	})
 }

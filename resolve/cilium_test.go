@@ -149,3 +149,17 @@ func TestDecodeBackend(t *testing.T) {
 		}
 	}
 }
+
+func FuzzDecodeBackend(f *testing.F) {
+	f.Add([]byte{10, 0, 0, 1, 0x1f, 0x90, 6, 0, 0, 0, 0, 0})
+	f.Add(make([]byte, 24))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, ok, err := decodeBackend(b)
+		if ok && (err != nil || !a.IsValid()) {
+			t.Errorf("decodeBackend(%v) = %v, %v, %v", b, a, ok, err)
+		}
+		if !ok && err == nil {
+			t.Errorf("decodeBackend(%v) failed without an error", b)
+		}
+	})
+}
