@@ -87,6 +87,20 @@ func TestDockerBridge(t *testing.T) {
 	if l := got[0].labels; l["actual_destination"] != web || l["destination_workload"] != "web" || l["resolver"] != "none" {
 		t.Errorf("labels %v, want actual %s, destination_workload web, resolver none", l, web)
 	}
+
+	// Whoever deploys a container chooses its labels: a Compose service
+	// name with quotes, a newline and 100 KB names the workload.
+	hostile := "x\"y\\z\n" + strings.Repeat("w", 100000)
+	d.Docker("run", "-d", "--name", "evil", "--network", "shopnet", "--label", "com.docker.compose.service="+hostile,
+		"peer", "connect", "web:8080", "1")
+	waitFor(t, "web to accept the evil connection", 20*time.Second, func() bool { return acceptedBy(d, "web") >= 4 })
+	waitContainers(t, exp, 3)
+	s = exp.scrape()
+	promtoolCheck(t, s.text)
+	evil := s.samples("connection_active", map[string]string{"container": "evil", "destination": web})
+	if len(evil) != 1 || evil[0].labels["workload"] != hostile[:256] {
+		t.Errorf("hostile workload label not kept to its first 256 bytes: %d series\n%.3000s", len(evil), grep(s.text, "connection_active"))
+	}
 }
 
 // TestDockerPublished: a published port reached through the host's DNAT

@@ -57,6 +57,9 @@ func newFakeKubelet(t *testing.T) *fakeKubelet {
 			http.Error(w, "internal error", http.StatusInternalServerError)
 		case "garbage":
 			io.WriteString(w, `{"kind":"PodList","items":[{"metadata":`)
+		case "hostile":
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, hostilePods)
 		case "slow":
 			select {
 			case <-time.After(2 * time.Second):
@@ -148,6 +151,43 @@ func TestClientWrongToken(t *testing.T) {
 	}
 	if got := counter(t, c, "http_401"); got != 1 {
 		t.Errorf("errors{reason=http_401} = %v", got)
+	}
+}
+
+// hostilePods names a pod, its namespace and its owner with what a
+// malicious or broken API server could send.
+var hostilePods = `{"kind":"PodList","items":[{"metadata":{"name":"a\"b\\c\nd","namespace":"\ud800x",` +
+	`"uid":"u1","ownerReferences":[{"kind":"Deployment","name":"` + strings.Repeat("w", 100000) + `","controller":true}]},` +
+	`"status":{"podIP":"10.42.9.9"}}]}`
+
+// TestClientHostileNames: names with quotes, backslashes, newlines,
+// broken UTF-16 escapes and 100 KB leave the exposition valid.
+func TestClientHostileNames(t *testing.T) {
+	k := newFakeKubelet(t)
+	k.mode.Store("hostile")
+	c := newTestClient(t, k, token)
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatalf("collect: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s %s", p.Metric, p.Text)
+	}
+	mfs, err := registry(c).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if len(l.GetValue()) > 256 {
+					t.Errorf("label %s of %d bytes", l.GetName(), len(l.GetValue()))
+				}
+			}
+		}
 	}
 }
 

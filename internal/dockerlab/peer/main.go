@@ -46,6 +46,8 @@ func main() {
 			fmt.Printf("connected %s %s\n", c.LocalAddr(), c.RemoteAddr())
 			held = append(held, c)
 		}
-		select {}
+		for { // hold them; a bare select{} would be taken for a deadlock
+			time.Sleep(time.Hour)
+		}
 	}
 }
