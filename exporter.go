@@ -364,9 +364,10 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 	}
 	o, _ := collector.ProcessNamer{}.Owner(c)
 	// Outside the host's namespace a process most likely runs in a
-	// container that the caches will know shortly.
-	known := (n.kube == nil && n.docker == nil) || c.NetNS == n.hostNS
-	return o, known
+	// container that a cache will know shortly, if any cache is up to date.
+	waiting := c.NetNS != n.hostNS &&
+		((n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Up()))
+	return o, !waiting
 }
 
 // containerOfProcess finds a host-network container by the id in its

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -224,6 +225,7 @@ type Connections struct {
 	release []uint64            // connections to release
 	named   map[nameKey]*series // label sets of this scrape's new connections
 	owners  map[ownerKey]owned  // owners of this scrape's new connections
+	unnamed int                 // new connections postponed for their owner's name
 }
 
 // ownerKey is what a Namer names an owner from.
@@ -291,6 +293,10 @@ func (c *Connections) Update(ctx context.Context, ch chan<- prometheus.Metric) e
 // better returned to the garbage collector than held for ever.
 const scratchKeep = 4096
 
+// freeAfter is the number of new connections in one scrape after which the
+// scrape's garbage is returned to the operating system at once.
+const freeAfter = 20000
+
 // account folds one snapshot into the label sets. Connections already known
 // are accounted as they are read, with no copy; new ones are set aside,
 // resolved together, then accounted.
@@ -333,7 +339,7 @@ func (c *Connections) account(ctx context.Context) error {
 		resolveStart := time.Now()
 		c.resolver.Resolve(ctx, lookups, results)
 		resolved := time.Since(resolveStart)
-		c.named, c.owners = make(map[nameKey]*series), make(map[ownerKey]owned)
+		c.named, c.owners, c.unnamed = make(map[nameKey]*series), make(map[ownerKey]owned), 0
 		for i := range c.fresh {
 			k := &c.fresh[i]
 			if t := c.admit(k, &results[i]); t != nil {
@@ -341,11 +347,18 @@ func (c *Connections) account(ctx context.Context) error {
 			}
 		}
 		c.named, c.owners = nil, nil
-		c.logger.Debug("resolved new connections", "count", len(c.fresh),
+		c.logger.Debug("resolved new connections", "count", len(c.fresh), "waiting_for_names", c.unnamed,
 			"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(resolveStart) - resolved).Seconds())
 	}
 	if rerr := c.src.Release(c.release); rerr != nil && err == nil {
 		err = fmt.Errorf("release connections: %w", rerr)
+	}
+	if len(c.fresh) > freeAfter {
+		// A cold scrape of tens of thousands of connections leaves tens of
+		// megabytes of garbage that the runtime would otherwise keep for
+		// minutes: return it now, once, while the scrape is rare.
+		c.fresh = nil
+		debug.FreeOSMemory()
 	}
 	if cap(c.fresh) > scratchKeep {
 		c.fresh = nil
@@ -409,7 +422,7 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 	ok := c.owner(k).known
 	if !ok && k.State == StateEstablished && c.retry(k) {
-		c.logger.Debug("owner not known yet", "pid", k.PID, "netns", k.NetNS)
+		c.unnamed++
 		return nil
 	}
 	if d.Err != nil {

@@ -400,6 +400,13 @@ func (c *Client) refreshVIPs(ctx context.Context) {
 	c.mu.Unlock()
 }
 
+// Up reports whether the cache is in sync with a running engine.
+func (c *Client) Up() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.up
+}
+
 // IngressAddr returns the routing mesh sandbox's address on docker_gwbridge,
 // if this node is in a Swarm.
 func (c *Client) IngressAddr() (netip.Addr, bool) {

@@ -71,6 +71,13 @@ func (n *Namer) byProcess(pid uint32) (Owner, bool) {
 	return Owner{}, false
 }
 
+// Synced reports whether a pod list was ever fetched.
+func (n *Namer) Synced() bool {
+	n.client.mu.RLock()
+	defer n.client.mu.RUnlock()
+	return !n.client.fetched.IsZero()
+}
+
 // Workload names the workload of the pod of this node at addr, if any.
 func (n *Namer) Workload(addr netip.Addr) (string, bool) {
 	p, ok := n.client.PodByIP(addr.Unmap().String())

@@ -89,3 +89,21 @@ func BenchmarkParseEntry(b *testing.B) {
 		}
 	}
 }
+
+func TestDumpCheaper(t *testing.T) {
+	for _, tc := range []struct {
+		n       int
+		entries uint32
+		dump    bool
+	}{
+		{36, 1, false},        // a few connections in a small table: lookups
+		{5000, 55000, false},  // churn: lookups
+		{50000, 50000, true},  // cold: one dump
+		{10000, 10000, true},  // cold, smaller
+		{1000, 200000, false}, // few new connections in a large table
+	} {
+		if got := dumpCheaper(tc.n, tc.entries); got != tc.dump {
+			t.Errorf("dumpCheaper(%d, %d) = %v", tc.n, tc.entries, got)
+		}
+	}
+}
