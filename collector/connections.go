@@ -358,7 +358,7 @@ func (c *Connections) account(ctx context.Context) error {
 		// megabytes of garbage that the runtime would otherwise keep for
 		// minutes: return it now, once, while the scrape is rare.
 		c.fresh = nil
-		debug.FreeOSMemory()
+		go debug.FreeOSMemory() // after the answer, not before it
 	}
 	if cap(c.fresh) > scratchKeep {
 		c.fresh = nil
