@@ -364,9 +364,10 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 	}
 	o, _ := collector.ProcessNamer{}.Owner(c)
 	// Outside the host's namespace a process most likely runs in a
-	// container that a cache will know shortly, if any cache is up to date.
+	// container that a cache will know shortly, if there is a runtime to
+	// know it (one reached at least once, even if restarting now).
 	waiting := c.NetNS != n.hostNS &&
-		((n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Up()))
+		((n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known()))
 	return o, !waiting
 }
 

@@ -86,6 +86,7 @@ type Client struct {
 	vips     map[netip.Addr]string // Swarm service VIP -> network id
 	ingress  netip.Addr            // ingress_sbox's address on docker_gwbridge
 	up       bool
+	synced   bool // ever synced: an engine exists on this host
 	errors   map[string]float64
 	warned   bool
 	resynced time.Time
@@ -133,25 +134,26 @@ func (c *Client) reset() {
 func (c *Client) Run(ctx context.Context) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		err := c.session(ctx)
+		synced, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		c.fail("events", err)
+		if synced {
+			backoff = time.Second // it was up: it is likely back soon
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Minute)
-		if err == nil {
-			backoff = time.Second
-		}
 	}
 }
 
-// session syncs and follows events until the stream breaks.
-func (c *Client) session(ctx context.Context) error {
+// session syncs and follows events until the stream breaks, and reports
+// whether it got as far as a sync.
+func (c *Client) session(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Subscribe first, so nothing between the sync and the stream is lost.
@@ -159,20 +161,20 @@ func (c *Client) session(ctx context.Context) error {
 		Filters: make(client.Filters).Add("type", string(events.ContainerEventType), string(events.NetworkEventType), string(events.ServiceEventType)),
 	})
 	if err := c.Sync(ctx); err != nil {
-		return err
+		return false, err
 	}
 	resync := time.NewTicker(c.cfg.Resync)
 	defer resync.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return true, nil
 		case err := <-ev.Err:
 			c.setUp(false)
-			return fmt.Errorf("events stream: %w", err)
+			return true, fmt.Errorf("events stream: %w", err)
 		case <-resync.C:
 			if err := c.Sync(ctx); err != nil {
-				return err
+				return true, err
 			}
 		case m := <-ev.Messages:
 			c.handle(ctx, m)
@@ -400,11 +402,12 @@ func (c *Client) refreshVIPs(ctx context.Context) {
 	c.mu.Unlock()
 }
 
-// Up reports whether the cache is in sync with a running engine.
-func (c *Client) Up() bool {
+// Known reports whether an engine was ever reached: its containers may be
+// behind connections the cache cannot name yet, during a restart too.
+func (c *Client) Known() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.up
+	return c.synced
 }
 
 // IngressAddr returns the routing mesh sandbox's address on docker_gwbridge,
