@@ -112,9 +112,10 @@ type runner struct {
 
 type fatal struct{}
 
-func (r *runner) Helper()          {}
-func (r *runner) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
-func (r *runner) Skip(args ...any) { r.Fatalf("%s", fmt.Sprint(args...)) }
+func (r *runner) Helper()                 {}
+func (r *runner) Cleanup(f func())        { r.cleanups = append(r.cleanups, f) }
+func (r *runner) Skip(args ...any)        { r.Fatalf("%s", fmt.Sprint(args...)) }
+func (r *runner) Logf(f string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+f+"\n", a...) }
 func (r *runner) Errorf(f string, a ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+f+"\n", a...)
 	r.failed = true

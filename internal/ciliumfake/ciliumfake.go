@@ -14,16 +14,12 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
-// TB is the part of testing.TB the fake uses.
-type TB interface {
-	Helper()
-	Cleanup(func())
-	Fatalf(format string, args ...any)
-	Errorf(format string, args ...any)
-	Skip(args ...any)
-}
+// TB is what the lab needs of a test.
+type TB = tb.TB
 
 // Tuple4 mirrors struct ipv4_ct_tuple (packed, 14 bytes), Cilium 1.12-1.19.
 type Tuple4 struct {

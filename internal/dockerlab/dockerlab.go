@@ -17,17 +17,12 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+
+	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
-// TB is the part of testing.TB the lab uses.
-type TB interface {
-	Helper()
-	Cleanup(func())
-	Errorf(format string, args ...any)
-	Fatalf(format string, args ...any)
-	Skip(args ...any)
-	Logf(format string, args ...any)
-}
+// TB is what the lab needs of a test.
+type TB = tb.TB
 
 // Daemon is a running private dockerd.
 type Daemon struct {

@@ -16,23 +16,15 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
-	"testing"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
-// TB is the part of testing.TB a Lab uses, so that commands (such as the
-// benchmark) can build topologies too.
-type TB interface {
-	Helper()
-	Cleanup(func())
-	Errorf(format string, args ...any)
-	Fatalf(format string, args ...any)
-	Skip(args ...any)
-}
-
-var _ TB = testing.TB(nil)
+// TB is what the lab needs of a test.
+type TB = tb.TB
 
 // Lab creates namespaces whose names share a random prefix.
 type Lab struct {
