@@ -9,8 +9,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netns"
@@ -93,12 +91,12 @@ func NewConntrack(cfg ConntrackConfig, logger *slog.Logger) (*Conntrack, error) 
 		return nil, fmt.Errorf("host network namespace: %w", err)
 	}
 	defer fd.Close()
-	t, err := dialTable(fd)
+	sock, err := openCT(fd)
 	if err != nil {
 		return nil, err
 	}
-	defer t.conn.Close()
-	if _, err := t.conn.StatsGlobal(); err != nil {
+	defer sock.close()
+	if _, err := sock.count(); err != nil {
 		return nil, fmt.Errorf("query conntrack in host netns: %w", err)
 	}
 	return c, nil
@@ -218,31 +216,25 @@ func dumpCheaper(n int, entries uint32) bool {
 // lookup resolves the queries idx in the namespace open as fd and returns the
 // ones it did not translate.
 func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Query, idx []int, out []Result, resolver string) (rest []int) {
-	t, err := dialTable(fd)
-	if err != nil {
-		fail(out, idx, resolver, err)
-		return idx
-	}
-	defer t.conn.Close()
-	stats, err := t.conn.StatsGlobal()
-	if err != nil {
-		fail(out, idx, resolver, fmt.Errorf("conntrack stats in netns %d: %w", ino, err))
-		return idx
-	}
-	if stats.Entries == 0 {
-		// No entries: conntrack is not even enabled in many pod namespaces.
-		return idx
-	}
 	sock, err := openCT(fd)
 	if err != nil {
 		fail(out, idx, resolver, err)
 		return idx
 	}
 	defer sock.close()
+	entries, err := sock.count()
+	if err != nil {
+		fail(out, idx, resolver, fmt.Errorf("conntrack stats in netns %d: %w", ino, err))
+		return idx
+	}
+	if entries == 0 {
+		// No entries: conntrack is not even enabled in many pod namespaces.
+		return idx
+	}
 	replies := make([]tuple, len(idx)) // zero where no entry
 	begin := time.Now()
 	method := "get"
-	if dumpCheaper(len(idx), stats.Entries) {
+	if dumpCheaper(len(idx), entries) {
 		// One pass over the table, keeping only the entries asked for.
 		method = "dump"
 		want := make(map[tupleKey]int, len(idx))
@@ -265,7 +257,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		fail(out, idx, resolver, fmt.Errorf("%s conntrack in netns %d: %w", method, ino, err))
 		return idx
 	}
-	c.logger.Debug("looked up conntrack", "netns", ino, "method", method, "entries", stats.Entries,
+	c.logger.Debug("looked up conntrack", "netns", ino, "method", method, "entries", entries,
 		"queries", len(idx), "seconds", time.Since(begin).Seconds())
 	for n, i := range idx {
 		if r := replies[n]; r.src.IsValid() && r.src != qs[i].Dst {
@@ -289,15 +281,4 @@ type tupleKey struct {
 
 func keyOf(src, dst netip.AddrPort) tupleKey {
 	return tupleKey{src.Addr().As16(), dst.Addr().As16(), src.Port(), dst.Port()}
-}
-
-// table is a conntrack netlink socket in one namespace.
-type table struct{ conn *conntrack.Conn }
-
-func dialTable(fd *os.File) (table, error) {
-	conn, err := conntrack.Dial(&netlink.Config{NetNS: int(fd.Fd())})
-	if err != nil {
-		return table{}, fmt.Errorf("open conntrack netlink socket: %w", err)
-	}
-	return table{conn: conn}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
@@ -168,4 +169,41 @@ func TestGoneNamespace(t *testing.T) {
 // internal state.
 func answer(r Result) Result {
 	return Result{Actual: r.Actual, Resolver: r.Resolver, Err: r.Err, ErrResolver: r.ErrResolver}
+}
+
+// TestCount reads the number of conntrack entries of a namespace: none in a
+// pod namespace without NAT rules, the translated connections in the node.
+func TestCount(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	for range 4 {
+		c, err := cl.Client.Dial("tcp4", netip.AddrPortFrom(cl.VIP4, cl.Port).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	count := func(ns *netlab.NS) uint32 {
+		f, err := os.Open(ns.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		s, err := openCT(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.close()
+		n, err := s.count()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(cl.Client); n != 0 {
+		t.Errorf("client namespace without NAT rules holds %d entries", n)
+	}
+	if n := count(cl.Node); n < 4 {
+		t.Errorf("node namespace holds %d entries, want at least the 4 connections", n)
+	}
 }

@@ -20,8 +20,10 @@ import (
 
 // Netfilter netlink constants (include/uapi/linux/netfilter/nfnetlink*.h).
 const (
-	nfnlSubsysCTNetlink = 1
-	ipctnlMsgCTGet      = 1
+	nfnlSubsysCTNetlink   = 1
+	ipctnlMsgCTGet        = 1
+	ipctnlMsgCTGetStats   = 5
+	ctaStatsGlobalEntries = 1
 
 	ctaTupleOrig  = 1
 	ctaTupleReply = 2
@@ -158,6 +160,44 @@ func errno(payload []byte) error {
 		return syscall.Errno(-code)
 	}
 	return nil
+}
+
+// count returns the number of entries in the namespace's conntrack table
+// (IPCTNL_MSG_CT_GET_STATS): a table with none is not worth a lookup.
+func (s *ctSocket) count() (uint32, error) {
+	var req [nlmsgHdrLen + nfgenHdrLen]byte
+	putHeader(req[:], len(req), ipctnlMsgCTGetStats, unix.NLM_F_REQUEST|unix.NLM_F_ACK, 1, unix.AF_UNSPEC)
+	if err := s.send(req[:]); err != nil {
+		return 0, fmt.Errorf("send conntrack stats request: %w", err)
+	}
+	var entries uint32
+	var found bool
+	var failed error
+	for {
+		done, err := s.receive(func(_ uint32, typ uint16, p []byte) bool {
+			if typ == unix.NLMSG_ERROR {
+				failed = errno(p) // nil: the ack that ends the answer
+				return false
+			}
+			if len(p) >= nfgenHdrLen {
+				attrs(p[nfgenHdrLen:], func(t uint16, a []byte) {
+					if t == ctaStatsGlobalEntries && len(a) == 4 {
+						entries, found = binary.BigEndian.Uint32(a), true
+					}
+				})
+			}
+			return true
+		})
+		if err != nil {
+			return 0, fmt.Errorf("receive conntrack stats: %w", err)
+		}
+		if done {
+			if failed == nil && !found {
+				failed = fmt.Errorf("conntrack stats without an entry count")
+			}
+			return entries, failed
+		}
+	}
 }
 
 // dump streams the whole conntrack table and calls fn with each entry
