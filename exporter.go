@@ -348,6 +348,12 @@ type namer struct {
 }
 
 func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
+	if n.docker != nil && c.NetNS != n.hostNS && n.docker.Known() && !n.docker.Up() {
+		// The engine is away or restarting: the cache may name a new
+		// container after an old one that had its namespace or address.
+		o, _ := collector.ProcessNamer{}.Owner(c)
+		return o, false
+	}
 	if n.kube != nil {
 		if o, ok := n.kube.Owner(c.PID, c.NetNS); ok {
 			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, true
@@ -386,16 +392,20 @@ func (n *namer) containerOfProcess(pid uint32) (docker.Container, bool) {
 	return n.docker.ByID(cg.ID)
 }
 
-func (n *namer) DestinationWorkload(addr netip.AddrPort) string {
+func (n *namer) DestinationWorkload(addr netip.AddrPort) (string, bool) {
 	if n.kube != nil {
 		if w, ok := n.kube.Workload(addr.Addr()); ok {
-			return w
+			return w, true
 		}
 	}
 	if n.docker != nil {
-		if w, ok := n.docker.Workload(addr.Addr()); ok {
-			return w
+		w, local := n.docker.Workload(addr.Addr())
+		if w != "" {
+			return w, true
 		}
+		// An address of a local container network that no container holds
+		// yet: one is starting, and the cache will know it shortly.
+		return "", !local || !n.docker.Up()
 	}
-	return ""
+	return "", true
 }

@@ -106,7 +106,10 @@ type Namer interface {
 	// collector then asks again at later scrapes, up to ResolveAttempts,
 	// before taking the answer as final.
 	Owner(c *Conn) (Owner, bool)
-	DestinationWorkload(addr netip.AddrPort) string
+	// DestinationWorkload names the workload at addr. It returns false
+	// when addr likely belongs to a workload its caches do not know yet;
+	// the collector then waits as for an owner.
+	DestinationWorkload(addr netip.AddrPort) (string, bool)
 }
 
 // ProcessNamer names every connection by its process: the Namer for hosts
@@ -117,7 +120,7 @@ type ProcessNamer struct{}
 func (ProcessNamer) Owner(c *Conn) (Owner, bool) { return Owner{Workload: c.Command()}, true }
 
 // DestinationWorkload knows no destinations.
-func (ProcessNamer) DestinationWorkload(netip.AddrPort) string { return "" }
+func (ProcessNamer) DestinationWorkload(netip.AddrPort) (string, bool) { return "", true }
 
 // ConnectionsConfig configures the connections collector.
 type ConnectionsConfig struct {
@@ -220,12 +223,18 @@ type Connections struct {
 	warned        map[string]bool
 
 	// Per-scrape state.
-	seen    int                 // connections in the last snapshot
-	fresh   []Conn              // connections seen for the first time
-	release []uint64            // connections to release
-	named   map[nameKey]*series // label sets of this scrape's new connections
-	owners  map[ownerKey]owned  // owners of this scrape's new connections
-	unnamed int                 // new connections postponed for their owner's name
+	seen    int                     // connections in the last snapshot
+	fresh   []Conn                  // connections seen for the first time
+	release []uint64                // connections to release
+	named   map[nameKey]*series     // label sets of this scrape's new connections
+	owners  map[ownerKey]owned      // owners of this scrape's new connections
+	dests   map[netip.AddrPort]dest // destinations of this scrape's new connections
+	unnamed int                     // new connections postponed for a name
+}
+
+type dest struct {
+	name  string
+	known bool
 }
 
 // ownerKey is what a Namer names an owner from.
@@ -339,14 +348,14 @@ func (c *Connections) account(ctx context.Context) error {
 		resolveStart := time.Now()
 		c.resolver.Resolve(ctx, lookups, results)
 		resolved := time.Since(resolveStart)
-		c.named, c.owners, c.unnamed = make(map[nameKey]*series), make(map[ownerKey]owned), 0
+		c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]*series), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
 		for i := range c.fresh {
 			k := &c.fresh[i]
 			if t := c.admit(k, &results[i]); t != nil {
 				c.apply(t, k, now)
 			}
 		}
-		c.named, c.owners = nil, nil
+		c.named, c.owners, c.dests = nil, nil, nil
 		c.logger.Debug("resolved new connections", "count", len(c.fresh), "waiting_for_names", c.unnamed,
 			"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(resolveStart) - resolved).Seconds())
 	}
@@ -421,6 +430,9 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 // attempts are left.
 func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 	ok := c.owner(k).known
+	if ok && d.Err == nil {
+		_, ok = c.destination(d.Actual)
+	}
 	if !ok && k.State == StateEstablished && c.retry(k) {
 		c.unnamed++
 		return nil
@@ -453,6 +465,19 @@ func (c *Connections) retry(k *Conn) bool {
 		return true
 	}
 	return false
+}
+
+// destination names the workload behind an actual destination, once per
+// address in a scrape.
+func (c *Connections) destination(a netip.AddrPort) (string, bool) {
+	if d, ok := c.dests[a]; ok {
+		return d.name, d.known
+	}
+	name, known := c.namer.DestinationWorkload(a)
+	if c.dests != nil {
+		c.dests[a] = dest{name, known}
+	}
+	return name, known
 }
 
 // owner names a connection's owner, once per owner in a scrape.
@@ -490,9 +515,10 @@ func (c *Connections) seriesFor(k *Conn, d *Destination) *series {
 // seriesByLabels names a connection and finds or creates its label set.
 func (c *Connections) seriesByLabels(k *Conn, d *Destination) *series {
 	o := c.owner(k).owner
+	dw, _ := c.destination(d.Actual)
 	values := []string{
 		o.Container, o.Pod, o.Namespace, o.Workload, k.Command(),
-		k.Dst.String(), d.Actual.String(), c.namer.DestinationWorkload(d.Actual), d.Resolver,
+		k.Dst.String(), d.Actual.String(), dw, d.Resolver,
 	}
 	for i, v := range values {
 		values[i] = labels.Value(v)

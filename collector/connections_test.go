@@ -350,7 +350,7 @@ func (n *lateNamer) Owner(c *Conn) (Owner, bool) {
 	return Owner{Container: "web-1", Workload: "web"}, true
 }
 
-func (n *lateNamer) DestinationWorkload(netip.AddrPort) string { return "" }
+func (n *lateNamer) DestinationWorkload(netip.AddrPort) (string, bool) { return "", true }
 
 func TestConnectionsOwnerRetry(t *testing.T) {
 	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}

@@ -85,6 +85,8 @@ type Client struct {
 	byIP     map[netip.Addr]string // address -> workload (containers and Swarm tasks)
 	vips     map[netip.Addr]string // Swarm service VIP -> network id
 	ingress  netip.Addr            // ingress_sbox's address on docker_gwbridge
+	subnets  []netip.Prefix        // subnets of the engine's networks
+	gateways map[netip.Addr]bool   // their gateways: the host, not a container
 	up       bool
 	synced   bool // ever synced: an engine exists on this host
 	errors   map[string]float64
@@ -122,6 +124,7 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 }
 
 func (c *Client) reset() {
+	c.gateways = make(map[netip.Addr]bool)
 	c.byID = make(map[string]*Container)
 	c.byNetNS = make(map[uint32]*Container)
 	c.byIP = make(map[netip.Addr]string)
@@ -252,9 +255,11 @@ func (c *Client) Sync(ctx context.Context) error {
 	}
 	vips, tasks := c.swarmAddresses(ctx)
 	ingress := c.ingressAddress(ctx)
+	subnets, gateways := c.networkSubnets(ctx)
 	c.mu.Lock()
 	c.reset()
 	c.ingress = ingress
+	c.subnets, c.gateways = subnets, gateways
 	for _, ct := range found {
 		c.addLocked(ct)
 	}
@@ -374,6 +379,30 @@ func (c *Client) swarmAddresses(ctx context.Context) (vips map[netip.Addr]string
 	return vips, tasks
 }
 
+// networkSubnets lists the subnets of the engine's networks, where an
+// address with no container known is one that is starting.
+func (c *Client) networkSubnets(ctx context.Context) ([]netip.Prefix, map[netip.Addr]bool) {
+	gateways := make(map[netip.Addr]bool)
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	nets, err := c.api.NetworkList(tctx, client.NetworkListOptions{})
+	if err != nil {
+		return nil, gateways
+	}
+	var out []netip.Prefix
+	for _, n := range nets.Items {
+		for _, cfg := range n.IPAM.Config {
+			if cfg.Subnet.IsValid() {
+				out = append(out, cfg.Subnet.Masked())
+			}
+			if cfg.Gateway.IsValid() {
+				gateways[cfg.Gateway.Unmap()] = true
+			}
+		}
+	}
+	return out, gateways
+}
+
 // ingressAddress reads the address of the routing mesh's sandbox on
 // docker_gwbridge, where the host's DNAT sends published ports of Swarm
 // services. It is invalid when the node is in no Swarm.
@@ -400,6 +429,15 @@ func (c *Client) refreshVIPs(ctx context.Context) {
 		c.byIP[ip] = w
 	}
 	c.mu.Unlock()
+}
+
+// Up reports whether the cache follows a running engine now. While it does
+// not, what it holds may be stale: containers restarted with the engine can
+// have other addresses and namespaces.
+func (c *Client) Up() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.up
 }
 
 // Known reports whether an engine was ever reached: its containers may be
@@ -440,12 +478,25 @@ func (c *Client) ByID(id string) (Container, bool) {
 	return *ct, true
 }
 
-// Workload names the container or Swarm task at addr.
-func (c *Client) Workload(addr netip.Addr) (string, bool) {
+// Workload names the container or Swarm task at addr. It reports whether
+// addr belongs to one of the engine's networks: such an address that no
+// container holds yet belongs to one that is starting.
+func (c *Client) Workload(addr netip.Addr) (workload string, local bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	w, ok := c.byIP[addr.Unmap()]
-	return w, ok
+	addr = addr.Unmap()
+	if w, ok := c.byIP[addr]; ok {
+		return w, true
+	}
+	if _, vip := c.vips[addr]; vip || c.gateways[addr] || addr == c.ingress {
+		return "", false
+	}
+	for _, p := range c.subnets {
+		if p.Contains(addr) {
+			return "", true
+		}
+	}
+	return "", false
 }
 
 // ServiceNetwork returns the id of the overlay network on which addr is a
