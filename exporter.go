@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -380,12 +379,7 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 // containerOfProcess finds a host-network container by the id in its
 // process's cgroup path.
 func (n *namer) containerOfProcess(pid uint32) (docker.Container, bool) {
-	f, err := os.Open(filepath.Join(n.procfs, strconv.FormatUint(uint64(pid), 10), "cgroup"))
-	if err != nil {
-		return docker.Container{}, false
-	}
-	defer f.Close()
-	cg, ok := kube.ParseProcCgroup(f)
+	cg, ok := kube.ProcessCgroup(n.procfs, pid)
 	if !ok {
 		return docker.Container{}, false
 	}

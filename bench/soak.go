@@ -7,12 +7,14 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // soak churns connections at full speed from two client namespaces (one
@@ -124,10 +126,8 @@ func netlinkSockets(pid int) int {
 		if err != nil {
 			continue
 		}
-		if ino, ok := strings.CutPrefix(target, "socket:["); ok {
-			if inodes[strings.TrimSuffix(ino, "]")] {
-				n++
-			}
+		if ino, ok := netns.LinkInode(target, "socket"); ok && inodes[strconv.FormatUint(ino, 10)] {
+			n++
 		}
 	}
 	return n

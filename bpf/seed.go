@@ -274,15 +274,4 @@ func findOwners(procfs string, want map[uint64]*trackerSockRec) map[uint64]owner
 }
 
 // socketInode parses a /proc/<pid>/fd link target of the form "socket:[123]".
-func socketInode(target string) (uint64, bool) {
-	rest, ok := strings.CutPrefix(target, "socket:[")
-	if !ok {
-		return 0, false
-	}
-	rest, ok = strings.CutSuffix(rest, "]")
-	if !ok {
-		return 0, false
-	}
-	ino, err := strconv.ParseUint(rest, 10, 64)
-	return ino, err == nil
-}
+func socketInode(target string) (uint64, bool) { return netns.LinkInode(target, "socket") }

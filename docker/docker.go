@@ -202,9 +202,9 @@ func (c *Client) handle(ctx context.Context, m events.Message) {
 				c.refreshContainer(ctx, id)
 			}
 		}
-		c.refreshVIPs(ctx)
+		c.refreshNetworks(ctx)
 	case events.ServiceEventType:
-		c.refreshVIPs(ctx)
+		c.refreshNetworks(ctx)
 	}
 }
 
@@ -253,23 +253,15 @@ func (c *Client) Sync(ctx context.Context) error {
 		}
 		found = append(found, ct)
 	}
-	vips, tasks := c.swarmAddresses(ctx)
-	ingress := c.ingressAddress(ctx)
-	subnets, gateways := c.networkSubnets(ctx)
+	n := c.networks(ctx)
 	c.mu.Lock()
 	c.reset()
-	c.ingress = ingress
-	c.subnets, c.gateways = subnets, gateways
 	for _, ct := range found {
 		c.addLocked(ct)
 	}
-	for ip, w := range tasks {
-		if _, ok := c.byIP[ip]; !ok {
-			c.byIP[ip] = w
-		}
-	}
-	c.vips = vips
+	c.setNetworksLocked(n)
 	c.resynced = time.Now()
+	c.synced = true
 	c.mu.Unlock()
 	c.setUp(true)
 	return nil
@@ -419,15 +411,39 @@ func (c *Client) ingressAddress(ctx context.Context) netip.Addr {
 	return netip.Addr{}
 }
 
-func (c *Client) refreshVIPs(ctx context.Context) {
-	vips, tasks := c.swarmAddresses(ctx)
-	ingress := c.ingressAddress(ctx)
-	c.mu.Lock()
-	c.ingress = ingress
-	c.vips = vips
-	for ip, w := range tasks {
-		c.byIP[ip] = w
+// networkState is what the cache knows of the engine's networks.
+type networkState struct {
+	vips, tasks map[netip.Addr]string
+	ingress     netip.Addr
+	subnets     []netip.Prefix
+	gateways    map[netip.Addr]bool
+}
+
+// networks reads the engine's networks: Swarm VIPs and tasks, the routing
+// mesh sandbox, subnets and gateways.
+func (c *Client) networks(ctx context.Context) networkState {
+	var n networkState
+	n.vips, n.tasks = c.swarmAddresses(ctx)
+	n.ingress = c.ingressAddress(ctx)
+	n.subnets, n.gateways = c.networkSubnets(ctx)
+	return n
+}
+
+// setNetworksLocked installs n; a container's own address takes precedence
+// over a task record of it.
+func (c *Client) setNetworksLocked(n networkState) {
+	c.vips, c.ingress, c.subnets, c.gateways = n.vips, n.ingress, n.subnets, n.gateways
+	for ip, w := range n.tasks {
+		if _, ok := c.byIP[ip]; !ok {
+			c.byIP[ip] = w
+		}
 	}
+}
+
+func (c *Client) refreshNetworks(ctx context.Context) {
+	n := c.networks(ctx)
+	c.mu.Lock()
+	c.setNetworksLocked(n)
 	c.mu.Unlock()
 }
 

@@ -6,7 +6,10 @@ package kube
 import (
 	"bufio"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -79,4 +82,15 @@ func ParseProcCgroup(r io.Reader) (CgroupContainer, bool) {
 		}
 	}
 	return found, ok
+}
+
+// ProcessCgroup reads /proc/<pid>/cgroup under procfs and returns the
+// container it names; false for host processes and processes that are gone.
+func ProcessCgroup(procfs string, pid uint32) (CgroupContainer, bool) {
+	f, err := os.Open(filepath.Join(procfs, strconv.FormatUint(uint64(pid), 10), "cgroup"))
+	if err != nil {
+		return CgroupContainer{}, false
+	}
+	defer f.Close()
+	return ParseProcCgroup(f)
 }

@@ -57,7 +57,7 @@ func (n *Namer) byProcess(pid uint32) (Owner, bool) {
 	if pid == 0 {
 		return Owner{}, false
 	}
-	cg, ok := n.cgroup(strconv.FormatUint(uint64(pid), 10))
+	cg, ok := ProcessCgroup(n.procfs, pid)
 	if !ok {
 		return Owner{}, false
 	}
@@ -87,15 +87,6 @@ func (n *Namer) Workload(addr netip.Addr) (string, bool) {
 	return p.Workload, true
 }
 
-func (n *Namer) cgroup(pid string) (CgroupContainer, bool) {
-	f, err := os.Open(filepath.Join(n.procfs, pid, "cgroup"))
-	if err != nil {
-		return CgroupContainer{}, false
-	}
-	defer f.Close()
-	return ParseProcCgroup(f)
-}
-
 // Run indexes pods' network namespaces every interval until ctx is done,
 // so that connections of processes that have exited are still named by
 // their pod.
@@ -116,10 +107,11 @@ func (n *Namer) Index() {
 	index := make(map[uint32]string)
 	entries, _ := os.ReadDir(n.procfs)
 	for _, e := range entries {
-		if _, err := strconv.ParseUint(e.Name(), 10, 32); err != nil {
+		pid, err := strconv.ParseUint(e.Name(), 10, 32)
+		if err != nil {
 			continue
 		}
-		cg, ok := n.cgroup(e.Name())
+		cg, ok := ProcessCgroup(n.procfs, uint32(pid))
 		if !ok || cg.PodUID == "" {
 			continue
 		}

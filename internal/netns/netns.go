@@ -56,7 +56,18 @@ func Scan(procfs string, dirs []string) map[uint32]string {
 
 // ParseLink parses a namespace link target of the form "net:[4026531840]".
 func ParseLink(target string) (uint32, bool) {
-	rest, ok := strings.CutPrefix(target, "net:[")
+	ino, ok := LinkInode(target, "net")
+	if !ok || ino > 1<<32-1 {
+		return 0, false
+	}
+	return uint32(ino), true
+}
+
+// LinkInode parses a /proc link target of the form "kind:[inode]", as
+// namespace files ("net:[4026531840]") and socket descriptors
+// ("socket:[123]") read.
+func LinkInode(target, kind string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(target, kind+":[")
 	if !ok {
 		return 0, false
 	}
@@ -64,11 +75,11 @@ func ParseLink(target string) (uint32, bool) {
 	if !ok {
 		return 0, false
 	}
-	ino, err := strconv.ParseUint(rest, 10, 32)
+	ino, err := strconv.ParseUint(rest, 10, 64)
 	if err != nil {
 		return 0, false
 	}
-	return uint32(ino), true
+	return ino, true
 }
 
 // Open opens path and checks that it is the namespace ino: a pid can be
