@@ -76,6 +76,7 @@ struct {
 // Indexes of the counters array.
 enum counter {
 	COUNTER_CONNS_FULL = 0, // an insert into conns failed: the attempt is lost
+	COUNTER_RECORDED = 1,   // an attempt was inserted into conns
 	COUNTER_MAX = 4,
 };
 
@@ -131,6 +132,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 			count(COUNTER_CONNS_FULL);
 			return 0;
 		}
+		count(COUNTER_RECORDED);
 		struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
 		if (!c)
 			return 0;

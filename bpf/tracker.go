@@ -105,6 +105,7 @@ type Tracker struct {
 	objs   trackerObjects
 	links  []link.Link
 	max    uint32
+	seeded uint64 // connections inserted at start-up
 
 	// mu serialises batch reads, which share the scratch buffers below.
 	mu     sync.Mutex
@@ -164,6 +165,7 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		// Connections opened from now on are still recorded.
 		logger.Warn("cannot seed all existing connections", "err", err)
 	}
+	t.seeded = uint64(seeded)
 	logger.Info("found existing outbound connections", "count", seeded)
 	return t, nil
 }
@@ -271,11 +273,28 @@ func (t *Tracker) Release(cookies []uint64) error {
 	return nil
 }
 
+// Counter indexes, as in tracker.c.
+const (
+	counterConnsFull = 0
+	counterRecorded  = 1
+)
+
 // Lost returns how many connection attempts the kernel could not record
 // because the connection map was full, since the programs were loaded.
-func (t *Tracker) Lost() (uint64, error) {
+func (t *Tracker) Lost() (uint64, error) { return t.counter(counterConnsFull) }
+
+// Recorded returns how many connections were recorded since the programs
+// were loaded, including those found at start-up. The difference between
+// two calls is how many new connections the next snapshot holds at most,
+// known before reading it.
+func (t *Tracker) Recorded() (uint64, error) {
+	n, err := t.counter(counterRecorded)
+	return n + t.seeded, err
+}
+
+func (t *Tracker) counter(idx uint32) (uint64, error) {
 	var perCPU []uint64
-	if err := t.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
+	if err := t.objs.Counters.Lookup(idx, &perCPU); err != nil {
 		return 0, fmt.Errorf("read counters: %w", err)
 	}
 	var sum uint64

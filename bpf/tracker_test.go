@@ -170,6 +170,41 @@ func TestTrackerCountsLostWhenFull(t *testing.T) {
 	if lost < 6 {
 		t.Errorf("lost = %d, want at least 6", lost)
 	}
+	// Nothing is released here: the map took at most its capacity.
+	if rec, err := tr.Recorded(); err != nil || rec > 4 {
+		t.Errorf("recorded = %d, %v; want at most the capacity of 4", rec, err)
+	}
+}
+
+func TestTrackerCountsRecorded(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	before, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	r0, err := tr.Recorded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r0 < 1 {
+		t.Errorf("recorded at start = %d, want the seeded connection counted", r0)
+	}
+	for range 5 {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	r1, err := tr.Recorded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1-r0 < 5 {
+		t.Errorf("recorded %d connections after 5 dials, want at least 5", r1-r0)
+	}
 }
 
 func TestTrackerSeedsExistingConnections(t *testing.T) {
