@@ -10,6 +10,19 @@ type Step interface {
 	Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int
 }
 
+// Preparer is a Step that can start reading its table before the
+// connections to resolve are known, so that reading the table overlaps
+// reading the connections.
+type Preparer interface {
+	Step
+	// Prepare starts reading for about n connections and returns the step
+	// to use for the next Resolve call, which uses what was read, and
+	// whether it started reading a whole table: then that step answers
+	// best when asked about all connections at once. A prepared step that
+	// is never used costs only the read.
+	Prepare(ctx context.Context, n int) (s Step, whole bool)
+}
+
 // Chain asks its steps in order; a connection goes on to the next step
 // until one translates it. It is safe for concurrent use if its steps are.
 type Chain []Step
@@ -34,4 +47,22 @@ func (ch Chain) Resolve(ctx context.Context, qs []Query, out []Result) {
 			r.Refine(ctx, qs, out)
 		}
 	}
+}
+
+// Prepare returns the chain to use for resolving about n connections that
+// are still being read: its steps that are Preparers have started reading
+// their tables. whole reports that one of them reads a whole table, so
+// that the chain answers best when asked about all connections at once.
+// The returned chain serves one Resolve call.
+func (ch Chain) Prepare(ctx context.Context, n int) (prepared Chain, whole bool) {
+	prepared = make(Chain, len(ch))
+	for i, s := range ch {
+		if p, ok := s.(Preparer); ok {
+			var w bool
+			s, w = p.Prepare(ctx, n)
+			whole = whole || w
+		}
+		prepared[i] = s
+	}
+	return prepared, whole
 }

@@ -136,9 +136,13 @@ func (c *Cilium) open(ct string, keySize int, backends string, v3, v2 int) (*cil
 // Resolve looks each connection's service entry up in Cilium's CT map and
 // its backend in the backend map.
 func (c *Cilium) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
+	if len(idx) == 0 {
+		return idx
+	}
 	var fams [2]*ciliumFamily // IPv4, IPv6
 	var errs [2]error
-	opened := [2]bool{}
+	fams[0], errs[0] = c.open("cilium_ct4_global", ct4KeySize, "cilium_lb4_backends", lb4V3Size, lb4V2Size)
+	fams[1], errs[1] = c.open("cilium_ct6_global", ct6KeySize, "cilium_lb6_backends", lb6V3Size, lb6V2Size)
 	defer func() {
 		for _, f := range fams {
 			if f != nil {
@@ -146,23 +150,20 @@ func (c *Cilium) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 			}
 		}
 	}()
+	if errors.Is(errs[0], errNoCilium) && errors.Is(errs[1], errNoCilium) {
+		return idx // no Cilium on this node
+	}
 	for n, i := range idx {
-		if err := ctx.Err(); err != nil {
-			fail(out, idx[n:], ResolverCilium, err)
-			return append(rest, idx[n:]...)
+		if n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				fail(out, idx[n:], ResolverCilium, err)
+				return append(rest, idx[n:]...)
+			}
 		}
 		q := qs[i]
 		v6 := 0
 		if q.Dst.Addr().Is6() {
 			v6 = 1
-		}
-		if !opened[v6] {
-			opened[v6] = true
-			if v6 == 0 {
-				fams[0], errs[0] = c.open("cilium_ct4_global", ct4KeySize, "cilium_lb4_backends", lb4V3Size, lb4V2Size)
-			} else {
-				fams[1], errs[1] = c.open("cilium_ct6_global", ct6KeySize, "cilium_lb6_backends", lb6V3Size, lb6V2Size)
-			}
 		}
 		if errs[v6] != nil {
 			if !errors.Is(errs[v6], errNoCilium) {

@@ -169,6 +169,75 @@ func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out [
 	return c.lookup(ctx, fd, c.hostIno, qs, idx, out, ResolverConntrack)
 }
 
+// Prepare starts dumping the host table when n lookups would cost more
+// than a dump of it, so that the dump runs while the connections are read;
+// it reports whether it did.
+func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
+	if n*getCost <= dumpFixedCost {
+		return s, false // no table is cheaper to dump than to look n entries up in
+	}
+	c := s.c
+	fd, err := netns.Open(c.cfg.HostNetNS, c.hostIno)
+	if err != nil {
+		return s, false // Resolve will say why
+	}
+	defer fd.Close()
+	sock, err := openCT(fd)
+	if err != nil {
+		return s, false
+	}
+	entries, err := sock.count()
+	if err != nil || !dumpCheaper(n, entries) {
+		sock.close()
+		return s, false
+	}
+	p := &preparedHost{hostNamespace: s, entries: entries, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		defer sock.close()
+		begin := time.Now()
+		p.t, p.err = sock.table(entries)
+		p.took = time.Since(begin)
+	}()
+	return p, true
+}
+
+// preparedHost is the host step of one Resolve call, with the dump of the
+// host table that started before the call.
+type preparedHost struct {
+	hostNamespace
+	entries uint32
+	done    chan struct{}
+
+	// Set before done is closed.
+	t    table
+	err  error
+	took time.Duration
+}
+
+// Resolve answers from the dump. Connections opened after the dump started
+// are not in it: those are looked up one by one.
+func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
+	c := p.c
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		fail(out, idx, ResolverConntrack, ctx.Err())
+		return idx
+	}
+	if p.err != nil {
+		c.logger.Debug("cannot dump the host conntrack table ahead", "err", p.err)
+		return p.hostNamespace.Resolve(ctx, qs, idx, out)
+	}
+	rest, missing := p.t.resolve(qs, idx, out, ResolverConntrack)
+	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", p.entries,
+		"queries", len(idx), "missing", len(missing), "dump_seconds", p.took.Seconds())
+	if len(missing) == 0 {
+		return rest
+	}
+	return append(rest, p.hostNamespace.Resolve(ctx, qs, missing, out)...)
+}
+
 // openFor opens namespace ino through the process of any of its queries.
 func (c *Conntrack) openFor(f *nsFinder, ino uint32, qs []Query, idx []int) (*os.File, error) {
 	var err error
@@ -231,54 +300,156 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		// No entries: conntrack is not even enabled in many pod namespaces.
 		return idx
 	}
-	replies := make([]tuple, len(idx)) // zero where no entry
 	begin := time.Now()
-	method := "get"
 	if dumpCheaper(len(idx), entries) {
-		// One pass over the table, keeping only the entries asked for.
-		method = "dump"
-		want := make(map[tupleKey]int, len(idx))
-		for n, i := range idx {
-			want[keyOf(qs[i].Src, qs[i].Dst)] = n
+		// One pass over the table. The queries were read before it
+		// started, so each one's entry is in it if it exists at all.
+		t, err := sock.table(entries)
+		if err != nil {
+			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
+			return idx
 		}
-		err = sock.dump(func(b []byte) {
-			e, ok := parseEntry(b)
-			if !ok || e.proto != unix.IPPROTO_TCP {
-				return
-			}
-			if n, ok := want[keyOf(e.orig.src, e.orig.dst)]; ok {
-				replies[n] = e.reply
-			}
-		})
-	} else {
-		err = sock.get(qs, idx, replies)
+		rest, missing := t.resolve(qs, idx, out, resolver)
+		rest = append(rest, missing...)
+		c.logger.Debug("looked up conntrack", "netns", ino, "method", "dump", "entries", entries,
+			"queries", len(idx), "seconds", time.Since(begin).Seconds())
+		return rest
 	}
+	rest, err = sock.resolve(qs, idx, out, resolver)
 	if err != nil {
-		fail(out, idx, resolver, fmt.Errorf("%s conntrack in netns %d: %w", method, ino, err))
+		fail(out, idx, resolver, fmt.Errorf("get conntrack in netns %d: %w", ino, err))
 		return idx
 	}
-	c.logger.Debug("looked up conntrack", "netns", ino, "method", method, "entries", entries,
+	c.logger.Debug("looked up conntrack", "netns", ino, "method", "get", "entries", entries,
 		"queries", len(idx), "seconds", time.Since(begin).Seconds())
+	return rest
+}
+
+// resolve looks the queries idx up one by one and returns the ones it did
+// not translate.
+func (s *ctSocket) resolve(qs []Query, idx []int, out []Result, resolver string) (rest []int, err error) {
+	replies := make([]tuple, len(idx)) // zero where no entry
+	if err := s.get(qs, idx, replies); err != nil {
+		return idx, err
+	}
 	for n, i := range idx {
-		if r := replies[n]; r.src.IsValid() && r.src != qs[i].Dst {
-			out[i].Actual, out[i].Resolver, out[i].via = r.src, resolver, r.dst
+		if r := replies[n]; r != (tuple{}) {
+			if src := r.source(); src != qs[i].Dst {
+				out[i].Actual, out[i].Resolver, out[i].via = src, resolver, r.destination()
+				continue
+			}
+		}
+		rest = append(rest, i)
+	}
+	return rest, nil
+}
+
+// table is a dump of a conntrack table: the reply tuple of every TCP
+// entry, by original tuple.
+type table struct {
+	v4 map[tuple4]tuple4
+	v6 map[tuple]tuple
+}
+
+func newTable(entries int) table {
+	return table{v4: make(map[tuple4]tuple4, entries), v6: make(map[tuple]tuple)}
+}
+
+// table dumps the whole table, of about entries entries.
+func (s *ctSocket) table(entries uint32) (table, error) {
+	t := newTable(int(entries))
+	err := s.dump(t.add)
+	return t, err
+}
+
+// add adds a dumped entry's attributes to the table if it is TCP.
+func (t table) add(b []byte) {
+	e, ok := parseEntry(b)
+	if !ok || e.proto != unix.IPPROTO_TCP {
+		return
+	}
+	if e.orig.is4() && e.reply.is4() {
+		t.v4[e.orig.short()] = e.reply.short()
+	} else {
+		t.v6[e.orig] = e.reply
+	}
+}
+
+// reply returns the reply tuple of the entry whose original tuple is orig.
+func (t table) reply(orig tuple) (tuple, bool) {
+	if orig.is4() {
+		r, ok := t.v4[orig.short()]
+		if ok {
+			return r.long(), true
+		}
+	}
+	r, ok := t.v6[orig]
+	return r, ok
+}
+
+// resolve sets out[i] for the queries idx the table translates. It returns
+// the ones it holds untranslated in rest, and apart from them the ones it
+// does not hold at all in missing.
+func (t table) resolve(qs []Query, idx []int, out []Result, resolver string) (rest, missing []int) {
+	for _, i := range idx {
+		r, ok := t.reply(tupleOf(qs[i].Src, qs[i].Dst))
+		if !ok {
+			missing = append(missing, i)
+			continue
+		}
+		if src := r.source(); src != qs[i].Dst {
+			out[i].Actual, out[i].Resolver, out[i].via = src, resolver, r.destination()
 			continue
 		}
 		rest = append(rest, i)
 	}
-	return rest
+	return rest, missing
 }
 
-// tuple is a connection's original direction.
-type tuple struct{ src, dst netip.AddrPort }
-
-// tupleKey is a tuple without pointers, the key of a dump's index: a large
-// map of them costs the garbage collector nothing to scan.
-type tupleKey struct {
+// tuple is one direction of a conntrack entry, kept without pointers so
+// that a large table of them costs the garbage collector nothing to scan.
+// IPv4 addresses are held in their IPv4-mapped form, as netip.Addr.As16
+// gives them; the zero tuple is no tuple.
+type tuple struct {
 	src, dst     [16]byte
 	sport, dport uint16
 }
 
-func keyOf(src, dst netip.AddrPort) tupleKey {
-	return tupleKey{src.Addr().As16(), dst.Addr().As16(), src.Port(), dst.Port()}
+func tupleOf(src, dst netip.AddrPort) tuple {
+	return tuple{src.Addr().As16(), dst.Addr().As16(), src.Port(), dst.Port()}
+}
+
+func (t tuple) source() netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(t.src).Unmap(), t.sport)
+}
+
+func (t tuple) destination() netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(t.dst).Unmap(), t.dport)
+}
+
+// v4prefix is the start of an IPv4-mapped IPv6 address.
+var v4prefix = [12]byte{10: 0xff, 11: 0xff}
+
+func (t tuple) is4() bool {
+	return [12]byte(t.src[:12]) == v4prefix && [12]byte(t.dst[:12]) == v4prefix
+}
+
+// tuple4 is an IPv4 tuple in a third of the space: most tables hold only
+// those, and a smaller table is a faster one.
+type tuple4 struct {
+	src, dst     [4]byte
+	sport, dport uint16
+}
+
+func (t tuple) short() tuple4 {
+	return tuple4{[4]byte(t.src[12:]), [4]byte(t.dst[12:]), t.sport, t.dport}
+}
+
+func (t tuple4) long() tuple {
+	l := tuple{sport: t.sport, dport: t.dport}
+	copy(l.src[:], v4prefix[:])
+	copy(l.src[12:], t.src[:])
+	copy(l.dst[:], v4prefix[:])
+	copy(l.dst[12:], t.dst[:])
+	return l
 }

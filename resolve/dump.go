@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"runtime"
 	"syscall"
@@ -374,59 +373,89 @@ func attrs(b []byte, fn func(typ uint16, payload []byte)) bool {
 	return len(b) == 0
 }
 
-// parseEntry decodes what a dump needs of one conntrack entry message.
-func parseEntry(b []byte) (ctEntry, bool) {
-	var e ctEntry
-	var origOK, replyOK bool
-	ok := attrs(b, func(typ uint16, p []byte) {
-		switch typ {
-		case ctaTupleOrig:
-			var src, dst netip.AddrPort
-			src, dst, e.proto, origOK = parseTuple(p)
-			e.orig = tuple{src, dst}
-		case ctaTupleReply:
-			var src, dst netip.AddrPort
-			src, dst, _, replyOK = parseTuple(p)
-			e.reply = tuple{src, dst}
-		}
-	})
-	return e, ok && origOK && replyOK
+// nextAttr splits the first netlink attribute off b: its type (without
+// flags), its payload, and what follows it. ok is false when b is empty or
+// the attribute is malformed.
+func nextAttr(b []byte) (typ uint16, payload, rest []byte, ok bool) {
+	if len(b) < 4 {
+		return 0, nil, nil, false
+	}
+	l := int(binary.NativeEndian.Uint16(b))
+	if l < 4 || l > len(b) {
+		return 0, nil, nil, false
+	}
+	return binary.NativeEndian.Uint16(b[2:]) & nlaTypeMask, b[4:l], b[min(align4(l), len(b)):], true
 }
 
-// parseTuple decodes a CTA_TUPLE_* nest into source and destination.
-func parseTuple(b []byte) (src, dst netip.AddrPort, proto uint8, ok bool) {
-	var sa, da netip.Addr
-	var sp, dp uint16
-	ok = attrs(b, func(typ uint16, p []byte) {
-		switch typ {
-		case ctaTupleIP:
-			attrs(p, func(t uint16, a []byte) {
-				switch {
-				case t == ctaIPv4Src && len(a) == 4:
-					sa = netip.AddrFrom4([4]byte(a))
-				case t == ctaIPv4Dst && len(a) == 4:
-					da = netip.AddrFrom4([4]byte(a))
-				case t == ctaIPv6Src && len(a) == 16:
-					sa = netip.AddrFrom16([16]byte(a)).Unmap()
-				case t == ctaIPv6Dst && len(a) == 16:
-					da = netip.AddrFrom16([16]byte(a)).Unmap()
-				}
-			})
-		case ctaTupleProto:
-			attrs(p, func(t uint16, a []byte) {
-				switch {
-				case t == ctaProtoNum && len(a) >= 1:
-					proto = a[0]
-				case t == ctaProtoSrc && len(a) == 2:
-					sp = binary.BigEndian.Uint16(a)
-				case t == ctaProtoDst && len(a) == 2:
-					dp = binary.BigEndian.Uint16(a)
-				}
-			})
+// parseEntry decodes what a dump needs of one conntrack entry message. It
+// runs once per entry of a dump, so it walks the attributes without
+// callbacks.
+func parseEntry(b []byte) (e ctEntry, ok bool) {
+	var origOK, replyOK bool
+	for len(b) > 0 {
+		typ, p, rest, ok := nextAttr(b)
+		if !ok {
+			return e, false
 		}
-	})
-	if !ok || !sa.IsValid() || !da.IsValid() {
-		return src, dst, proto, false
+		switch typ {
+		case ctaTupleOrig:
+			origOK = parseTuple(p, &e.orig, &e.proto)
+		case ctaTupleReply:
+			var proto uint8
+			replyOK = parseTuple(p, &e.reply, &proto)
+		}
+		b = rest
 	}
-	return netip.AddrPortFrom(sa, sp), netip.AddrPortFrom(da, dp), proto, true
+	return e, origOK && replyOK
+}
+
+// parseTuple decodes a CTA_TUPLE_* nest into t and proto and reports
+// whether it was well formed with both addresses. IPv4-mapped IPv6
+// addresses come out as the IPv4 addresses they are, as netip's Unmap makes
+// them.
+func parseTuple(b []byte, t *tuple, proto *uint8) bool {
+	var srcOK, dstOK bool
+	for len(b) > 0 {
+		typ, p, rest, ok := nextAttr(b)
+		if !ok {
+			return false
+		}
+		b = rest
+		for len(p) > 0 && (typ == ctaTupleIP || typ == ctaTupleProto) {
+			inner, a, more, ok := nextAttr(p)
+			if !ok {
+				return false
+			}
+			p = more
+			if typ == ctaTupleIP {
+				switch {
+				case (inner == ctaIPv4Src && len(a) == 4) || (inner == ctaIPv6Src && len(a) == 16):
+					setAddr(&t.src, a)
+					srcOK = true
+				case (inner == ctaIPv4Dst && len(a) == 4) || (inner == ctaIPv6Dst && len(a) == 16):
+					setAddr(&t.dst, a)
+					dstOK = true
+				}
+				continue
+			}
+			switch {
+			case inner == ctaProtoNum && len(a) >= 1:
+				*proto = a[0]
+			case inner == ctaProtoSrc && len(a) == 2:
+				t.sport = binary.BigEndian.Uint16(a)
+			case inner == ctaProtoDst && len(a) == 2:
+				t.dport = binary.BigEndian.Uint16(a)
+			}
+		}
+	}
+	return srcOK && dstOK
+}
+
+// setAddr stores a 4- or 16-byte address in 16 bytes, IPv4 as IPv4-mapped.
+func setAddr(dst *[16]byte, a []byte) {
+	if len(a) == 4 {
+		*dst = [16]byte{10: 0xff, 11: 0xff, 12: a[0], 13: a[1], 14: a[2], 15: a[3]}
+		return
+	}
+	*dst = [16]byte(a)
 }

@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -51,12 +52,12 @@ func TestParseEntry(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: not parsed", tc.client)
 		}
-		if e.proto != 6 || e.orig != (tuple{client, vip}) || e.reply.src != backend {
+		if e.proto != 6 || e.orig != tupleOf(client, vip) || e.reply.source() != backend {
 			t.Errorf("%s: parsed %+v", tc.client, e)
 		}
 		// Every truncation is refused, never misread.
 		for n := 1; n < len(msg); n++ {
-			if e, ok := parseEntry(msg[:n]); ok && e.reply.src != backend {
+			if e, ok := parseEntry(msg[:n]); ok && e.reply.source() != backend {
 				t.Errorf("truncated at %d parsed as %+v", n, e)
 			}
 		}
@@ -71,7 +72,7 @@ func FuzzParseEntry(f *testing.F) {
 	f.Add(append(ctTuple(ctaTupleOrig, a, b), ctTuple(ctaTupleReply, b, a)...))
 	f.Add([]byte{4, 0, 1, 0})
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		if e, ok := parseEntry(msg); ok && (!e.orig.src.IsValid() || !e.reply.src.IsValid()) {
+		if e, ok := parseEntry(msg); ok && (e.orig == tuple{} || e.reply == tuple{}) {
 			t.Errorf("accepted entry with invalid addresses: %+v", e)
 		}
 	})
@@ -86,6 +87,87 @@ func BenchmarkParseEntry(b *testing.B) {
 	for b.Loop() {
 		if _, ok := parseEntry(msg); !ok {
 			b.Fatal("not parsed")
+		}
+	}
+}
+
+// natTable returns n dumped entries of kube-proxy's shape (clients of one
+// service address DNATed to three backends) and the queries for them.
+func natTable(n int, v6 bool) (msgs [][]byte, qs []Query) {
+	vip, backend, client := "10.77.0.10", "10.77.11.%d", "10.77.%d.%d"
+	if v6 {
+		vip, backend, client = "fd77::10", "fd77:11::%d", "fd77:%x::%x"
+	}
+	dst := netip.AddrPortFrom(netip.MustParseAddr(vip), 80)
+	for i := range n {
+		src := netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf(client, 1+i/60000, 2+i%250)), uint16(1024+i%60000))
+		be := netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf(backend, 2+i%3)), 8080)
+		msgs = append(msgs, append(ctTuple(ctaTupleOrig, src, dst), ctTuple(ctaTupleReply, be, src)...))
+		qs = append(qs, Query{Src: src, Dst: dst})
+	}
+	return msgs, qs
+}
+
+// BenchmarkTable builds the table of a dump of 50,000 entries and resolves
+// a connection for each: the work of a cold scrape beyond the kernel's.
+func BenchmarkTable(b *testing.B) {
+	msgs, qs := natTable(50000, false)
+	idx := make([]int, len(qs))
+	for i := range idx {
+		idx[i] = i
+	}
+	out := make([]Result, len(qs))
+	b.Run("build", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			t := newTable(len(msgs))
+			for _, m := range msgs {
+				t.add(m)
+			}
+		}
+	})
+	b.Run("resolve", func(b *testing.B) {
+		t := newTable(len(msgs))
+		for _, m := range msgs {
+			t.add(m)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if rest, missing := t.resolve(qs, idx, out, ResolverConntrack); len(rest)+len(missing) != 0 {
+				b.Fatalf("%d untranslated, %d missing", len(rest), len(missing))
+			}
+		}
+	})
+}
+
+func TestTableResolves(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		msgs, qs := natTable(1000, v6)
+		tab := newTable(0)
+		for _, m := range msgs[:900] {
+			tab.add(m)
+		}
+		// An untranslated entry: the reply comes from the dialled address.
+		direct := Query{Src: qs[0].Src, Dst: netip.AddrPortFrom(qs[0].Dst.Addr(), 81)}
+		tab.add(append(ctTuple(ctaTupleOrig, direct.Src, direct.Dst), ctTuple(ctaTupleReply, direct.Dst, direct.Src)...))
+		qs = append(qs, direct)
+		idx := make([]int, len(qs))
+		for i := range idx {
+			idx[i] = i
+		}
+		out := make([]Result, len(qs))
+		rest, missing := tab.resolve(qs, idx, out, ResolverConntrack)
+		if len(rest) != 1 || rest[0] != len(qs)-1 {
+			t.Errorf("v6=%v: untranslated %v, want only the direct connection", v6, rest)
+		}
+		if len(missing) != 100 || missing[0] != 900 {
+			t.Errorf("v6=%v: %d missing starting at %v, want the 100 entries not added", v6, len(missing), missing[:1])
+		}
+		for i := range 900 {
+			want, _ := parseEntry(msgs[i])
+			if out[i].Actual != want.reply.source() || out[i].via != want.reply.destination() || out[i].Resolver != ResolverConntrack {
+				t.Fatalf("v6=%v: query %d resolved to %+v, want %v via %v", v6, i, out[i], want.reply.source(), want.reply.destination())
+			}
 		}
 	}
 }

@@ -48,8 +48,17 @@ func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 		return idx
 	}
 	byNet := make(map[string][]int)
+	// Connections come in runs to the same address: ask the cache once
+	// per run.
+	var last netip.Addr
+	var id string
+	var ok bool
 	for _, i := range idx {
-		if id, ok := s.cfg.ServiceNetwork(qs[i].Dst.Addr()); ok {
+		if a := qs[i].Dst.Addr(); a != last || !last.IsValid() {
+			last = a
+			id, ok = s.cfg.ServiceNetwork(a)
+		}
+		if ok {
 			byNet[id] = append(byNet[id], i)
 		} else {
 			rest = append(rest, i)
