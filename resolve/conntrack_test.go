@@ -39,8 +39,8 @@ func waitAccepted(t *testing.T, c *netlab.Cluster, client netip.AddrPort) netip.
 
 // TestKubeProxy resolves connections to a service address DNATed by
 // kube-proxy-style chains in the node namespace, checking every connection
-// against the backend that accepted it, by dump (many queries at once) and
-// by single lookups.
+// against the backend that accepted it, all in one call (pipelined lookups)
+// and one by one. TestPreparedDump covers the dump.
 func TestKubeProxy(t *testing.T) {
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
@@ -81,13 +81,78 @@ func TestKubeProxy(t *testing.T) {
 					}
 				}
 			}
-			t.Run("dump", func(t *testing.T) { check(t, qs, want) })
+			t.Run("batch", func(t *testing.T) { check(t, qs, want) })
 			t.Run("get", func(t *testing.T) {
 				for i := range qs {
 					check(t, qs[i:i+1], want[i:i+1])
 				}
 			})
 		})
+	}
+}
+
+// TestPreparedDump resolves through a dump of the node's table started
+// before the connections were known, as a cold scrape does: connections of
+// both families present when it ran, connections opened after it (looked up
+// one by one), and one that nothing translates.
+func TestPreparedDump(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	ct := newConntrack(t, cl.Node)
+	clientNS := cl.Client.Inode()
+	var qs []Query
+	var want []netip.AddrPort
+	dial := func(dst netip.AddrPort) {
+		t.Helper()
+		c, err := cl.Client.Dial("tcp", dst.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		q := Query{NetNS: clientNS, Src: tcpAddr(c.LocalAddr()), Dst: dst}
+		qs = append(qs, q)
+		if dst.Addr() == cl.Backends[0].Addr4 {
+			want = append(want, dst) // direct: nothing translates it
+			return
+		}
+		want = append(want, waitAccepted(t, cl, q.Src))
+	}
+	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
+		for range 20 {
+			dial(netip.AddrPortFrom(vip, cl.Port))
+		}
+	}
+	dial(netip.AddrPortFrom(cl.Backends[0].Addr4, cl.BackendPort))
+
+	// As many expected connections as make a dump cheaper than lookups.
+	chain, whole := Chain{ct.OwnNamespace(), ct.HostNamespace()}.Prepare(context.Background(), 10000)
+	p, ok := chain[1].(*preparedHost)
+	if !whole || !ok {
+		t.Fatalf("prepared chain %T, whole=%v: want the host table dumped ahead", chain[1], whole)
+	}
+	<-p.done
+	if p.err != nil {
+		t.Fatalf("dump: %v", p.err)
+	}
+	before := len(qs)
+	for range 5 {
+		dial(netip.AddrPortFrom(cl.VIP4, cl.Port))
+	}
+	if _, held := p.t.reply(tupleOf(qs[before].Src, qs[before].Dst)); held {
+		t.Fatalf("a connection opened after the dump is in it")
+	}
+
+	out := make([]Result, len(qs))
+	chain.Resolve(context.Background(), qs, out)
+	for i, r := range out {
+		resolver := ResolverConntrack
+		if i == before-1 {
+			resolver = ResolverNone
+		}
+		if r.Err != nil || r.Actual != want[i] || r.Resolver != resolver {
+			t.Errorf("%v -> %v resolved to %v by %s (err %v), want %v by %s",
+				qs[i].Src, qs[i].Dst, r.Actual, r.Resolver, r.Err, want[i], resolver)
+		}
 	}
 }
 
