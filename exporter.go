@@ -318,6 +318,7 @@ func (s *trackerSource) Connections(fn func(*collector.Conn)) error {
 func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(cookies) }
 func (s *trackerSource) Lost() (uint64, error)          { return s.t.Lost() }
 func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() }
+func (s *trackerSource) Recorded() (uint64, error)      { return s.t.Recorded() }
 
 // chainResolver adapts a resolve.Chain to collector.Resolver.
 type chainResolver struct {
@@ -325,15 +326,13 @@ type chainResolver struct {
 }
 
 func (r *chainResolver) Resolve(ctx context.Context, in []collector.Lookup, out []collector.Destination) {
-	qs := make([]resolve.Query, len(in))
-	for i, l := range in {
-		qs[i] = resolve.Query{NetNS: l.NetNS, PID: l.PID, Src: l.Src, Dst: l.Dst}
-	}
-	res := make([]resolve.Result, len(in))
-	r.chain.Resolve(ctx, qs, res)
-	for i, res := range res {
-		out[i] = collector.Destination{Actual: res.Actual, Resolver: res.Resolver, Err: res.Err, ErrResolver: res.ErrResolver}
-	}
+	r.chain.Resolve(ctx, in, out)
+}
+
+// Prepare starts the chain's table reads ahead of a large Resolve call.
+func (r *chainResolver) Prepare(ctx context.Context, n int) (collector.Resolver, bool) {
+	chain, whole := r.chain.Prepare(ctx, n)
+	return &chainResolver{chain: chain}, whole
 }
 
 // namer names connections from Kubernetes pods first, then Docker

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/connection-exporter/connection_exporter/internal/labels"
+	"github.com/connection-exporter/connection_exporter/resolve"
 )
 
 // State is where a connection is in its life, as the capture reports it.
@@ -67,30 +68,35 @@ type Source interface {
 	Lost() (uint64, error)
 	// Capacity returns how many connections can be recorded at once.
 	Capacity() uint32
+	// Recorded returns how many connections were recorded since start:
+	// the difference between two calls bounds how many new connections the
+	// next snapshot holds, known before reading it.
+	Recorded() (uint64, error)
 }
 
 // Lookup is a connection to resolve.
-type Lookup struct {
-	NetNS, PID uint32
-	Src, Dst   netip.AddrPort
-}
+type Lookup = resolve.Query
 
-// Destination is where a connection really goes.
-type Destination struct {
-	// Actual is the address that answers.
-	Actual netip.AddrPort
-	// Resolver names the table that answered: "none" when nothing did.
-	Resolver string
-	// Err, when set, says that the table ErrResolver could not be read.
-	Err         error
-	ErrResolver string
-}
+// Destination is where a connection really goes: Actual is the address that
+// answers, Resolver the table that answered ("none" when nothing did); Err,
+// when set, says that the table ErrResolver could not be read.
+type Destination = resolve.Result
 
 // Resolver finds where connections really go.
 type Resolver interface {
 	// Resolve fills out[i] for in[i]; out is as long as in. It returns when
 	// ctx is done, marking what it did not resolve with ctx's error.
 	Resolve(ctx context.Context, in []Lookup, out []Destination)
+}
+
+// Preparer is a Resolver that can start reading its tables while the
+// collector reads the snapshot, when many new connections are coming.
+type Preparer interface {
+	// Prepare returns the Resolver for the next Resolve call, about n
+	// connections, with its reading started, and whether it reads a whole
+	// table: then it answers best when asked about all of them at once,
+	// rather than in chunks while the snapshot is read.
+	Prepare(ctx context.Context, n int) (r Resolver, whole bool)
 }
 
 // Owner is who opened a connection.
@@ -221,15 +227,30 @@ type Connections struct {
 	resolved      map[string]float64
 	overflowConns float64
 	warned        map[string]bool
+	recorded      uint64 // Source.Recorded at the last scrape
 
 	// Per-scrape state.
 	seen    int                     // connections in the last snapshot
-	fresh   []Conn                  // connections seen for the first time
+	fresh   []freshConn             // connections seen for the first time
+	lookups []Lookup                // and what to resolve of them, index for index
 	release []uint64                // connections to release
-	named   map[nameKey]*series     // label sets of this scrape's new connections
+	named   map[nameKey]named       // label sets of this scrape's new connections
 	owners  map[ownerKey]owned      // owners of this scrape's new connections
 	dests   map[netip.AddrPort]dest // destinations of this scrape's new connections
 	unnamed int                     // new connections postponed for a name
+}
+
+// freshConn is what a new connection is besides its Lookup, without
+// pointers: the two halves are kept apart so that the Lookups need no copy.
+type freshConn struct {
+	cookie, cgroup uint64
+	comm           [16]byte
+	state          State
+}
+
+// conn joins the halves of a new connection.
+func (f *freshConn) conn(l *Lookup) Conn {
+	return Conn{Cookie: f.cookie, PID: l.PID, Comm: f.comm, NetNS: l.NetNS, CgroupID: f.cgroup, Src: l.Src, Dst: l.Dst, State: f.state}
 }
 
 type dest struct {
@@ -318,9 +339,23 @@ func (c *Connections) account(ctx context.Context) error {
 	if c.overflow != nil {
 		c.overflow.active, c.overflow.touched = 0, false
 	}
-	c.release, c.fresh, c.seen = c.release[:0], c.fresh[:0], 0
+	c.release, c.fresh, c.lookups, c.seen = c.release[:0], c.fresh[:0], c.lookups[:0], 0
 
 	begin := time.Now()
+	resolver := c.resolver
+	var pipe *pipeline
+	if n := c.expected(); n > 0 {
+		if cap(c.fresh) < n {
+			c.fresh, c.lookups = make([]freshConn, 0, n), make([]Lookup, 0, n)
+		}
+		whole := false
+		if p, ok := resolver.(Preparer); ok {
+			resolver, whole = p.Prepare(ctx, n)
+		}
+		if n >= pipelineMin && !whole {
+			pipe = startPipeline(ctx, resolver, n)
+		}
+	}
 	err := c.src.Connections(func(k *Conn) {
 		c.seen++
 		if k.State == StateConnecting {
@@ -330,7 +365,11 @@ func (c *Connections) account(ctx context.Context) error {
 			c.apply(t, k, now)
 			return
 		}
-		c.fresh = append(c.fresh, *k)
+		c.fresh = append(c.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State})
+		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
+		if pipe != nil {
+			pipe.offer(c.lookups)
+		}
 	})
 	if err != nil {
 		// Keep going with what was read: counters stay where they were.
@@ -338,21 +377,24 @@ func (c *Connections) account(ctx context.Context) error {
 	}
 	read := time.Since(begin)
 
+	resolveStart := time.Now()
+	var results []Destination
+	if pipe != nil {
+		results = pipe.finish(ctx, c.lookups)
+	} else if len(c.fresh) > 0 {
+		results = make([]Destination, len(c.lookups))
+		resolver.Resolve(ctx, c.lookups, results)
+	}
 	if len(c.fresh) > 0 {
-		lookups := make([]Lookup, len(c.fresh))
-		for i := range c.fresh {
-			k := &c.fresh[i]
-			lookups[i] = Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst}
-		}
-		results := make([]Destination, len(lookups))
-		resolveStart := time.Now()
-		c.resolver.Resolve(ctx, lookups, results)
 		resolved := time.Since(resolveStart)
-		c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]*series), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
+		c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
+		if len(c.conns) == 0 {
+			c.conns = make(map[uint64]*tracked, len(c.fresh))
+		}
 		for i := range c.fresh {
-			k := &c.fresh[i]
-			if t := c.admit(k, &results[i]); t != nil {
-				c.apply(t, k, now)
+			k := c.fresh[i].conn(&c.lookups[i])
+			if t := c.admit(&k, &results[i]); t != nil {
+				c.apply(t, &k, now)
 			}
 		}
 		c.named, c.owners, c.dests = nil, nil, nil
@@ -366,11 +408,11 @@ func (c *Connections) account(ctx context.Context) error {
 		// A cold scrape of tens of thousands of connections leaves tens of
 		// megabytes of garbage that the runtime would otherwise keep for
 		// minutes: return it now, once, while the scrape is rare.
-		c.fresh = nil
+		c.fresh, c.lookups = nil, nil
 		go debug.FreeOSMemory() // after the answer, not before it
 	}
 	if cap(c.fresh) > scratchKeep {
-		c.fresh = nil
+		c.fresh, c.lookups = nil, nil
 	}
 	if cap(c.release) > scratchKeep {
 		c.release = nil
@@ -398,6 +440,77 @@ func (c *Connections) account(ctx context.Context) error {
 		c.overflow = nil
 	}
 	return err
+}
+
+// pipelineMin is the number of expected new connections from which they are
+// resolved in chunks while the snapshot is still being read.
+const pipelineMin = 1024
+
+// pipeline resolves new connections in chunks on another goroutine while
+// the snapshot is being read, so that looking them up overlaps reading.
+type pipeline struct {
+	chunk   int
+	sent    int // lookups handed over so far
+	results []Destination
+	work    chan chunk
+	done    chan struct{}
+	r       Resolver
+}
+
+// chunk is a run of lookups starting at lookups[off].
+type chunk struct {
+	off int
+	in  []Lookup
+}
+
+func startPipeline(ctx context.Context, r Resolver, n int) *pipeline {
+	// A few large chunks: each Resolve call has a fixed cost per table.
+	p := &pipeline{chunk: max(n/3, pipelineMin), results: make([]Destination, n), r: r}
+	p.work, p.done = make(chan chunk, n/p.chunk+1), make(chan struct{})
+	go func() {
+		defer close(p.done)
+		for c := range p.work {
+			r.Resolve(ctx, c.in, p.results[c.off:c.off+len(c.in)])
+		}
+	}()
+	return p
+}
+
+// offer hands the lookups not handed over yet to the resolving goroutine
+// once there are a chunk of them. Those beyond the expected number wait
+// for finish.
+func (p *pipeline) offer(lookups []Lookup) {
+	if n := len(lookups); n-p.sent >= p.chunk && n <= len(p.results) {
+		p.work <- chunk{p.sent, lookups[p.sent:n]}
+		p.sent = n
+	}
+}
+
+// finish resolves what is left once the snapshot is read and returns the
+// destinations of all lookups.
+func (p *pipeline) finish(ctx context.Context, lookups []Lookup) []Destination {
+	close(p.work)
+	<-p.done
+	if len(lookups) > len(p.results) {
+		p.results = append(p.results, make([]Destination, len(lookups)-len(p.results))...)
+	}
+	if p.sent < len(lookups) {
+		p.r.Resolve(ctx, lookups[p.sent:], p.results[p.sent:len(lookups)])
+	}
+	return p.results[:len(lookups)]
+}
+
+// expected returns how many new connections the coming snapshot holds at
+// most: those recorded since the last scrape and those waiting for another
+// attempt. It is 0 when the source cannot tell.
+func (c *Connections) expected() int {
+	rec, err := c.src.Recorded()
+	if err != nil || rec < c.recorded {
+		return 0
+	}
+	n := rec - c.recorded
+	c.recorded = rec
+	return int(min(n, uint64(c.src.Capacity()))) + len(c.attempts)
 }
 
 // apply accounts for one known connection in this scrape.
@@ -429,6 +542,12 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 // or postpones it (returning nil) when a table could not be read and
 // attempts are left.
 func (c *Connections) admit(k *Conn, d *Destination) *tracked {
+	nk := nameKeyOf(k, d)
+	if n, ok := c.named[nk]; ok && n.known && d.Err == nil {
+		// Another new connection of this scrape had the same owner and
+		// destinations, all named: nothing to ask again.
+		return c.track(k, d, n.s)
+	}
 	ok := c.owner(k).known
 	if ok && d.Err == nil {
 		_, ok = c.destination(d.Actual)
@@ -449,9 +568,14 @@ func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 			return nil
 		}
 	}
+	return c.track(k, d, c.seriesFor(nk, k, d))
+}
+
+// track starts accounting for an admitted connection in label set s.
+func (c *Connections) track(k *Conn, d *Destination, s *series) *tracked {
 	delete(c.attempts, k.Cookie)
 	c.resolved[d.Resolver]++
-	t := &tracked{s: c.seriesFor(k, d)}
+	t := &tracked{s: s}
 	c.conns[k.Cookie] = t
 	return t
 }
@@ -494,20 +618,30 @@ func (c *Connections) owner(k *Conn) owned {
 	return o
 }
 
-// seriesFor returns the label set of a connection, creating it if the
-// bound allows, else the overflow label set.
-func (c *Connections) seriesFor(k *Conn, d *Destination) *series {
-	nk := nameKey{
+// named is a label set of this scrape and whether its names were known.
+type named struct {
+	s     *series
+	known bool
+}
+
+func nameKeyOf(k *Conn, d *Destination) nameKey {
+	return nameKey{
 		comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID,
 		dst: k.Dst.Addr().As16(), dport: k.Dst.Port(),
 		actual: d.Actual.Addr().As16(), aport: d.Actual.Port(), resolver: d.Resolver,
 	}
-	if s, ok := c.named[nk]; ok {
-		return s
+}
+
+// seriesFor returns the label set of a connection, whose name key is nk,
+// creating it if the bound allows, else the overflow label set.
+func (c *Connections) seriesFor(nk nameKey, k *Conn, d *Destination) *series {
+	if n, ok := c.named[nk]; ok {
+		return n.s
 	}
 	s := c.seriesByLabels(k, d)
 	if c.named != nil {
-		c.named[nk] = s
+		_, known := c.destination(d.Actual)
+		c.named[nk] = named{s: s, known: known && c.owner(k).known && d.Err == nil}
 	}
 	return s
 }

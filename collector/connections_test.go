@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +30,7 @@ type fakeSource struct {
 	conns    []Conn
 	released []uint64
 	err      error
+	recorded map[uint64]bool
 }
 
 func (s *fakeSource) Connections(fn func(*Conn)) error {
@@ -47,7 +50,18 @@ func (s *fakeSource) Release(cookies []uint64) error {
 }
 
 func (s *fakeSource) Lost() (uint64, error) { return 3, nil }
-func (s *fakeSource) Capacity() uint32      { return 1024 }
+
+// Recorded counts the connections ever served, as the kernel counts inserts.
+func (s *fakeSource) Recorded() (uint64, error) {
+	if s.recorded == nil {
+		s.recorded = make(map[uint64]bool)
+	}
+	for _, c := range s.conns {
+		s.recorded[c.Cookie] = true
+	}
+	return uint64(len(s.recorded)), nil
+}
+func (s *fakeSource) Capacity() uint32 { return 1024 }
 
 // fakeResolver translates by a table and counts the lookups it was asked.
 type fakeResolver struct {
@@ -364,5 +378,66 @@ func TestConnectionsOwnerRetry(t *testing.T) {
 	reg := collect(t, c)
 	if got := value(t, reg, "connection_active", "container", "web-1", "workload", "web"); got != 1 {
 		t.Errorf("connection named late: active = %v", got)
+	}
+}
+
+// chunkResolver records the size of each Resolve call and translates the
+// service address to one of three backends by source port.
+type chunkResolver struct {
+	mu     sync.Mutex
+	chunks []int
+}
+
+func (r *chunkResolver) Resolve(_ context.Context, in []Lookup, out []Destination) {
+	r.mu.Lock()
+	r.chunks = append(r.chunks, len(in))
+	r.mu.Unlock()
+	for i, l := range in {
+		be := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 1, byte(l.Src.Port() % 3)}), 8080)
+		out[i] = Destination{Actual: be, Resolver: "conntrack"}
+	}
+}
+
+// Many new connections are resolved in chunks while the snapshot is read,
+// including more than the source announced, and each one exactly once.
+func TestConnectionsPipelined(t *testing.T) {
+	src := &fakeSource{}
+	for i := range 5000 {
+		src.conns = append(src.conns, conn(uint64(i+1), "app", fmt.Sprintf("10.0.0.5:%d", 10000+i), vip.String(), StateEstablished))
+	}
+	res := &chunkResolver{}
+	c := newTestCollector(t, ConnectionsConfig{}, src, res)
+	reg := collect(t, c)
+	total := 0
+	for b := range 3 {
+		got := value(t, reg, "connection_active", "actual_destination", fmt.Sprintf("10.0.1.%d:8080", b))
+		want := 0
+		for i := range 5000 {
+			if (10000+i)%3 == b {
+				want++
+			}
+		}
+		if int(got) != want {
+			t.Errorf("backend %d: %v active, want %d", b, got, want)
+		}
+		total += int(got)
+	}
+	if total != 5000 {
+		t.Errorf("%d active in all, want 5000", total)
+	}
+	sum := 0
+	for _, n := range res.chunks {
+		sum += n
+	}
+	// The source's capacity (1024) caps what it announces: the first chunk
+	// goes while reading, the other connections after it.
+	if sum != 5000 || len(res.chunks) != 2 || res.chunks[0] != 1024 {
+		t.Errorf("resolved in chunks %v, want 1024 while reading and the rest after", res.chunks)
+	}
+	// Nothing new: nothing resolved again.
+	res.chunks = nil
+	collect(t, c)
+	if len(res.chunks) != 0 {
+		t.Errorf("second scrape resolved %v", res.chunks)
 	}
 }
