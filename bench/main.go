@@ -5,14 +5,19 @@
 // For each size it builds the kube-proxy shape of the end-to-end tests (a
 // service address DNATed in a node namespace to three backends), opens N
 // long-lived connections from helper processes in the client namespace, runs
-// the exporter binary, and measures the cold scrape (every connection new),
-// warm scrapes (nothing new), a scrape after 10% of the connections were
-// replaced, memory, and allocations per warm scrape. On the same data it
+// the exporter binary, and measures the cold scrape (every connection new;
+// the median of several freshly started exporters, with the page faults it
+// took), warm scrapes (nothing new), a scrape after 10% of the connections
+// were replaced, memory, and allocations per warm scrape. On the same data it
 // measures the floors: one batch read of a BPF map holding the same
 // connections, one raw conntrack dump of the same table, and client_golang
 // rendering the same number of series. It then measures loopback
 // connect/close throughput with and without the programs attached, and prints
 // one table.
+//
+// With -compare it instead measures two builds of the exporter in turns on
+// the same connections, which shows differences smaller than this machine's
+// variation from one run to the next.
 package main
 
 import (
@@ -32,6 +37,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,6 +52,9 @@ import (
 	"github.com/connection-exporter/connection_exporter/resolve"
 )
 
+// exporterEnv is added to the environment of the exporters started (-env).
+var exporterEnv []string
+
 // perClient bounds the connections of one helper process: the open file
 // limit here is 20000 and cannot be raised.
 const perClient = 9000
@@ -58,6 +67,16 @@ func main() {
 	sizes := flag.String("conns", "1000,10000,50000", "connection counts to measure")
 	soak := flag.Duration("soak", 0, "instead of the benchmark, churn connections at full speed across namespaces for this long, scraping every second, and print the exporter's resources over time")
 	warm := flag.Int("warm", 20, "warm scrapes per size")
+	compare := flag.String("compare", "", "instead of the table, compare the exporter with this other build at the first -conns size, taking turns for -rounds rounds")
+	rounds := flag.Int("rounds", 9, "rounds of -compare")
+	flag.Func("env", "`KEY=VALUE` added to the exporter's environment, such as GODEBUG=gctrace=1 (repeatable)", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return fmt.Errorf("want KEY=VALUE, got %q", v)
+		}
+		exporterEnv = append(exporterEnv, v)
+		return nil
+	})
+	colds := flag.Int("cold", 5, "cold scrapes per size, each by a freshly started exporter; the median is reported")
 	cycles := flag.Int("cycles", 20000, "connect/close cycles per throughput round")
 	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
 	logs := flag.Bool("logs", false, "print the exporter's debug log after each size")
@@ -93,9 +112,13 @@ func main() {
 			r.soak(bin, *soak)
 			return
 		}
+		if *compare != "" {
+			r.compare([]string{bin, *compare}, counts[0], *rounds)
+			return
+		}
 		var rows []row
 		for _, c := range counts {
-			rows = append(rows, r.measure(bin, c, *warm, *logs, *profiles)...)
+			rows = append(rows, r.measure(bin, c, *colds, *warm, *logs, *profiles)...)
 		}
 		rows = append(rows, r.throughput(*cycles)...)
 		printTable(rows)
@@ -180,42 +203,42 @@ type row struct {
 
 // measure runs the scrape benchmark for n connections. Everything it
 // creates is removed before it returns.
-func (r *runner) measure(bin string, n, warm int, logs bool, profiles string) []row {
+func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles string) []row {
 	defer r.cleanupTo(len(r.cleanups))
-	self, err := os.Executable()
-	if err != nil {
-		r.Fatalf("%v", err)
-	}
-	lab := netlab.New(r)
-	cl := lab.KubeProxyTopology()
-	cl.Client.Run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
-	for _, b := range cl.Backends {
-		r.helper(b.NS, self, "-helper=server", "-listen", fmt.Sprintf(":%d", cl.BackendPort))
-	}
-	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
-	var clients []*helperProc
-	for left := n; left > 0; left -= perClient {
-		k := min(left, perClient)
-		clients = append(clients, r.helper(cl.Client, self, "-helper=client", "-dst", dst.String(), "-n", strconv.Itoa(k)))
-	}
-	for _, c := range clients {
-		c.wait(r)
-	}
-	fmt.Fprintf(os.Stderr, "bench: %d connections open\n", n)
+	cl, clients := r.kubeProxyLab(n)
 
-	exp := r.startExporter(bin, cl.Node)
-	stopProfile := exp.profile(r, profiles, fmt.Sprintf("cold-%d", n))
-	cold, body := exp.scrape(r)
-	stopProfile()
+	// The cold scrape is the one figure a run measures only once per
+	// exporter: start several and take the median.
+	var exp *exporterProc
+	var coldTimes, faults []float64
+	var body []byte
+	for i := range max(colds, 1) {
+		if exp != nil {
+			exp.stop(r)
+		}
+		exp = r.startExporter(bin, cl.Node)
+		stopProfile := exp.profile(r, profiles, fmt.Sprintf("cold-%d-%d", n, i))
+		var d float64
+		f0 := exp.faults(r)
+		d, body = exp.scrape(r)
+		faults = append(faults, exp.faults(r)-f0)
+		stopProfile()
+		coldTimes = append(coldTimes, d)
+	}
+	cold, coldFaults := median(coldTimes), median(faults)
+	fmt.Fprintf(os.Stderr, "bench: %d cold scrapes %s\n", n, formatAll(coldTimes))
 	series := countSeries(body)
-	mallocs0 := metric(body, "go_memstats_mallocs_total")
-	var times []float64
-	for range warm {
+	// Memory statistics are read while the collectors run, so a scrape's
+	// body counts the allocations of the scrape before it: count from the
+	// first warm scrape's body to the last's.
+	var times, mallocs []float64
+	for range max(warm, 2) {
 		d, b := exp.scrape(r)
 		times = append(times, d)
+		mallocs = append(mallocs, metric(b, "go_memstats_mallocs_total"))
 		body = b
 	}
-	allocs := (metric(body, "go_memstats_mallocs_total") - mallocs0) / float64(warm)
+	allocs := (mallocs[len(mallocs)-1] - mallocs[0]) / float64(len(mallocs)-1)
 	heap := metric(body, "go_memstats_heap_alloc_bytes")
 	rss := exp.rss(r)
 	// Replace 10% of the connections.
@@ -225,7 +248,7 @@ func (r *runner) measure(bin string, n, warm int, logs bool, profiles string) []
 	for _, c := range clients {
 		c.wait(r)
 	}
-	stopProfile = exp.profile(r, profiles, fmt.Sprintf("churn-%d", n))
+	stopProfile := exp.profile(r, profiles, fmt.Sprintf("churn-%d", n))
 	churn, body := exp.scrape(r)
 	stopProfile()
 	if got := metric(body, "connection_exporter_tracked_connections"); got < float64(n) {
@@ -257,12 +280,77 @@ func (r *runner) measure(bin string, n, warm int, logs bool, profiles string) []
 		{n, "warm scrape p50", p50, "s", batch + render, "≤ 2x batch read + render"},
 		{n, "warm scrape p95", p95, "s", batch + render, ""},
 		{n, "10% churn scrape", churn, "s", cold, "≤ 0.5x cold scrape"},
+		{n, "page faults in the cold scrape", coldFaults, "", 0, ""},
 		{n, "RSS", rss, "MiB", 0, "≤ 64 MiB at 50k"},
 		{n, "Go heap", heap / (1 << 20), "MiB", 0, ""},
 		{n, "allocations per warm scrape", allocs, "", 0, ""},
 		{n, "floor: BPF batch read", batch, "s", 0, ""},
 		{n, "floor: raw conntrack dump", dump, "s", 0, ""},
 		{n, fmt.Sprintf("floor: render %d series", series), render, "s", 0, ""},
+	}
+}
+
+// kubeProxyLab builds the kube-proxy shape with n connections from the
+// client namespace open through the service address.
+func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
+	self, err := os.Executable()
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	lab := netlab.New(r)
+	cl := lab.KubeProxyTopology()
+	cl.Client.Run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
+	// Churned ports wait in TIME_WAIT; repeated churn needs them back.
+	cl.Client.Run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+	for _, b := range cl.Backends {
+		r.helper(b.NS, self, "-helper=server", "-listen", fmt.Sprintf(":%d", cl.BackendPort))
+	}
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	var clients []*helperProc
+	for left := n; left > 0; left -= perClient {
+		k := min(left, perClient)
+		clients = append(clients, r.helper(cl.Client, self, "-helper=client", "-dst", dst.String(), "-n", strconv.Itoa(k)))
+	}
+	for _, c := range clients {
+		c.wait(r)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %d connections open\n", n)
+	return cl, clients
+}
+
+// compare measures two exporter builds on the same connections, taking
+// turns so that both see the same state of the machine: per round each
+// one starts, takes a cold scrape, warm scrapes, and a scrape after 10% of
+// the connections were replaced. It prints the medians of each build.
+func (r *runner) compare(bins []string, n, rounds int) {
+	defer r.cleanupTo(len(r.cleanups))
+	cl, clients := r.kubeProxyLab(n)
+	type figures struct{ cold, warm, churn []float64 }
+	got := make([]figures, len(bins))
+	for range rounds {
+		for b, bin := range bins {
+			exp := r.startExporter(bin, cl.Node)
+			cold, _ := exp.scrape(r)
+			warm := median(repeat(5, func() float64 { d, _ := exp.scrape(r); return d }))
+			for _, c := range clients {
+				c.send(r, fmt.Sprintf("churn %d\n", c.n/10))
+			}
+			for _, c := range clients {
+				c.wait(r)
+			}
+			churn, _ := exp.scrape(r)
+			exp.stop(r)
+			got[b].cold = append(got[b].cold, cold)
+			got[b].warm = append(got[b].warm, warm)
+			got[b].churn = append(got[b].churn, churn)
+		}
+	}
+	fmt.Println("| build | cold p50 | warm p50 | churn p50 | churn / cold |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: |")
+	for b, bin := range bins {
+		f := got[b]
+		fmt.Printf("| %s | %s | %s | %s | %.2fx |\n", bin, format(median(f.cold), "s"), format(median(f.warm), "s"),
+			format(median(f.churn), "s"), median(f.churn)/median(f.cold))
 	}
 }
 
@@ -525,6 +613,7 @@ func (r *runner) startExporter(bin string, node *netlab.NS) *exporterProc {
 	ln.Close()
 	e := &exporterProc{url: "http://" + addr + "/metrics"}
 	e.cmd = exec.Command(bin, "--web.listen-address="+addr, "--path.host-netns="+node.Path(), "--log.level=debug", "--debug.pprof")
+	e.cmd.Env = append(os.Environ(), exporterEnv...)
 	e.cmd.Stdout, e.cmd.Stderr = &e.logs, &e.logs
 	if err := e.cmd.Start(); err != nil {
 		r.Fatalf("start exporter: %v", err)
@@ -551,29 +640,33 @@ func (e *exporterProc) stop(r *runner) {
 	}
 }
 
-// profile starts a 2-second CPU profile of the exporter, written to
-// dir/name.prof, and returns a function that waits for it. It does nothing
-// when dir is empty.
+// profile starts 2-second CPU and allocation profiles of the exporter,
+// written to dir/name.cpu.prof and dir/name.allocs.prof, and returns a
+// function that waits for them. It does nothing when dir is empty.
 func (e *exporterProc) profile(r *runner, dir, name string) func() {
 	if dir == "" {
 		return func() {}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		resp, err := http.Get(strings.TrimSuffix(e.url, "/metrics") + "/debug/pprof/profile?seconds=2")
-		if err != nil {
-			r.Errorf("profile: %v", err)
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if err := os.WriteFile(filepath.Join(dir, name+".prof"), b, 0o644); err != nil {
-			r.Errorf("profile: %v", err)
-		}
-	}()
-	time.Sleep(100 * time.Millisecond) // let the profile start first
-	return func() { <-done }
+	base := strings.TrimSuffix(e.url, "/metrics") + "/debug/pprof/"
+	var wg sync.WaitGroup
+	for file, path := range map[string]string{"cpu": "profile?seconds=2", "allocs": "allocs?seconds=2"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(base + path)
+			if err != nil {
+				r.Errorf("profile: %v", err)
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if err := os.WriteFile(filepath.Join(dir, name+"."+file+".prof"), b, 0o644); err != nil {
+				r.Errorf("profile: %v", err)
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // let the profiles start first
+	return wg.Wait
 }
 
 // scrape times one scrape, from request to the last byte.
@@ -590,6 +683,18 @@ func (e *exporterProc) scrape(r *runner) (float64, []byte) {
 		r.Fatalf("scrape: %v %s", err, resp.Status)
 	}
 	return d, body
+}
+
+// faults returns the exporter's minor page faults so far.
+func (e *exporterProc) faults(r *runner) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.cmd.Process.Pid))
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	// Fields after the command name, which ends with the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	v, _ := strconv.ParseFloat(f[7], 64) // minflt is field 10 of stat
+	return v
 }
 
 func (e *exporterProc) rss(r *runner) float64 {
@@ -688,4 +793,13 @@ func format(v float64, unit string) string {
 		return fmt.Sprintf("%.3f", v)
 	}
 	return fmt.Sprintf("%.0f", v)
+}
+
+// formatAll formats durations in seconds as milliseconds.
+func formatAll(v []float64) string {
+	s := make([]string, len(v))
+	for i, d := range v {
+		s[i] = format(d, "s")
+	}
+	return "[" + strings.Join(s, " ") + "]"
 }
