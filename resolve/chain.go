@@ -6,7 +6,8 @@ import "context"
 type Step interface {
 	// Resolve looks up the queries qs[i] for i in idx, sets out[i] for
 	// those it translates (and Err/ErrResolver where its table could not be
-	// read), and returns the indexes it did not translate.
+	// read), and returns the indexes it did not translate. The returned
+	// slice may reuse idx's storage: a step allocates nothing per query.
 	Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int
 }
 

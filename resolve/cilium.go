@@ -153,6 +153,7 @@ func (c *Cilium) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 	if errors.Is(errs[0], errNoCilium) && errors.Is(errs[1], errNoCilium) {
 		return idx // no Cilium on this node
 	}
+	rest = idx[:0] // written behind the reading
 	for n, i := range idx {
 		if n%1024 == 0 {
 			if err := ctx.Err(); err != nil {

@@ -127,6 +127,7 @@ func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []
 	c := s.c
 	finder := nsFinder{procfs: c.cfg.ProcFS, extra: c.cfg.NetNSDirs}
 	byNS := make(map[uint32][]int)
+	rest = idx[:0] // written behind the reading; what is appended later fits too
 	for _, i := range idx {
 		if q := qs[i]; q.NetNS == c.hostIno || q.NetNS == 0 {
 			rest = append(rest, i)
@@ -332,6 +333,7 @@ func (s *ctSocket) resolve(qs []Query, idx []int, out []Result, resolver string)
 	if err := s.get(qs, idx, replies); err != nil {
 		return idx, err
 	}
+	rest = idx[:0] // written behind the reading
 	for n, i := range idx {
 		if r := replies[n]; r != (tuple{}) {
 			if src := r.source(); src != qs[i].Dst {
@@ -391,6 +393,7 @@ func (t table) reply(orig tuple) (tuple, bool) {
 // the ones it holds untranslated in rest, and apart from them the ones it
 // does not hold at all in missing.
 func (t table) resolve(qs []Query, idx []int, out []Result, resolver string) (rest, missing []int) {
+	rest = idx[:0] // written behind the reading
 	for _, i := range idx {
 		r, ok := t.reply(tupleOf(qs[i].Src, qs[i].Dst))
 		if !ok {

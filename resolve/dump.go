@@ -42,9 +42,9 @@ const (
 	nfgenHdrLen = 4
 )
 
-// dumpBufSize is the receive buffer: the kernel sizes each dump message
-// batch by the largest buffer seen, so a large one means fewer system calls.
-const dumpBufSize = 256 << 10
+// datagramSize is the receive buffer: the kernel fills a dump datagram up
+// to the largest buffer a socket has read with, but never beyond 32 KiB.
+const datagramSize = 64 << 10
 
 // ctEntry is what a dump keeps of one conntrack entry.
 type ctEntry struct {
@@ -98,7 +98,7 @@ func openCT(ns *os.File) (*ctSocket, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind netlink socket: %w", err)
 	}
-	return &ctSocket{fd: fd, buf: make([]byte, dumpBufSize)}, nil
+	return &ctSocket{fd: fd, buf: make([]byte, datagramSize)}, nil
 }
 
 func (s *ctSocket) close() { unix.Close(s.fd) }
@@ -124,19 +124,32 @@ func (s *ctSocket) send(b []byte) error {
 	}
 }
 
+// recv reads one datagram into b. A read rather than recvfrom: the
+// sender is always the kernel, and recvfrom allocates its address.
+func (s *ctSocket) recv(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(s.fd, b)
+		if !errors.Is(err, unix.EINTR) {
+			return n, err
+		}
+	}
+}
+
 // receive reads one datagram and calls fn for each netlink message in it
 // with its sequence number, type, and payload after the netlink header. fn
 // returns false to stop; receive reports whether it was stopped.
 func (s *ctSocket) receive(fn func(seq uint32, typ uint16, payload []byte) bool) (bool, error) {
-	n, _, err := unix.Recvfrom(s.fd, s.buf, 0)
-	for errors.Is(err, unix.EINTR) {
-		n, _, err = unix.Recvfrom(s.fd, s.buf, 0)
-	}
+	n, err := s.recv(s.buf)
 	if err != nil {
 		return false, err
 	}
+	return messages(s.buf[:n], fn)
+}
+
+// messages calls fn for each netlink message in datagram b, as receive
+// does.
+func messages(b []byte, fn func(seq uint32, typ uint16, payload []byte) bool) (bool, error) {
 	ne := binary.NativeEndian
-	b := s.buf[:n]
 	for len(b) >= nlmsgHdrLen {
 		l := int(ne.Uint32(b[0:]))
 		if l < nlmsgHdrLen || l > len(b) {
@@ -203,33 +216,50 @@ func (s *ctSocket) count() (uint32, error) {
 // message's attributes (after the netfilter header). The slice is only
 // valid during the call.
 func (s *ctSocket) dump(fn func(attrs []byte)) error {
+	if err := s.requestDump(); err != nil {
+		return err
+	}
+	for {
+		n, err := s.recv(s.buf)
+		if err != nil {
+			return fmt.Errorf("receive conntrack dump: %w", err)
+		}
+		if done, err := dumpDatagram(s.buf[:n], fn); done {
+			return err
+		}
+	}
+}
+
+func (s *ctSocket) requestDump() error {
 	var req [nlmsgHdrLen + nfgenHdrLen]byte
 	putHeader(req[:], len(req), ipctnlMsgCTGet, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, 1, unix.AF_UNSPEC)
 	if err := s.send(req[:]); err != nil {
 		return fmt.Errorf("send conntrack dump request: %w", err)
 	}
-	var failed error
-	for {
-		done, err := s.receive(func(_ uint32, typ uint16, p []byte) bool {
-			switch typ {
-			case unix.NLMSG_DONE:
-				return false
-			case unix.NLMSG_ERROR:
-				failed = errno(p)
-				return false
-			}
-			if len(p) >= nfgenHdrLen {
-				fn(p[nfgenHdrLen:])
-			}
-			return true
-		})
-		if err != nil {
-			return fmt.Errorf("receive conntrack dump: %w", err)
+	return nil
+}
+
+// dumpDatagram calls fn (unless nil) with the attributes of each entry in
+// one datagram of a dump and reports whether the dump ended in it, with the
+// error it ended with.
+func dumpDatagram(b []byte, fn func(attrs []byte)) (done bool, err error) {
+	stopped, merr := messages(b, func(_ uint32, typ uint16, p []byte) bool {
+		switch typ {
+		case unix.NLMSG_DONE:
+			return false
+		case unix.NLMSG_ERROR:
+			err = errno(p)
+			return false
 		}
-		if done {
-			return failed
+		if fn != nil && len(p) >= nfgenHdrLen {
+			fn(p[nfgenHdrLen:])
 		}
+		return true
+	})
+	if merr != nil {
+		return true, fmt.Errorf("receive conntrack dump: %w", merr)
 	}
+	return stopped, err
 }
 
 // getBatchSize is how many lookups are sent in one datagram: the kernel

@@ -4,7 +4,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"os"
+	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
 
 // attr encodes one netlink attribute; nested payloads are built by
@@ -188,4 +194,93 @@ func TestDumpCheaper(t *testing.T) {
 			t.Errorf("dumpCheaper(%d, %d) = %v", tc.n, tc.entries, got)
 		}
 	}
+}
+
+// fillTable inserts the conntrack entries of natTable(n) into the table of
+// the namespace at path, as established TCP entries, the way
+// `conntrack -I` does.
+func fillTable(tb testing.TB, path string, n int) {
+	tb.Helper()
+	ns, err := os.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ns.Close()
+	s, err := openCT(ns)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer s.close()
+	const ipctnlMsgCTNew, ctaTimeout, ctaProtoinfo, ctaProtoinfoTCP, ctaProtoinfoTCPState = 0, 7, 4, 1, 1
+	msgs, _ := natTable(n, false)
+	for start := 0; start < len(msgs); start += getBatchSize {
+		end := min(start+getBatchSize, len(msgs))
+		var req []byte
+		for i := start; i < end; i++ {
+			body := append(slices.Clone(msgs[i]), attr(ctaTimeout, binary.BigEndian.AppendUint32(nil, 600))...)
+			body = append(body, attr(ctaProtoinfo|nested, attr(ctaProtoinfoTCP|nested, attr(ctaProtoinfoTCPState, []byte{3})))...)
+			m := make([]byte, nlmsgHdrLen+nfgenHdrLen, nlmsgHdrLen+nfgenHdrLen+len(body))
+			m = append(m, body...)
+			putHeader(m, len(m), ipctnlMsgCTNew, unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK, uint32(i+1), unix.AF_INET)
+			req = append(req, m...)
+		}
+		if err := s.send(req); err != nil {
+			tb.Fatal(err)
+		}
+		for acked := start; acked < end; {
+			var failed error
+			if _, err := s.receive(func(_ uint32, typ uint16, p []byte) bool {
+				if typ == unix.NLMSG_ERROR {
+					acked++
+					if err := errno(p); err != nil {
+						failed = err
+					}
+				}
+				return true
+			}); err != nil {
+				tb.Fatal(err)
+			}
+			if failed != nil {
+				tb.Fatalf("insert conntrack entry: %v", failed)
+			}
+		}
+	}
+}
+
+// BenchmarkDump reads a real table of 50,000 kube-proxy entries: raw is the
+// kernel's share (what scripts/bench calls the raw dump), table what a
+// cold scrape does with it.
+func BenchmarkDump(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root for a network namespace")
+	}
+	ns := netlab.New(b).NetNS("dump")
+	fillTable(b, ns.Path(), 50000)
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	s, err := openCT(f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.close()
+	b.Run("raw", func(b *testing.B) {
+		for b.Loop() {
+			n := 0
+			if err := s.dump(func([]byte) { n++ }); err != nil || n != 50000 {
+				b.Fatalf("dumped %d entries: %v", n, err)
+			}
+		}
+	})
+	b.Run("table", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			t, err := s.table(50000)
+			if err != nil || len(t.v4) != 50000 {
+				b.Fatalf("table of %d entries: %v", len(t.v4), err)
+			}
+		}
+	})
 }

@@ -48,6 +48,7 @@ func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 		return idx
 	}
 	byNet := make(map[string][]int)
+	rest = idx[:0] // written behind the reading; what is appended later fits too
 	// Connections come in runs to the same address: ask the cache once
 	// per run.
 	var last netip.Addr
