@@ -379,21 +379,35 @@ func (c *Connections) account(ctx context.Context) error {
 
 	resolveStart := time.Now()
 	var results []Destination
-	if pipe != nil {
-		results = pipe.finish(ctx, c.lookups)
-	} else if len(c.fresh) > 0 {
-		results = make([]Destination, len(c.lookups))
-		resolver.Resolve(ctx, c.lookups, results)
+	var resolved time.Duration
+	if pipe != nil && len(c.fresh) == 0 {
+		pipe.finish(ctx, nil) // nothing was new after all
 	}
 	if len(c.fresh) > 0 {
-		resolved := time.Since(resolveStart)
-		c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
+		// The new connections are resolved on another goroutine while this
+		// one makes room for them: on a cold scrape, resolving mostly
+		// waits for a conntrack dump.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if pipe != nil {
+				results = pipe.finish(ctx, c.lookups)
+			} else {
+				results = make([]Destination, len(c.lookups))
+				resolver.Resolve(ctx, c.lookups, results)
+			}
+			resolved = time.Since(resolveStart)
+		}()
 		if len(c.conns) == 0 {
 			c.conns = make(map[uint64]*tracked, len(c.fresh))
 		}
+		slots := c.reserve()
+		<-done
+		c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
+		var k Conn // one for all: the namer's interface makes it escape
 		for i := range c.fresh {
-			k := c.fresh[i].conn(&c.lookups[i])
-			if t := c.admit(&k, &results[i]); t != nil {
+			k = c.fresh[i].conn(&c.lookups[i])
+			if t := c.admit(&k, &results[i], slots[i]); t != nil {
 				c.apply(t, &k, now)
 			}
 		}
@@ -541,12 +555,12 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 // admit records the destination of a connection seen for the first time,
 // or postpones it (returning nil) when a table could not be read and
 // attempts are left.
-func (c *Connections) admit(k *Conn, d *Destination) *tracked {
+func (c *Connections) admit(k *Conn, d *Destination, t *tracked) *tracked {
 	nk := nameKeyOf(k, d)
 	if n, ok := c.named[nk]; ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
 		// destinations, all named: nothing to ask again.
-		return c.track(k, d, n.s)
+		return c.track(k, d, n.s, t)
 	}
 	ok := c.owner(k).known
 	if ok && d.Err == nil {
@@ -554,6 +568,7 @@ func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 	}
 	if !ok && k.State == StateEstablished && c.retry(k) {
 		c.unnamed++
+		delete(c.conns, k.Cookie)
 		return nil
 	}
 	if d.Err != nil {
@@ -565,18 +580,31 @@ func (c *Connections) admit(k *Conn, d *Destination) *tracked {
 			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
 		}
 		if k.State == StateEstablished && c.retry(k) {
+			delete(c.conns, k.Cookie)
 			return nil
 		}
 	}
-	return c.track(k, d, c.seriesFor(nk, k, d))
+	return c.track(k, d, c.seriesFor(nk, k, d), t)
 }
 
-// track starts accounting for an admitted connection in label set s.
-func (c *Connections) track(k *Conn, d *Destination, s *series) *tracked {
+// reserve makes room for this scrape's new connections before they are
+// resolved: each gets its record in conns, without a label set yet.
+func (c *Connections) reserve() []*tracked {
+	slots := make([]*tracked, len(c.fresh))
+	for i := range c.fresh {
+		t := &tracked{}
+		slots[i] = t
+		c.conns[c.fresh[i].cookie] = t
+	}
+	return slots
+}
+
+// track starts accounting for an admitted connection, reserved as t, in
+// label set s.
+func (c *Connections) track(k *Conn, d *Destination, s *series, t *tracked) *tracked {
 	delete(c.attempts, k.Cookie)
 	c.resolved[d.Resolver]++
-	t := &tracked{s: s}
-	c.conns[k.Cookie] = t
+	t.s = s
 	return t
 }
 
