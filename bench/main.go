@@ -261,7 +261,7 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 
 	// Floors, on the same data.
 	batch := r.batchFloor()
-	dump := median(repeat(5, func() float64 {
+	dumps := repeat(5, func() float64 {
 		start := time.Now()
 		entries, err := resolve.CountConntrack(cl.Node.Path())
 		if err != nil {
@@ -271,7 +271,9 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 			r.Errorf("conntrack holds %d entries, want at least %d", entries, n)
 		}
 		return time.Since(start).Seconds()
-	}))
+	})
+	dump := median(dumps)
+	fmt.Fprintf(os.Stderr, "bench: %d raw conntrack dumps %s\n", n, formatAll(dumps))
 	render := renderFloor(series)
 
 	p50, p95 := median(times), percentile(times, 95)
