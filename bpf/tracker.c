@@ -118,6 +118,11 @@ static const struct conn zero_conn;
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int newstate)
 {
+	// Only three transitions matter; every TCP socket of the host passes
+	// here several times in its life, so the others leave first.
+	int opening = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
+	if (!opening && newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
+		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -126,7 +131,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 
-	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+	if (opening) {
 		// Process context: the connecting task is current.
 		if (bpf_map_update_elem(&conns, &cookie, &zero_conn, BPF_NOEXIST) != 0) {
 			count(COUNTER_CONNS_FULL);
@@ -146,18 +151,13 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		return 0;
 	}
 
-	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
-		return 0;
-
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
 	if (!c)
 		return 0; // passive open, or a socket that predates the exporter
 
-	if (newstate == TCP_ESTABLISHED) {
-		if (oldstate == TCP_SYN_SENT) {
-			read_tuple(c, sk);
-			c->state = CONN_ESTABLISHED;
-		}
+	if (newstate == TCP_ESTABLISHED) { // from SYN_SENT
+		read_tuple(c, sk);
+		c->state = CONN_ESTABLISHED;
 		return 0;
 	}
 

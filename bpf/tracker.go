@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -271,6 +272,23 @@ func (t *Tracker) Release(cookies []uint64) error {
 		return fmt.Errorf("delete released connections: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// RunTime returns how long the programs have run in all and how many times,
+// as the kernel counts while BPF statistics are enabled (ebpf.EnableStats);
+// both stay zero otherwise.
+func (t *Tracker) RunTime() (time.Duration, uint64, error) {
+	var total time.Duration
+	var runs uint64
+	for _, p := range []*ebpf.Program{t.objs.OnState, t.objs.OnReset, t.objs.OnRetransmit} {
+		st, err := p.Stats()
+		if err != nil {
+			return 0, 0, fmt.Errorf("program statistics: %w", err)
+		}
+		total += st.Runtime
+		runs += st.RunCount
+	}
+	return total, runs, nil
 }
 
 // Counter indexes, as in tracker.c.
