@@ -231,6 +231,7 @@ type Connections struct {
 
 	// Per-scrape state.
 	seen    int                     // connections in the last snapshot
+	kept    int                     // connections of it still tracked after accounting
 	fresh   []freshConn             // connections seen for the first time
 	lookups []Lookup                // and what to resolve of them, index for index
 	release []uint64                // connections to release
@@ -339,7 +340,7 @@ func (c *Connections) account(ctx context.Context) error {
 	if c.overflow != nil {
 		c.overflow.active, c.overflow.touched = 0, false
 	}
-	c.release, c.fresh, c.lookups, c.seen = c.release[:0], c.fresh[:0], c.lookups[:0], 0
+	c.release, c.fresh, c.lookups, c.seen, c.kept = c.release[:0], c.fresh[:0], c.lookups[:0], 0, 0
 
 	begin := time.Now()
 	resolver := c.resolver
@@ -432,10 +433,14 @@ func (c *Connections) account(ctx context.Context) error {
 		c.release = nil
 	}
 
-	// Forget connections that left the map without a final state.
-	for cookie, t := range c.conns {
-		if t.gen != c.gen {
-			delete(c.conns, cookie)
+	// Forget connections that left the map without a final state. Only
+	// the exporter deletes entries, so there are none unless something
+	// else did: look for them only when fewer were kept than are known.
+	if c.kept != len(c.conns) {
+		for cookie, t := range c.conns {
+			if t.gen != c.gen {
+				delete(c.conns, cookie)
+			}
 		}
 	}
 	for cookie, r := range c.attempts {
@@ -545,11 +550,14 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 		}
 		c.release = append(c.release, k.Cookie)
 		delete(c.conns, k.Cookie)
+		return
 	case StateFailed:
 		s.failed++
 		c.release = append(c.release, k.Cookie)
 		delete(c.conns, k.Cookie)
+		return
 	}
+	c.kept++
 }
 
 // admit records the destination of a connection seen for the first time,

@@ -440,3 +440,30 @@ func TestConnectionsPipelined(t *testing.T) {
 		t.Errorf("second scrape resolved %v", res.chunks)
 	}
 }
+
+// A connection that leaves the map without a final state (something other
+// than the exporter deleted it) is forgotten, and resolved anew if it
+// comes back.
+func TestConnectionsForgetsVanished(t *testing.T) {
+	src := &fakeSource{conns: []Conn{
+		conn(1, "a", "10.0.0.5:40001", vip.String(), StateEstablished),
+		conn(2, "a", "10.0.0.5:40002", vip.String(), StateEstablished),
+	}}
+	res := &fakeResolver{}
+	c := newTestCollector(t, ConnectionsConfig{}, src, res)
+	collect(t, c)
+	gone := src.conns[1]
+	src.conns = src.conns[:1]
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_active", "process", "a"); got != 1 {
+		t.Errorf("active = %v after one vanished, want 1", got)
+	}
+	if len(c.conns) != 1 {
+		t.Errorf("%d connections remembered, want 1", len(c.conns))
+	}
+	src.conns = append(src.conns, gone)
+	collect(t, c)
+	if res.lookups != 3 {
+		t.Errorf("%d lookups, want the returning connection resolved again (3)", res.lookups)
+	}
+}
