@@ -197,7 +197,8 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 		defer close(p.done)
 		defer sock.close()
 		begin := time.Now()
-		p.t, p.err = sock.table(entries)
+		p.recs = newRecords(int(entries))
+		p.err = sock.dump(p.recs.add)
 		p.took = time.Since(begin)
 	}()
 	return p, true
@@ -211,7 +212,7 @@ type preparedHost struct {
 	done    chan struct{}
 
 	// Set before done is closed.
-	t    table
+	recs *records
 	err  error
 	took time.Duration
 }
@@ -220,6 +221,8 @@ type preparedHost struct {
 // are not in it: those are looked up one by one.
 func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := p.c
+	// Index the connections while the dump may still be running.
+	x := newQueryIndex(qs, idx)
 	select {
 	case <-p.done:
 	case <-ctx.Done():
@@ -230,13 +233,109 @@ func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out [
 		c.logger.Debug("cannot dump the host conntrack table ahead", "err", p.err)
 		return p.hostNamespace.Resolve(ctx, qs, idx, out)
 	}
-	rest, missing := p.t.resolve(qs, idx, out, ResolverConntrack)
+	p.recs.join(x)
+	rest, missing := x.resolve(qs, idx, out, ResolverConntrack)
 	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", p.entries,
 		"queries", len(idx), "missing", len(missing), "dump_seconds", p.took.Seconds())
 	if len(missing) == 0 {
 		return rest
 	}
 	return append(rest, p.hostNamespace.Resolve(ctx, qs, missing, out)...)
+}
+
+// records are the TCP entries of a dump in the order it gave them: cheaper
+// to collect than a table while the dump runs, and joined with the
+// connections once both are known.
+type records struct {
+	v4 []pair4
+	v6 []pair
+}
+
+type pair4 struct{ orig, reply tuple4 }
+type pair struct{ orig, reply tuple }
+
+func newRecords(entries int) *records {
+	return &records{v4: make([]pair4, 0, entries)}
+}
+
+// add adds a dumped entry's attributes if it is TCP.
+func (r *records) add(b []byte) {
+	e, ok := parseEntry(b)
+	if !ok || e.proto != unix.IPPROTO_TCP {
+		return
+	}
+	if e.orig.is4() && e.reply.is4() {
+		r.v4 = append(r.v4, pair4{e.orig.short(), e.reply.short()})
+	} else {
+		r.v6 = append(r.v6, pair{e.orig, e.reply})
+	}
+}
+
+// join gives each indexed connection the reply of its entry.
+func (r *records) join(x *queryIndex) {
+	for _, p := range r.v4 {
+		if n, ok := x.v4[p.orig]; ok {
+			x.replies[n], x.found[n] = p.reply.long(), true
+		}
+	}
+	for _, p := range r.v6 {
+		x.probe(p.orig, p.reply)
+	}
+}
+
+// queryIndex finds connections by their original tuple.
+type queryIndex struct {
+	v4      map[tuple4]int32 // position in idx
+	v6      map[tuple]int32
+	replies []tuple
+	found   []bool
+}
+
+func newQueryIndex(qs []Query, idx []int) *queryIndex {
+	x := &queryIndex{v4: make(map[tuple4]int32, len(idx)), v6: make(map[tuple]int32),
+		replies: make([]tuple, len(idx)), found: make([]bool, len(idx))}
+	for n, i := range idx {
+		if t := tupleOf(qs[i].Src, qs[i].Dst); t.is4() {
+			x.v4[t.short()] = int32(n)
+		} else {
+			x.v6[t] = int32(n)
+		}
+	}
+	return x
+}
+
+// probe records reply for the indexed connection whose original tuple is
+// orig, if there is one.
+func (x *queryIndex) probe(orig, reply tuple) {
+	var n int32
+	var ok bool
+	if orig.is4() {
+		n, ok = x.v4[orig.short()]
+	} else {
+		n, ok = x.v6[orig]
+	}
+	if ok {
+		x.replies[n], x.found[n] = reply, true
+	}
+}
+
+// resolve sets out[i] for the queries idx that were found translated. It
+// returns the ones found untranslated in rest, and apart from them the ones
+// not found at all in missing.
+func (x *queryIndex) resolve(qs []Query, idx []int, out []Result, resolver string) (rest, missing []int) {
+	rest = idx[:0] // written behind the reading
+	for n, i := range idx {
+		if !x.found[n] {
+			missing = append(missing, i)
+			continue
+		}
+		if src := x.replies[n].source(); src != qs[i].Dst {
+			out[i].Actual, out[i].Resolver, out[i].via = src, resolver, x.replies[n].destination()
+			continue
+		}
+		rest = append(rest, i)
+	}
+	return rest, missing
 }
 
 // openFor opens namespace ino through the process of any of its queries.
@@ -305,12 +404,17 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 	if dumpCheaper(len(idx), entries) {
 		// One pass over the table. The queries were read before it
 		// started, so each one's entry is in it if it exists at all.
-		t, err := sock.table(entries)
+		x := newQueryIndex(qs, idx)
+		err := sock.dump(func(b []byte) {
+			if e, ok := parseEntry(b); ok && e.proto == unix.IPPROTO_TCP {
+				x.probe(e.orig, e.reply)
+			}
+		})
 		if err != nil {
 			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
 			return idx
 		}
-		rest, missing := t.resolve(qs, idx, out, resolver)
+		rest, missing := x.resolve(qs, idx, out, resolver)
 		rest = append(rest, missing...)
 		c.logger.Debug("looked up conntrack", "netns", ino, "method", "dump", "entries", entries,
 			"queries", len(idx), "seconds", time.Since(begin).Seconds())
@@ -344,69 +448,6 @@ func (s *ctSocket) resolve(qs []Query, idx []int, out []Result, resolver string)
 		rest = append(rest, i)
 	}
 	return rest, nil
-}
-
-// table is a dump of a conntrack table: the reply tuple of every TCP
-// entry, by original tuple.
-type table struct {
-	v4 map[tuple4]tuple4
-	v6 map[tuple]tuple
-}
-
-func newTable(entries int) table {
-	return table{v4: make(map[tuple4]tuple4, entries), v6: make(map[tuple]tuple)}
-}
-
-// table dumps the whole table, of about entries entries.
-func (s *ctSocket) table(entries uint32) (table, error) {
-	t := newTable(int(entries))
-	err := s.dump(t.add)
-	return t, err
-}
-
-// add adds a dumped entry's attributes to the table if it is TCP.
-func (t table) add(b []byte) {
-	e, ok := parseEntry(b)
-	if !ok || e.proto != unix.IPPROTO_TCP {
-		return
-	}
-	if e.orig.is4() && e.reply.is4() {
-		t.v4[e.orig.short()] = e.reply.short()
-	} else {
-		t.v6[e.orig] = e.reply
-	}
-}
-
-// reply returns the reply tuple of the entry whose original tuple is orig.
-func (t table) reply(orig tuple) (tuple, bool) {
-	if orig.is4() {
-		r, ok := t.v4[orig.short()]
-		if ok {
-			return r.long(), true
-		}
-	}
-	r, ok := t.v6[orig]
-	return r, ok
-}
-
-// resolve sets out[i] for the queries idx the table translates. It returns
-// the ones it holds untranslated in rest, and apart from them the ones it
-// does not hold at all in missing.
-func (t table) resolve(qs []Query, idx []int, out []Result, resolver string) (rest, missing []int) {
-	rest = idx[:0] // written behind the reading
-	for _, i := range idx {
-		r, ok := t.reply(tupleOf(qs[i].Src, qs[i].Dst))
-		if !ok {
-			missing = append(missing, i)
-			continue
-		}
-		if src := r.source(); src != qs[i].Dst {
-			out[i].Actual, out[i].Resolver, out[i].via = src, resolver, r.destination()
-			continue
-		}
-		rest = append(rest, i)
-	}
-	return rest, missing
 }
 
 // tuple is one direction of a conntrack entry, kept without pointers so

@@ -138,7 +138,7 @@ func TestPreparedDump(t *testing.T) {
 	for range 5 {
 		dial(netip.AddrPortFrom(cl.VIP4, cl.Port))
 	}
-	if _, held := p.t.reply(tupleOf(qs[before].Src, qs[before].Dst)); held {
+	if x := newQueryIndex(qs, []int{before}); func() bool { p.recs.join(x); return x.found[0] }() {
 		t.Fatalf("a connection opened after the dump is in it")
 	}
 
@@ -271,4 +271,43 @@ func TestCount(t *testing.T) {
 	if n := count(cl.Node); n < 4 {
 		t.Errorf("node namespace holds %d entries, want at least the 4 connections", n)
 	}
+}
+
+// TestDumpLookup resolves thousands of connections from a table filled
+// through ctnetlink: enough that one dump is cheaper than lookups, both
+// when the connections are known first and when the dump runs ahead.
+func TestDumpLookup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	const n = 8000
+	ns := netlab.New(t).NetNS("filled")
+	fillTable(t, ns.Path(), n)
+	msgs, qs := natTable(n, false)
+	if !dumpCheaper(n, n) {
+		t.Fatalf("the cost model would not dump %d entries for %d connections", n, n)
+	}
+	ct := newConntrack(t, ns)
+	check := func(t *testing.T, out []Result) {
+		for i, r := range out {
+			want, _ := parseEntry(msgs[i])
+			if r.Err != nil || r.Actual != want.reply.source() || r.Resolver != ResolverConntrack {
+				t.Fatalf("%v -> %v resolved to %v by %s (err %v), want %v", qs[i].Src, qs[i].Dst, r.Actual, r.Resolver, r.Err, want.reply.source())
+			}
+		}
+	}
+	t.Run("dump", func(t *testing.T) {
+		out := make([]Result, n)
+		Chain{ct.HostNamespace()}.Resolve(context.Background(), qs, out)
+		check(t, out)
+	})
+	t.Run("ahead", func(t *testing.T) {
+		chain, whole := Chain{ct.HostNamespace()}.Prepare(context.Background(), n)
+		if !whole {
+			t.Fatal("no dump ahead")
+		}
+		out := make([]Result, n)
+		chain.Resolve(context.Background(), qs, out)
+		check(t, out)
+	})
 }

@@ -114,55 +114,60 @@ func natTable(n int, v6 bool) (msgs [][]byte, qs []Query) {
 	return msgs, qs
 }
 
-// BenchmarkTable builds the table of a dump of 50,000 entries and resolves
-// a connection for each: the work of a cold scrape beyond the kernel's.
-func BenchmarkTable(b *testing.B) {
+// BenchmarkJoin collects the records of a dump of 50,000 entries, and
+// joins them with a connection for each: the work of a cold scrape beyond
+// the kernel's.
+func BenchmarkJoin(b *testing.B) {
 	msgs, qs := natTable(50000, false)
 	idx := make([]int, len(qs))
 	for i := range idx {
 		idx[i] = i
 	}
 	out := make([]Result, len(qs))
-	b.Run("build", func(b *testing.B) {
+	b.Run("collect", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			t := newTable(len(msgs))
+			r := newRecords(len(msgs))
 			for _, m := range msgs {
-				t.add(m)
+				r.add(m)
 			}
 		}
 	})
-	b.Run("resolve", func(b *testing.B) {
-		t := newTable(len(msgs))
+	b.Run("join", func(b *testing.B) {
+		r := newRecords(len(msgs))
 		for _, m := range msgs {
-			t.add(m)
+			r.add(m)
 		}
 		b.ReportAllocs()
 		for b.Loop() {
-			if rest, missing := t.resolve(qs, idx, out, ResolverConntrack); len(rest)+len(missing) != 0 {
+			x := newQueryIndex(qs, idx)
+			r.join(x)
+			if rest, missing := x.resolve(qs, slices.Clone(idx), out, ResolverConntrack); len(rest)+len(missing) != 0 {
 				b.Fatalf("%d untranslated, %d missing", len(rest), len(missing))
 			}
 		}
 	})
 }
 
-func TestTableResolves(t *testing.T) {
+func TestJoinResolves(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		msgs, qs := natTable(1000, v6)
-		tab := newTable(0)
+		r := newRecords(0)
 		for _, m := range msgs[:900] {
-			tab.add(m)
+			r.add(m)
 		}
 		// An untranslated entry: the reply comes from the dialled address.
 		direct := Query{Src: qs[0].Src, Dst: netip.AddrPortFrom(qs[0].Dst.Addr(), 81)}
-		tab.add(append(ctTuple(ctaTupleOrig, direct.Src, direct.Dst), ctTuple(ctaTupleReply, direct.Dst, direct.Src)...))
+		r.add(append(ctTuple(ctaTupleOrig, direct.Src, direct.Dst), ctTuple(ctaTupleReply, direct.Dst, direct.Src)...))
 		qs = append(qs, direct)
 		idx := make([]int, len(qs))
 		for i := range idx {
 			idx[i] = i
 		}
 		out := make([]Result, len(qs))
-		rest, missing := tab.resolve(qs, idx, out, ResolverConntrack)
+		x := newQueryIndex(qs, idx)
+		r.join(x)
+		rest, missing := x.resolve(qs, idx, out, ResolverConntrack)
 		if len(rest) != 1 || rest[0] != len(qs)-1 {
 			t.Errorf("v6=%v: untranslated %v, want only the direct connection", v6, rest)
 		}
@@ -248,7 +253,7 @@ func fillTable(tb testing.TB, path string, n int) {
 }
 
 // BenchmarkDump reads a real table of 50,000 kube-proxy entries: raw is the
-// kernel's share (what scripts/bench calls the raw dump), table what a
+// kernel's share (what scripts/bench calls the raw dump), records what a
 // cold scrape does with it.
 func BenchmarkDump(b *testing.B) {
 	if os.Geteuid() != 0 {
@@ -274,12 +279,12 @@ func BenchmarkDump(b *testing.B) {
 			}
 		}
 	})
-	b.Run("table", func(b *testing.B) {
+	b.Run("records", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			t, err := s.table(50000)
-			if err != nil || len(t.v4) != 50000 {
-				b.Fatalf("table of %d entries: %v", len(t.v4), err)
+			r := newRecords(50000)
+			if err := s.dump(r.add); err != nil || len(r.v4) != 50000 {
+				b.Fatalf("%d records: %v", len(r.v4), err)
 			}
 		}
 	})
