@@ -275,7 +275,7 @@ func (r *records) add(b []byte) {
 func (r *records) join(x *queryIndex) {
 	for _, p := range r.v4 {
 		if n, ok := x.v4[p.orig]; ok {
-			x.replies[n], x.found[n] = p.reply.long(), true
+			x.answer(n, p.reply.long())
 		}
 	}
 	for _, p := range r.v6 {
@@ -283,29 +283,48 @@ func (r *records) join(x *queryIndex) {
 	}
 }
 
-// queryIndex finds connections by their original tuple.
+// queryIndex finds connections by their original tuple. Connections of
+// different namespaces can share one (overlapping private networks): those
+// are chained through next.
 type queryIndex struct {
-	v4      map[tuple4]int32 // position in idx
+	v4      map[tuple4]int32 // last position in idx with the tuple
 	v6      map[tuple]int32
+	next    []int32 // previous position with the same tuple, or -1
 	replies []tuple
 	found   []bool
 }
 
 func newQueryIndex(qs []Query, idx []int) *queryIndex {
 	x := &queryIndex{v4: make(map[tuple4]int32, len(idx)), v6: make(map[tuple]int32),
-		replies: make([]tuple, len(idx)), found: make([]bool, len(idx))}
+		next: make([]int32, len(idx)), replies: make([]tuple, len(idx)), found: make([]bool, len(idx))}
 	for n, i := range idx {
+		prev, ok := int32(-1), false
 		if t := tupleOf(qs[i].Src, qs[i].Dst); t.is4() {
+			if prev, ok = x.v4[t.short()]; !ok {
+				prev = -1
+			}
 			x.v4[t.short()] = int32(n)
 		} else {
+			if prev, ok = x.v6[t]; !ok {
+				prev = -1
+			}
 			x.v6[t] = int32(n)
 		}
+		x.next[n] = prev
 	}
 	return x
 }
 
-// probe records reply for the indexed connection whose original tuple is
-// orig, if there is one.
+// answer records reply for the connections at position n and those chained
+// to it.
+func (x *queryIndex) answer(n int32, reply tuple) {
+	for ; n >= 0; n = x.next[n] {
+		x.replies[n], x.found[n] = reply, true
+	}
+}
+
+// probe records reply for the indexed connections whose original tuple is
+// orig, if there are any.
 func (x *queryIndex) probe(orig, reply tuple) {
 	var n int32
 	var ok bool
@@ -315,7 +334,7 @@ func (x *queryIndex) probe(orig, reply tuple) {
 		n, ok = x.v6[orig]
 	}
 	if ok {
-		x.replies[n], x.found[n] = reply, true
+		x.answer(n, reply)
 	}
 }
 

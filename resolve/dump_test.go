@@ -159,7 +159,10 @@ func TestJoinResolves(t *testing.T) {
 		// An untranslated entry: the reply comes from the dialled address.
 		direct := Query{Src: qs[0].Src, Dst: netip.AddrPortFrom(qs[0].Dst.Addr(), 81)}
 		r.add(append(ctTuple(ctaTupleOrig, direct.Src, direct.Dst), ctTuple(ctaTupleReply, direct.Dst, direct.Src)...))
-		qs = append(qs, direct)
+		// The same tuple from another namespace: it shares the entry.
+		twin := qs[5]
+		twin.NetNS = 4026532000
+		qs = append(qs, twin, direct)
 		idx := make([]int, len(qs))
 		for i := range idx {
 			idx[i] = i
@@ -179,6 +182,9 @@ func TestJoinResolves(t *testing.T) {
 			if out[i].Actual != want.reply.source() || out[i].via != want.reply.destination() || out[i].Resolver != ResolverConntrack {
 				t.Fatalf("v6=%v: query %d resolved to %+v, want %v via %v", v6, i, out[i], want.reply.source(), want.reply.destination())
 			}
+		}
+		if out[len(qs)-2] != out[5] {
+			t.Errorf("v6=%v: the twin resolved to %+v, its tuple's connection to %+v", v6, out[len(qs)-2], out[5])
 		}
 	}
 }
