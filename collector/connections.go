@@ -372,6 +372,7 @@ func (c *Connections) account(ctx context.Context) error {
 			pipe.offer(c.lookups)
 		}
 	})
+	readAll := err == nil
 	if err != nil {
 		// Keep going with what was read: counters stay where they were.
 		err = fmt.Errorf("read connections: %w", err)
@@ -436,16 +437,19 @@ func (c *Connections) account(ctx context.Context) error {
 	// Forget connections that left the map without a final state. Only
 	// the exporter deletes entries, so there are none unless something
 	// else did: look for them only when fewer were kept than are known.
-	if c.kept != len(c.conns) {
+	// After a failed read the unseen ones may still be there.
+	if readAll && c.kept != len(c.conns) {
 		for cookie, t := range c.conns {
 			if t.gen != c.gen {
 				delete(c.conns, cookie)
 			}
 		}
 	}
-	for cookie, r := range c.attempts {
-		if r.gen != c.gen {
-			delete(c.attempts, cookie)
+	if readAll {
+		for cookie, r := range c.attempts {
+			if r.gen != c.gen {
+				delete(c.attempts, cookie)
+			}
 		}
 	}
 	c.logger.Debug("accounted snapshot", "connections", c.seen, "new", len(c.fresh), "read_seconds", read.Seconds(),

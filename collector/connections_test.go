@@ -274,6 +274,11 @@ func TestConnectionsSourceFailureKeepsCounters(t *testing.T) {
 	if n, _ := testutil.GatherAndCount(reg, "connection_opened_total"); n != 1 {
 		t.Errorf("counter lost after a failed read: %d series", n)
 	}
+	// The map reads again: the connection is the one already counted.
+	src.err, src.conns = nil, []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}
+	if got := value(t, collect(t, c), "connection_opened_total"); got != 1 {
+		t.Errorf("opened = %v after the map read again, want the connection counted once", got)
+	}
 }
 
 func TestConnectionsLint(t *testing.T) {
