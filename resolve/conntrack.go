@@ -222,7 +222,7 @@ type preparedHost struct {
 func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := p.c
 	// Index the connections while the dump may still be running.
-	x := newQueryIndex(qs, idx)
+	x := newQueryIndex(qs, idx, out, ResolverConntrack)
 	select {
 	case <-p.done:
 	case <-ctx.Done():
@@ -234,7 +234,7 @@ func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out [
 		return p.hostNamespace.Resolve(ctx, qs, idx, out)
 	}
 	p.recs.join(x)
-	rest, missing := x.resolve(qs, idx, out, ResolverConntrack)
+	rest, missing := x.rest()
 	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", p.entries,
 		"queries", len(idx), "missing", len(missing), "dump_seconds", p.took.Seconds())
 	if len(missing) == 0 {
@@ -271,7 +271,7 @@ func (r *records) add(b []byte) {
 	}
 }
 
-// join gives each indexed connection the reply of its entry.
+// join answers each indexed connection from the reply of its entry.
 func (r *records) join(x *queryIndex) {
 	for _, p := range r.v4 {
 		if n, ok := x.v4[p.orig]; ok {
@@ -283,20 +283,31 @@ func (r *records) join(x *queryIndex) {
 	}
 }
 
-// queryIndex finds connections by their original tuple. Connections of
-// different namespaces can share one (overlapping private networks): those
-// are chained through next.
+// queryIndex finds connections by their original tuple and answers them in
+// place. Connections of different namespaces can share a tuple
+// (overlapping private networks): those are chained through next.
 type queryIndex struct {
-	v4      map[tuple4]int32 // last position in idx with the tuple
-	v6      map[tuple]int32
-	next    []int32 // previous position with the same tuple, or -1
-	replies []tuple
-	found   []bool
+	qs       []Query
+	idx      []int
+	out      []Result
+	resolver string
+
+	v4    map[tuple4]int32 // last position in idx with the tuple
+	v6    map[tuple]int32
+	next  []int32 // previous position with the same tuple, or -1
+	found []uint8 // per position: notFound, untranslated or translated
 }
 
-func newQueryIndex(qs []Query, idx []int) *queryIndex {
-	x := &queryIndex{v4: make(map[tuple4]int32, len(idx)), v6: make(map[tuple]int32),
-		next: make([]int32, len(idx)), replies: make([]tuple, len(idx)), found: make([]bool, len(idx))}
+const (
+	notFound = iota
+	untranslated
+	translated
+)
+
+func newQueryIndex(qs []Query, idx []int, out []Result, resolver string) *queryIndex {
+	x := &queryIndex{qs: qs, idx: idx, out: out, resolver: resolver,
+		v4: make(map[tuple4]int32, len(idx)), v6: make(map[tuple]int32),
+		next: make([]int32, len(idx)), found: make([]uint8, len(idx))}
 	for n, i := range idx {
 		prev, ok := int32(-1), false
 		if t := tupleOf(qs[i].Src, qs[i].Dst); t.is4() {
@@ -315,16 +326,23 @@ func newQueryIndex(qs []Query, idx []int) *queryIndex {
 	return x
 }
 
-// answer records reply for the connections at position n and those chained
-// to it.
+// answer answers the connections at position n and those chained to it
+// from reply, the reply tuple of their entry.
 func (x *queryIndex) answer(n int32, reply tuple) {
+	src := reply.source()
 	for ; n >= 0; n = x.next[n] {
-		x.replies[n], x.found[n] = reply, true
+		i := x.idx[n]
+		if src == x.qs[i].Dst {
+			x.found[n] = untranslated
+			continue
+		}
+		x.found[n] = translated
+		x.out[i].Actual, x.out[i].Resolver, x.out[i].via = src, x.resolver, reply.destination()
 	}
 }
 
-// probe records reply for the indexed connections whose original tuple is
-// orig, if there are any.
+// probe answers the indexed connections whose original tuple is orig, if
+// there are any.
 func (x *queryIndex) probe(orig, reply tuple) {
 	var n int32
 	var ok bool
@@ -338,21 +356,17 @@ func (x *queryIndex) probe(orig, reply tuple) {
 	}
 }
 
-// resolve sets out[i] for the queries idx that were found translated. It
-// returns the ones found untranslated in rest, and apart from them the ones
-// not found at all in missing.
-func (x *queryIndex) resolve(qs []Query, idx []int, out []Result, resolver string) (rest, missing []int) {
-	rest = idx[:0] // written behind the reading
-	for n, i := range idx {
-		if !x.found[n] {
+// rest returns the connections found untranslated, written over idx, and
+// apart from them those not found at all.
+func (x *queryIndex) rest() (rest, missing []int) {
+	rest = x.idx[:0] // written behind the reading
+	for n, i := range x.idx {
+		switch x.found[n] {
+		case notFound:
 			missing = append(missing, i)
-			continue
+		case untranslated:
+			rest = append(rest, i)
 		}
-		if src := x.replies[n].source(); src != qs[i].Dst {
-			out[i].Actual, out[i].Resolver, out[i].via = src, resolver, x.replies[n].destination()
-			continue
-		}
-		rest = append(rest, i)
 	}
 	return rest, missing
 }
@@ -423,7 +437,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 	if dumpCheaper(len(idx), entries) {
 		// One pass over the table. The queries were read before it
 		// started, so each one's entry is in it if it exists at all.
-		x := newQueryIndex(qs, idx)
+		x := newQueryIndex(qs, idx, out, resolver)
 		err := sock.dump(func(b []byte) {
 			if e, ok := parseEntry(b); ok && e.proto == unix.IPPROTO_TCP {
 				x.probe(e.orig, e.reply)
@@ -433,7 +447,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 			fail(out, idx, resolver, fmt.Errorf("dump conntrack in netns %d: %w", ino, err))
 			return idx
 		}
-		rest, missing := x.resolve(qs, idx, out, resolver)
+		rest, missing := x.rest()
 		rest = append(rest, missing...)
 		c.logger.Debug("looked up conntrack", "netns", ino, "method", "dump", "entries", entries,
 			"queries", len(idx), "seconds", time.Since(begin).Seconds())

@@ -138,7 +138,7 @@ func TestPreparedDump(t *testing.T) {
 	for range 5 {
 		dial(netip.AddrPortFrom(cl.VIP4, cl.Port))
 	}
-	if x := newQueryIndex(qs, []int{before}); func() bool { p.recs.join(x); return x.found[0] }() {
+	if x := newQueryIndex(qs, []int{before}, make([]Result, len(qs)), ResolverConntrack); func() bool { p.recs.join(x); return x.found[0] != notFound }() {
 		t.Fatalf("a connection opened after the dump is in it")
 	}
 

@@ -140,9 +140,9 @@ func BenchmarkJoin(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for b.Loop() {
-			x := newQueryIndex(qs, idx)
+			x := newQueryIndex(qs, slices.Clone(idx), out, ResolverConntrack)
 			r.join(x)
-			if rest, missing := x.resolve(qs, slices.Clone(idx), out, ResolverConntrack); len(rest)+len(missing) != 0 {
+			if rest, missing := x.rest(); len(rest)+len(missing) != 0 {
 				b.Fatalf("%d untranslated, %d missing", len(rest), len(missing))
 			}
 		}
@@ -168,9 +168,9 @@ func TestJoinResolves(t *testing.T) {
 			idx[i] = i
 		}
 		out := make([]Result, len(qs))
-		x := newQueryIndex(qs, idx)
+		x := newQueryIndex(qs, idx, out, ResolverConntrack)
 		r.join(x)
-		rest, missing := x.resolve(qs, idx, out, ResolverConntrack)
+		rest, missing := x.rest()
 		if len(rest) != 1 || rest[0] != len(qs)-1 {
 			t.Errorf("v6=%v: untranslated %v, want only the direct connection", v6, rest)
 		}
