@@ -7,8 +7,9 @@
 // long-lived connections from helper processes in the client namespace, runs
 // the exporter binary, and measures the cold scrape (every connection new;
 // the median of several freshly started exporters, with the page faults it
-// took), warm scrapes (nothing new), a scrape after 10% of the connections
-// were replaced, memory, and allocations per warm scrape. On the same data it
+// took), warm scrapes (nothing new), scrapes after 10% of the connections
+// were replaced (the median of three), memory, and allocations per warm
+// scrape. On the same data it
 // measures the floors: one batch read of a BPF map holding the same
 // connections, one raw conntrack dump of the same table, and client_golang
 // rendering the same number of series. It then measures loopback
@@ -242,19 +243,23 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 	allocs := (mallocs[len(mallocs)-1] - mallocs[0]) / float64(len(mallocs)-1)
 	heap := metric(body, "go_memstats_heap_alloc_bytes")
 	rss := exp.rss(r)
-	// Replace 10% of the connections.
-	for _, c := range clients {
-		c.send(r, fmt.Sprintf("churn %d\n", c.n/10))
+	// Replace 10% of the connections, a few times: one scrape after each.
+	var churns []float64
+	for i := range churnRounds {
+		churnAll(r, clients)
+		stopProfile := func() {}
+		if i == 0 {
+			stopProfile = exp.profile(r, profiles, fmt.Sprintf("churn-%d", n))
+		}
+		d, body := exp.scrape(r)
+		stopProfile()
+		churns = append(churns, d)
+		if got := metric(body, "connection_exporter_tracked_connections"); got < float64(n) {
+			r.Errorf("exporter tracks %v connections, want at least %d", got, n)
+		}
 	}
-	for _, c := range clients {
-		c.wait(r)
-	}
-	stopProfile := exp.profile(r, profiles, fmt.Sprintf("churn-%d", n))
-	churn, body := exp.scrape(r)
-	stopProfile()
-	if got := metric(body, "connection_exporter_tracked_connections"); got < float64(n) {
-		r.Errorf("exporter tracks %v connections, want at least %d", got, n)
-	}
+	churn := median(churns)
+	fmt.Fprintf(os.Stderr, "bench: %d churn scrapes %s\n", n, formatAll(churns))
 	exp.stop(r)
 	if logs {
 		os.Stderr.Write(exp.logs.Bytes())
@@ -290,6 +295,19 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 		{n, "floor: BPF batch read", batch, "s", 0, ""},
 		{n, "floor: raw conntrack dump", dump, "s", 0, ""},
 		{n, fmt.Sprintf("floor: render %d series", series), render, "s", 0, ""},
+	}
+}
+
+// churnRounds is how many times the churn scrape is measured.
+const churnRounds = 3
+
+// churnAll has every client replace 10% of its connections.
+func churnAll(r *runner, clients []*helperProc) {
+	for _, c := range clients {
+		c.send(r, fmt.Sprintf("churn %d\n", c.n/10))
+	}
+	for _, c := range clients {
+		c.wait(r)
 	}
 }
 
@@ -335,12 +353,7 @@ func (r *runner) compare(bins []string, n, rounds int) {
 			exp := r.startExporter(bin, cl.Node)
 			cold, _ := exp.scrape(r)
 			warm := median(repeat(5, func() float64 { d, _ := exp.scrape(r); return d }))
-			for _, c := range clients {
-				c.send(r, fmt.Sprintf("churn %d\n", c.n/10))
-			}
-			for _, c := range clients {
-				c.wait(r)
-			}
+			churnAll(r, clients)
 			churn, _ := exp.scrape(r)
 			exp.stop(r)
 			got[b].cold = append(got[b].cold, cold)
@@ -607,6 +620,9 @@ func client(dst string, n int) int {
 		}
 		m, _ := strconv.Atoi(k)
 		for _, c := range conns[:m] {
+			// A reset leaves no TIME_WAIT behind: repeated churn would
+			// otherwise run out of source ports.
+			c.(*net.TCPConn).SetLinger(0)
 			c.Close()
 		}
 		conns = slices.Delete(conns, 0, m)
