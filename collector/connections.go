@@ -330,7 +330,8 @@ const freeAfter = 20000
 
 // account folds one snapshot into the label sets. Connections already known
 // are accounted as they are read, with no copy; new ones are set aside,
-// resolved together, then accounted.
+// resolved together (starting while the snapshot is still read when many
+// are expected), then admitted.
 func (c *Connections) account(ctx context.Context) error {
 	now := c.now()
 	c.gen++
@@ -343,20 +344,45 @@ func (c *Connections) account(ctx context.Context) error {
 	c.release, c.fresh, c.lookups, c.seen, c.kept = c.release[:0], c.fresh[:0], c.lookups[:0], 0, 0
 
 	begin := time.Now()
-	resolver := c.resolver
-	var pipe *pipeline
-	if n := c.expected(); n > 0 {
-		if cap(c.fresh) < n {
-			c.fresh, c.lookups = make([]freshConn, 0, n), make([]Lookup, 0, n)
-		}
-		whole := false
-		if p, ok := resolver.(Preparer); ok {
-			resolver, whole = p.Prepare(ctx, n)
-		}
-		if n >= pipelineMin && !whole {
-			pipe = startPipeline(ctx, resolver, n)
-		}
+	resolver, pipe := c.prepare(ctx)
+	err := c.read(pipe, now)
+	readAll := err == nil
+	read := time.Since(begin)
+	c.admitFresh(ctx, resolver, pipe, now)
+	if rerr := c.src.Release(c.release); rerr != nil && err == nil {
+		err = fmt.Errorf("release connections: %w", rerr)
 	}
+	c.tidy(readAll, now)
+	c.logger.Debug("accounted snapshot", "connections", c.seen, "read_seconds", read.Seconds(),
+		"total_seconds", time.Since(begin).Seconds())
+	return err
+}
+
+// prepare sizes the buffers for the new connections the source announces
+// and, when there are many, gets the resolver reading ahead: it returns the
+// resolver for this scrape and the pipeline that resolves while reading,
+// if any.
+func (c *Connections) prepare(ctx context.Context) (Resolver, *pipeline) {
+	n := c.expected()
+	if n == 0 {
+		return c.resolver, nil
+	}
+	if cap(c.fresh) < n {
+		c.fresh, c.lookups = make([]freshConn, 0, n), make([]Lookup, 0, n)
+	}
+	resolver, whole := c.resolver, false
+	if p, ok := resolver.(Preparer); ok {
+		resolver, whole = p.Prepare(ctx, n)
+	}
+	if n >= pipelineMin && !whole {
+		return resolver, startPipeline(ctx, resolver, n)
+	}
+	return resolver, nil
+}
+
+// read walks the snapshot: known connections are accounted, new ones set
+// aside (and handed to the pipeline, if any).
+func (c *Connections) read(pipe *pipeline, now time.Time) error {
 	err := c.src.Connections(func(k *Conn) {
 		c.seen++
 		if k.State == StateConnecting {
@@ -372,54 +398,60 @@ func (c *Connections) account(ctx context.Context) error {
 			pipe.offer(c.lookups)
 		}
 	})
-	readAll := err == nil
 	if err != nil {
 		// Keep going with what was read: counters stay where they were.
-		err = fmt.Errorf("read connections: %w", err)
+		return fmt.Errorf("read connections: %w", err)
 	}
-	read := time.Since(begin)
+	return nil
+}
 
-	resolveStart := time.Now()
+// admitFresh resolves the new connections and admits them.
+func (c *Connections) admitFresh(ctx context.Context, resolver Resolver, pipe *pipeline, now time.Time) {
+	if len(c.fresh) == 0 {
+		if pipe != nil {
+			pipe.finish(ctx, nil) // nothing was new after all
+		}
+		return
+	}
+	// They are resolved on another goroutine while this one makes room for
+	// them: on a cold scrape, resolving mostly waits for a conntrack dump.
+	start := time.Now()
 	var results []Destination
 	var resolved time.Duration
-	if pipe != nil && len(c.fresh) == 0 {
-		pipe.finish(ctx, nil) // nothing was new after all
-	}
-	if len(c.fresh) > 0 {
-		// The new connections are resolved on another goroutine while this
-		// one makes room for them: on a cold scrape, resolving mostly
-		// waits for a conntrack dump.
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if pipe != nil {
-				results = pipe.finish(ctx, c.lookups)
-			} else {
-				results = make([]Destination, len(c.lookups))
-				resolver.Resolve(ctx, c.lookups, results)
-			}
-			resolved = time.Since(resolveStart)
-		}()
-		if len(c.conns) == 0 {
-			c.conns = make(map[uint64]*tracked, len(c.fresh))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if pipe != nil {
+			results = pipe.finish(ctx, c.lookups)
+		} else {
+			results = make([]Destination, len(c.lookups))
+			resolver.Resolve(ctx, c.lookups, results)
 		}
-		slots := c.reserve()
-		<-done
-		c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
-		var k Conn // one for all: the namer's interface makes it escape
-		for i := range c.fresh {
-			k = c.fresh[i].conn(&c.lookups[i])
-			if t := c.admit(&k, &results[i], slots[i]); t != nil {
-				c.apply(t, &k, now)
-			}
+		resolved = time.Since(start)
+	}()
+	if len(c.conns) == 0 {
+		c.conns = make(map[uint64]*tracked, len(c.fresh))
+	}
+	slots := c.reserve()
+	<-done
+
+	c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
+	var k Conn // one for all: the namer's interface makes it escape
+	for i := range c.fresh {
+		k = c.fresh[i].conn(&c.lookups[i])
+		if t := c.admit(&k, &results[i], slots[i]); t != nil {
+			c.apply(t, &k, now)
 		}
-		c.named, c.owners, c.dests = nil, nil, nil
-		c.logger.Debug("resolved new connections", "count", len(c.fresh), "waiting_for_names", c.unnamed,
-			"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(resolveStart) - resolved).Seconds())
 	}
-	if rerr := c.src.Release(c.release); rerr != nil && err == nil {
-		err = fmt.Errorf("release connections: %w", rerr)
-	}
+	c.named, c.owners, c.dests = nil, nil, nil
+	c.logger.Debug("resolved new connections", "count", len(c.fresh), "waiting_for_names", c.unnamed,
+		"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(start) - resolved).Seconds())
+}
+
+// tidy returns large scratch buffers, forgets what left the map, and drops
+// idle label sets. readAll is false when the snapshot could not be read
+// whole: then nothing unseen is forgotten.
+func (c *Connections) tidy(readAll bool, now time.Time) {
 	if len(c.fresh) > freeAfter {
 		// A cold scrape of tens of thousands of connections leaves tens of
 		// megabytes of garbage that the runtime would otherwise keep for
@@ -437,7 +469,6 @@ func (c *Connections) account(ctx context.Context) error {
 	// Forget connections that left the map without a final state. Only
 	// the exporter deletes entries, so there are none unless something
 	// else did: look for them only when fewer were kept than are known.
-	// After a failed read the unseen ones may still be there.
 	if readAll && c.kept != len(c.conns) {
 		for cookie, t := range c.conns {
 			if t.gen != c.gen {
@@ -452,8 +483,6 @@ func (c *Connections) account(ctx context.Context) error {
 			}
 		}
 	}
-	c.logger.Debug("accounted snapshot", "connections", c.seen, "new", len(c.fresh), "read_seconds", read.Seconds(),
-		"total_seconds", time.Since(begin).Seconds())
 	for key, s := range c.series {
 		if s.active == 0 && now.Sub(s.lastSeen) > c.cfg.SeriesIdle {
 			delete(c.series, key)
@@ -462,7 +491,6 @@ func (c *Connections) account(ctx context.Context) error {
 	if o := c.overflow; o != nil && o.active == 0 && now.Sub(o.lastSeen) > c.cfg.SeriesIdle {
 		c.overflow = nil
 	}
-	return err
 }
 
 // pipelineMin is the number of expected new connections from which they are
