@@ -309,19 +309,19 @@ func newQueryIndex(qs []Query, idx []int, out []Result, resolver string) *queryI
 		v4: make(map[tuple4]int32, len(idx)), v6: make(map[tuple]int32),
 		next: make([]int32, len(idx)), found: make([]uint8, len(idx))}
 	for n, i := range idx {
-		prev, ok := int32(-1), false
+		x.next[n] = -1
 		if t := tupleOf(qs[i].Src, qs[i].Dst); t.is4() {
-			if prev, ok = x.v4[t.short()]; !ok {
-				prev = -1
+			k := t.short()
+			if prev, ok := x.v4[k]; ok {
+				x.next[n] = prev
 			}
-			x.v4[t.short()] = int32(n)
+			x.v4[k] = int32(n)
 		} else {
-			if prev, ok = x.v6[t]; !ok {
-				prev = -1
+			if prev, ok := x.v6[t]; ok {
+				x.next[n] = prev
 			}
 			x.v6[t] = int32(n)
 		}
-		x.next[n] = prev
 	}
 	return x
 }
@@ -329,16 +329,25 @@ func newQueryIndex(qs []Query, idx []int, out []Result, resolver string) *queryI
 // answer answers the connections at position n and those chained to it
 // from reply, the reply tuple of their entry.
 func (x *queryIndex) answer(n int32, reply tuple) {
-	src := reply.source()
 	for ; n >= 0; n = x.next[n] {
 		i := x.idx[n]
-		if src == x.qs[i].Dst {
-			x.found[n] = untranslated
-			continue
+		x.found[n] = untranslated
+		if translate(&x.out[i], x.qs[i].Dst, reply, x.resolver) {
+			x.found[n] = translated
 		}
-		x.found[n] = translated
-		x.out[i].Actual, x.out[i].Resolver, x.out[i].via = src, x.resolver, reply.destination()
 	}
+}
+
+// translate sets out from reply, the reply tuple of the entry of a
+// connection dialled to dst, when the entry rewrote the destination, and
+// reports whether it did.
+func translate(out *Result, dst netip.AddrPort, reply tuple, resolver string) bool {
+	src := reply.source()
+	if src == dst {
+		return false
+	}
+	out.Actual, out.Resolver, out.via = src, resolver, reply.destination()
+	return true
 }
 
 // probe answers the indexed connections whose original tuple is orig, if
@@ -472,13 +481,9 @@ func (s *ctSocket) resolve(qs []Query, idx []int, out []Result, resolver string)
 	}
 	rest = idx[:0] // written behind the reading
 	for n, i := range idx {
-		if r := replies[n]; r != (tuple{}) {
-			if src := r.source(); src != qs[i].Dst {
-				out[i].Actual, out[i].Resolver, out[i].via = src, resolver, r.destination()
-				continue
-			}
+		if r := replies[n]; r == (tuple{}) || !translate(&out[i], qs[i].Dst, r, resolver) {
+			rest = append(rest, i)
 		}
-		rest = append(rest, i)
 	}
 	return rest, nil
 }
