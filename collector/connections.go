@@ -500,7 +500,7 @@ const pipelineMin = 1024
 // pipeline resolves new connections in chunks on another goroutine while
 // the snapshot is being read, so that looking them up overlaps reading.
 type pipeline struct {
-	chunk   int
+	size    int // lookups per chunk
 	sent    int // lookups handed over so far
 	results []Destination
 	work    chan chunk
@@ -516,8 +516,8 @@ type chunk struct {
 
 func startPipeline(ctx context.Context, r Resolver, n int) *pipeline {
 	// A few large chunks: each Resolve call has a fixed cost per table.
-	p := &pipeline{chunk: max(n/3, pipelineMin), results: make([]Destination, n), r: r}
-	p.work, p.done = make(chan chunk, n/p.chunk+1), make(chan struct{})
+	p := &pipeline{size: max(n/3, pipelineMin), results: make([]Destination, n), r: r}
+	p.work, p.done = make(chan chunk, n/p.size+1), make(chan struct{})
 	go func() {
 		defer close(p.done)
 		for c := range p.work {
@@ -531,7 +531,7 @@ func startPipeline(ctx context.Context, r Resolver, n int) *pipeline {
 // once there are a chunk of them. Those beyond the expected number wait
 // for finish.
 func (p *pipeline) offer(lookups []Lookup) {
-	if n := len(lookups); n-p.sent >= p.chunk && n <= len(p.results) {
+	if n := len(lookups); n-p.sent >= p.size && n <= len(p.results) {
 		p.work <- chunk{p.sent, lookups[p.sent:n]}
 		p.sent = n
 	}
@@ -608,8 +608,7 @@ func (c *Connections) admit(k *Conn, d *Destination, t *tracked) *tracked {
 	}
 	if !ok && k.State == StateEstablished && c.retry(k) {
 		c.unnamed++
-		delete(c.conns, k.Cookie)
-		return nil
+		return c.postpone(k)
 	}
 	if d.Err != nil {
 		c.errors[d.ErrResolver]++
@@ -620,11 +619,17 @@ func (c *Connections) admit(k *Conn, d *Destination, t *tracked) *tracked {
 			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
 		}
 		if k.State == StateEstablished && c.retry(k) {
-			delete(c.conns, k.Cookie)
-			return nil
+			return c.postpone(k)
 		}
 	}
-	return c.track(k, d, c.seriesFor(nk, k, d), t)
+	return c.track(k, d, c.seriesFor(nk, k, d, ok && d.Err == nil), t)
+}
+
+// postpone gives up the reservation of a connection that waits for a
+// later scrape.
+func (c *Connections) postpone(k *Conn) *tracked {
+	delete(c.conns, k.Cookie)
+	return nil
 }
 
 // reserve makes room for this scrape's new connections before they are
@@ -701,15 +706,15 @@ func nameKeyOf(k *Conn, d *Destination) nameKey {
 }
 
 // seriesFor returns the label set of a connection, whose name key is nk,
-// creating it if the bound allows, else the overflow label set.
-func (c *Connections) seriesFor(nk nameKey, k *Conn, d *Destination) *series {
+// creating it if the bound allows, else the overflow label set. known says
+// whether its owner and destination were named and its table read.
+func (c *Connections) seriesFor(nk nameKey, k *Conn, d *Destination, known bool) *series {
 	if n, ok := c.named[nk]; ok {
 		return n.s
 	}
 	s := c.seriesByLabels(k, d)
 	if c.named != nil {
-		_, known := c.destination(d.Actual)
-		c.named[nk] = named{s: s, known: known && c.owner(k).known && d.Err == nil}
+		c.named[nk] = named{s: s, known: known}
 	}
 	return s
 }
