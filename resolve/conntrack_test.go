@@ -27,6 +27,18 @@ func tcpAddr(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(p.Addr().Unmap(), p.Port())
 }
 
+// dialQuery opens a connection from the cluster's client namespace to dst,
+// closed when the test ends, and returns it as a query.
+func dialQuery(t *testing.T, cl *netlab.Cluster, dst netip.AddrPort) Query {
+	t.Helper()
+	c, err := cl.Client.Dial("tcp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return Query{NetNS: cl.Client.Inode(), Src: tcpAddr(c.LocalAddr()), Dst: dst}
+}
+
 // waitAccepted waits for the cluster's servers to record client.
 func waitAccepted(t *testing.T, c *netlab.Cluster, client netip.AddrPort) netip.AddrPort {
 	t.Helper()
@@ -45,7 +57,6 @@ func TestKubeProxy(t *testing.T) {
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
 	ct := newConntrack(t, cl.Node)
-	clientNS := cl.Client.Inode()
 
 	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
 		t.Run(vip.String(), func(t *testing.T) {
@@ -54,12 +65,7 @@ func TestKubeProxy(t *testing.T) {
 			var want []netip.AddrPort
 			backends := map[netip.AddrPort]bool{}
 			for range 30 {
-				c, err := cl.Client.Dial("tcp", dst.String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { c.Close() })
-				q := Query{NetNS: clientNS, Src: tcpAddr(c.LocalAddr()), Dst: dst}
+				q := dialQuery(t, cl, dst)
 				qs = append(qs, q)
 				w := waitAccepted(t, cl, q.Src)
 				want = append(want, w)
@@ -99,17 +105,11 @@ func TestPreparedDump(t *testing.T) {
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
 	ct := newConntrack(t, cl.Node)
-	clientNS := cl.Client.Inode()
 	var qs []Query
 	var want []netip.AddrPort
 	dial := func(dst netip.AddrPort) {
 		t.Helper()
-		c, err := cl.Client.Dial("tcp", dst.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		q := Query{NetNS: clientNS, Src: tcpAddr(c.LocalAddr()), Dst: dst}
+		q := dialQuery(t, cl, dst)
 		qs = append(qs, q)
 		if dst.Addr() == cl.Backends[0].Addr4 {
 			want = append(want, dst) // direct: nothing translates it
@@ -249,17 +249,7 @@ func TestCount(t *testing.T) {
 		defer c.Close()
 	}
 	count := func(ns *netlab.NS) uint32 {
-		f, err := os.Open(ns.Path())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		s, err := openCT(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.close()
-		n, err := s.count()
+		n, err := openCTAt(t, ns.Path()).count()
 		if err != nil {
 			t.Fatal(err)
 		}

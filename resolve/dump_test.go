@@ -207,10 +207,9 @@ func TestDumpCheaper(t *testing.T) {
 	}
 }
 
-// fillTable inserts the conntrack entries of natTable(n) into the table of
-// the namespace at path, as established TCP entries, the way
-// `conntrack -I` does.
-func fillTable(tb testing.TB, path string, n int) {
+// openCTAt opens a conntrack socket in the namespace file at path, closed
+// when the test ends.
+func openCTAt(tb testing.TB, path string) *ctSocket {
 	tb.Helper()
 	ns, err := os.Open(path)
 	if err != nil {
@@ -221,7 +220,16 @@ func fillTable(tb testing.TB, path string, n int) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer s.close()
+	tb.Cleanup(s.close)
+	return s
+}
+
+// fillTable inserts the conntrack entries of natTable(n) into the table of
+// the namespace at path, as established TCP entries, the way
+// `conntrack -I` does.
+func fillTable(tb testing.TB, path string, n int) {
+	tb.Helper()
+	s := openCTAt(tb, path)
 	const ipctnlMsgCTNew, ctaTimeout, ctaProtoinfo, ctaProtoinfoTCP, ctaProtoinfoTCPState = 0, 7, 4, 1, 1
 	msgs, _ := natTable(n, false)
 	for start := 0; start < len(msgs); start += getBatchSize {
@@ -267,16 +275,7 @@ func BenchmarkDump(b *testing.B) {
 	}
 	ns := netlab.New(b).NetNS("dump")
 	fillTable(b, ns.Path(), 50000)
-	f, err := os.Open(ns.Path())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	s, err := openCT(f)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.close()
+	s := openCTAt(b, ns.Path())
 	b.Run("raw", func(b *testing.B) {
 		for b.Loop() {
 			n := 0
