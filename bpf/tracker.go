@@ -70,6 +70,9 @@ type Conn struct {
 	Src, Dst netip.AddrPort
 	// State is the connection's state at the time of the snapshot.
 	State State
+	// Reply is what LookupConntrack found, if it ran since the connection
+	// was recorded.
+	Reply Reply
 }
 
 // Command returns the process's command name.
@@ -112,6 +115,14 @@ type Tracker struct {
 	mu     sync.Mutex
 	keys   []uint64
 	values []trackerConn
+
+	// lookup is the conntrack lookup program, nil when the kernel refused
+	// it; lookupMu serialises its runs, numbered up to lookupRuns.
+	// lookupBudget, when set, replaces the constant (tests).
+	lookup       *lookupProgram
+	lookupMu     sync.Mutex
+	lookupRuns   uint32
+	lookupBudget uint32
 }
 
 // batchSize is the number of entries read per BatchLookup call. It must
@@ -161,6 +172,10 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		}
 		t.links = append(t.links, l)
 	}
+	if err := t.loadLookup(); err != nil {
+		logger.Info("conntrack tables are read through netlink only", "reason", err)
+		logger.Debug("lookup program refused", "err", fmt.Sprintf("%+v", err))
+	}
 	seeded, err := t.seed(cfg.ProcFS, cfg.NetNSDirs)
 	if err != nil {
 		// Connections opened from now on are still recorded.
@@ -176,6 +191,9 @@ func (t *Tracker) Close() error {
 	var errs []error
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
+	}
+	if t.lookup != nil {
+		errs = append(errs, t.lookup.lookupPrograms.Close())
 	}
 	return errors.Join(append(errs, t.objs.Close())...)
 }
@@ -232,6 +250,9 @@ func convert(c *Conn, cookie uint64, v *trackerConn) {
 	if c.State != StateConnecting {
 		c.Src = netip.AddrPortFrom(addr(v.Family, &v.Saddr), v.Sport)
 		c.Dst = netip.AddrPortFrom(addr(v.Family, &v.Daddr), v.Dport)
+	}
+	if v.CtRun != 0 {
+		c.Reply = reply(v)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,6 +71,11 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 		{"ipv6", "tcp6", "[::1]:0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// The namespace compared below is this thread's: a test that
+			// ran a function in a lab namespace on the main thread leaves
+			// that thread, which /proc/self names, behind in it.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
 			ln := listen(t, tc.network, tc.addr)
 			c, err := net.Dial(tc.network, ln.Addr().String())
 			if err != nil {
@@ -93,7 +99,7 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 			if want := string(comm[:len(comm)-1]); got.Command() != want {
 				t.Errorf("comm = %q, want %q", got.Command(), want)
 			}
-			self, err := os.Stat("/proc/self/ns/net")
+			self, err := os.Stat("/proc/thread-self/ns/net")
 			if err != nil {
 				t.Fatal(err)
 			}
