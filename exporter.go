@@ -54,6 +54,7 @@ type config struct {
 	docker          docker.Config
 	dockerEnabled   bool
 	maxConnections  uint32
+	kernelLookup    bool
 	maxSeries       int
 	seriesIdle      time.Duration
 	resolveAttempts int
@@ -84,6 +85,8 @@ func run() int {
 		Default("/sys/fs/bpf").StringVar(&cfg.bpffs)
 	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape.").
 		Default(strconv.Itoa(bpf.DefaultMaxConnections)).Uint32Var(&cfg.maxConnections)
+	app.Flag("bpf.conntrack-lookup", "Look many new connections up in the host conntrack table from inside the kernel (Linux 6.0 or later) instead of through netlink; --no-bpf.conntrack-lookup uses netlink only.").
+		Default("true").BoolVar(&cfg.kernelLookup)
 	app.Flag("collector.max-series", "Maximum number of label sets of the connection metrics; connections beyond are counted under the label value _other.").
 		Default("10000").IntVar(&cfg.maxSeries)
 	app.Flag("collector.series-idle", "How long a label set without open connections is kept.").
@@ -146,9 +149,11 @@ func run() int {
 	if hostNetNS == "" {
 		hostNetNS = resolve.HostNetNSPath(cfg.procfs)
 	}
-	ct, err := resolve.NewConntrack(resolve.ConntrackConfig{
-		ProcFS: cfg.procfs, HostNetNS: hostNetNS, NetNSDirs: cfg.netnsDirs,
-	}, logger.With("component", "conntrack"))
+	ctCfg := resolve.ConntrackConfig{ProcFS: cfg.procfs, HostNetNS: hostNetNS, NetNSDirs: cfg.netnsDirs}
+	if cfg.kernelLookup && tracker.CanLookUpConntrack() {
+		ctCfg.Kernel = &kernelLookup{t: tracker, logger: logger.With("component", "bpf")}
+	}
+	ct, err := resolve.NewConntrack(ctCfg, logger.With("component", "conntrack"))
 	if err != nil {
 		logger.Error("cannot open conntrack", "err", err)
 		return 1
@@ -309,7 +314,7 @@ func (s *trackerSource) Connections(fn func(*collector.Conn)) error {
 	return s.t.Walk(func(c *bpf.Conn) {
 		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
-			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
+			Src: c.Src, Dst: c.Dst, State: collector.State(c.State), Host: resolve.HostReply(c.Reply),
 		}
 		fn(&k)
 	})
@@ -319,6 +324,22 @@ func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(coo
 func (s *trackerSource) Lost() (uint64, error)          { return s.t.Lost() }
 func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() }
 func (s *trackerSource) Recorded() (uint64, error)      { return s.t.Recorded() }
+
+// kernelLookup adapts bpf.Tracker to resolve.KernelLookup.
+type kernelLookup struct {
+	t      *bpf.Tracker
+	logger *slog.Logger
+}
+
+func (k *kernelLookup) LookupConntrack() (uint32, int, error) {
+	run, err := k.t.LookupConntrack()
+	if err != nil {
+		return 0, 0, err
+	}
+	k.logger.Debug("looked connections up in conntrack", "run", run.ID, "connections", run.Entries,
+		"looked_up", run.Looked, "found", run.Found, "complete", run.Complete, "seconds", run.Took.Seconds())
+	return run.ID, run.Entries, nil
+}
 
 // chainResolver adapts a resolve.Chain to collector.Resolver.
 type chainResolver struct {

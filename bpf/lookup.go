@@ -72,6 +72,10 @@ func (t *Tracker) loadLookup() error {
 	return nil
 }
 
+// CanLookUpConntrack reports whether the kernel accepted the lookup
+// program, so that LookupConntrack can work.
+func (t *Tracker) CanLookUpConntrack() bool { return t.lookup != nil }
+
 // LookupConntrack looks every recorded connection that has a tuple and was
 // not looked up before up in the conntrack table of the calling thread's
 // network namespace, from inside the kernel, and leaves the answer in the

@@ -92,12 +92,13 @@ func TestLookupConntrack(t *testing.T) {
 	}
 	check(1)
 
-	// A second run looks up nothing again and changes no answer.
+	// A second run looks none of them up again (it may look up connections
+	// other tests opened meanwhile) and changes no answer.
 	if err := node.Do(func() (err error) { run, err = tr.LookupConntrack(); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if run.ID != 2 || run.Looked != 0 || !run.Complete {
-		t.Errorf("second run = %+v, want complete run 2 that looked nothing up", run)
+	if run.ID != 2 || !run.Complete {
+		t.Errorf("second run = %+v, want complete run 2", run)
 	}
 	check(1)
 }

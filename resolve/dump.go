@@ -57,28 +57,30 @@ type ctEntry struct {
 }
 
 // netlinkSocketIn opens a NETLINK_NETFILTER socket inside the namespace ns.
-// A socket belongs to the namespace of the thread that creates it, so it is
-// created on a throwaway OS thread moved into ns; the calling goroutine's
-// thread is never touched.
-func netlinkSocketIn(ns *os.File) (int, error) {
-	type result struct {
-		fd  int
-		err error
-	}
-	done := make(chan result, 1)
+// A socket belongs to the namespace of the thread that creates it.
+func netlinkSocketIn(ns *os.File) (fd int, err error) {
+	err = inNamespace(ns, func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		return err
+	})
+	return fd, err
+}
+
+// inNamespace runs fn on a throwaway OS thread moved into the network
+// namespace ns; the calling goroutine's thread is never touched.
+func inNamespace(ns *os.File, fn func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread exits with this goroutine rather than
 		// return to the pool in another namespace.
 		runtime.LockOSThread()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{-1, fmt.Errorf("enter netns: %w", err)}
+			done <- fmt.Errorf("enter netns: %w", err)
 			return
 		}
-		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		done <- result{fd, err}
+		done <- fn()
 	}()
-	r := <-done
-	return r.fd, r.err
+	return <-done
 }
 
 // ctSocket is a netfilter netlink socket inside one namespace, with its
