@@ -314,7 +314,7 @@ func (s *trackerSource) Connections(fn func(*collector.Conn)) error {
 	return s.t.Walk(func(c *bpf.Conn) {
 		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
-			Src: c.Src, Dst: c.Dst, State: collector.State(c.State), Host: resolve.HostReply(c.Reply),
+			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
 		}
 		fn(&k)
 	})
@@ -331,14 +331,14 @@ type kernelLookup struct {
 	logger *slog.Logger
 }
 
-func (k *kernelLookup) LookupConntrack() (uint32, int, error) {
-	run, err := k.t.LookupConntrack()
+func (k *kernelLookup) LookupConntrack(add func(orig, reply resolve.Tuple)) (int, error) {
+	run, err := k.t.LookupConntrack(func(orig, reply bpf.Tuple) { add(resolve.Tuple(orig), resolve.Tuple(reply)) })
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
-	k.logger.Debug("looked connections up in conntrack", "run", run.ID, "connections", run.Entries,
-		"looked_up", run.Looked, "found", run.Found, "complete", run.Complete, "seconds", run.Took.Seconds())
-	return run.ID, run.Entries, nil
+	k.logger.Debug("looked connections up in conntrack", "connections", run.Walked, "looked_up", run.Looked,
+		"complete", run.Complete, "seconds", run.Took.Seconds())
+	return run.Walked, nil
 }
 
 // chainResolver adapts a resolve.Chain to collector.Resolver.

@@ -24,6 +24,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -83,6 +84,7 @@ func main() {
 	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
 	logs := flag.Bool("logs", false, "print the exporter's debug log after each size")
 	profiles := flag.String("profiles", "", "directory to write CPU profiles of the cold and churn scrapes to")
+	flag.IntVar(&tableExtra, "table", 0, "also fill the node's conntrack table with this many entries of other traffic, as on a busy node, so that the table is larger than the connections")
 	flag.Parse()
 
 	switch *helper {
@@ -298,6 +300,33 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 	}
 }
 
+// tableExtra is the number of entries of other traffic (-table).
+var tableExtra int
+
+// fillTable inserts n established TCP entries of other clients and
+// services into the conntrack table of ns, with `conntrack -R`.
+func fillTable(r *runner, ns *netlab.NS, n int) {
+	f, err := os.CreateTemp("", "bench-conntrack-*")
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	defer os.Remove(f.Name())
+	w := bufio.NewWriter(f)
+	for i := range n {
+		// Clients in 100.64.0.0/10, services in 10.112.0.0/16: no address
+		// of the lab.
+		client := fmt.Sprintf("100.%d.%d.%d", 64+i>>16&63, i>>8&255, i&255)
+		svc, pod := fmt.Sprintf("10.112.%d.%d", i>>8&255, i&255), fmt.Sprintf("10.113.%d.%d", i>>8&255, i&255)
+		fmt.Fprintf(w, "-I -p tcp -s %s -d %s --sport %d --dport 80 --reply-src %s --reply-dst %s --reply-port-src 8080 --reply-port-dst %[3]d --state ESTABLISHED -t 3600 -u ASSURED\n",
+			client, svc, 1024+i%60000, pod, client)
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		r.Fatalf("%v", err)
+	}
+	ns.Run("conntrack", "-R", f.Name())
+	fmt.Fprintf(os.Stderr, "bench: %d entries of other traffic in the node's table\n", n)
+}
+
 // churnRounds is how many times the churn scrape is measured.
 const churnRounds = 3
 
@@ -320,6 +349,9 @@ func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
 	}
 	lab := netlab.New(r)
 	cl := lab.KubeProxyTopology()
+	if tableExtra > 0 {
+		fillTable(r, cl.Node, tableExtra)
+	}
 	cl.Client.Run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
 	// Churned ports wait in TIME_WAIT; repeated churn needs them back.
 	cl.Client.Run("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")

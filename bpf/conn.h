@@ -24,7 +24,8 @@ struct conn {
 	__u64 sock_ino;  // socket inode; only set for seeded entries
 	__u32 pid;       // thread group id of the connecting process
 	__u32 netns;     // network namespace inode of the socket
-	__u16 family;    // AF_INET or AF_INET6
+	__u8 family;     // AF_INET or AF_INET6
+	__u8 ct_looked;  // 1 once lookup_ct (lookup.c) looked the connection up
 	__u8 state;      // enum conn_state
 	__u8 seeded;     // 1 when user space created the entry at start-up
 	__u16 sport;     // local port
@@ -32,17 +33,6 @@ struct conn {
 	__u8 saddr[16];  // local address
 	__u8 daddr[16];  // remote (dialled) address
 	char comm[16];   // command name of the thread group leader
-
-	// Written once by lookup_ct (lookup.c): the conntrack entry whose
-	// original tuple is this connection's, in the namespace lookup_ct ran in.
-	__u32 ct_run;       // the run that looked the entry up; 0: none yet
-	__u8 ct_found;      // 1 when the table held such an entry
-	__u8 ct_pad;
-	__u16 ct_sport;     // its reply tuple: the source is who answers,
-	__u16 ct_dport;     // the destination the client as the answerer sees it
-	__u8 ct_saddr[16];
-	__u8 ct_daddr[16];
-	__u8 ct_pad2[6];
 };
 
 // conns: key u64 socket cookie (unique for the kernel's lifetime), value

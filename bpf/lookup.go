@@ -1,9 +1,12 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -13,62 +16,65 @@ import (
 // with conntrack built in or loaded), or refused the program.
 var ErrNoKernelLookup = errors.New("conntrack lookups from BPF are not available on this kernel")
 
-// Reply is a connection's conntrack entry as LookupConntrack found it. It
-// holds no pointers and converts to nothing until it is used: every
-// connection carries one through every read.
-type Reply struct {
-	// Run is the LookupConntrack run that looked the connection up; zero
-	// when none has yet.
-	Run uint32
-	// Found reports that the table held an entry whose original tuple is
-	// the connection's.
-	Found bool
-	// Src and Dst are the entry's reply tuple when Found, addresses in
-	// 16-byte form (IPv4-mapped for IPv4): Src is who answers, Dst the
-	// client as Src sees it.
+// Tuple is one direction of a conntrack entry: addresses in 16-byte form
+// (IPv4-mapped for IPv4), no pointers.
+type Tuple struct {
 	Src, Dst         [16]byte
 	SrcPort, DstPort uint16
 }
 
 // LookupRun is what one LookupConntrack call did.
 type LookupRun struct {
-	// ID is the run's number, as Reply.Run holds it; runs count up from 1.
-	ID uint32
-	// Entries is the number of connections in the map; Looked how many of
-	// them were looked up, and Found how many of those the table held.
-	Entries, Looked, Found int
-	// Complete is false when the run stopped before every connection that
+	// Walked is the number of connections in the map; Looked how many of
+	// them were looked up.
+	Walked, Looked int
+	// Complete is false when the call stopped before every connection that
 	// needed it was looked up (the map kept growing under it).
 	Complete bool
-	// Took is how long the run took.
+	// Took is how long the call took.
 	Took time.Duration
 }
 
 // lookupBudget is the number of lookups one program run makes before it
-// gives the CPU back: about 3 ms at 0.2 µs a lookup.
+// gives the CPU back (about 15 ms at 1 µs a lookup), and the number of
+// results it holds (1.2 MB).
 const lookupBudget = 16384
 
 // lookupProgram is the loaded lookup_ct program; it shares the tracker's
 // connection map.
 type lookupProgram struct {
-	lookupPrograms
-	lookupVariables
+	lookupObjects
+	results *ebpf.Memory
+
+	mu  sync.Mutex       // serialises runs, which share the results
+	buf []lookupCtResult // results copied out of the mapping
 }
+
+// Close closes the program, its results and its handle of the shared map.
+func (p *lookupProgram) Close() error { return p.lookupObjects.Close() }
 
 // loadLookup loads lookup_ct onto the tracker's map, or returns why it
 // cannot.
-func (t *Tracker) loadLookup() error {
+func (t *Tracker) loadLookup(budget uint32) error {
 	spec, err := loadLookup()
 	if err != nil {
 		return err
 	}
 	spec.Maps["conns"].MaxEntries = t.max
-	var p lookupProgram
-	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conns": t.objs.Conns}}
-	if err := spec.LoadAndAssign(&p, opts); err != nil {
+	spec.Maps["results"].MaxEntries = budget
+	if err := spec.Variables["budget"].Set(budget); err != nil {
 		return err
 	}
-	t.lookup = &p
+	p := &lookupProgram{}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conns": t.objs.Conns}}
+	if err := spec.LoadAndAssign(&p.lookupObjects, opts); err != nil {
+		return err
+	}
+	if p.results, err = p.Results.Memory(); err != nil {
+		p.Close()
+		return fmt.Errorf("map lookup results: %w", err)
+	}
+	t.lookup = p
 	return nil
 }
 
@@ -78,57 +84,54 @@ func (t *Tracker) CanLookUpConntrack() bool { return t.lookup != nil }
 
 // LookupConntrack looks every recorded connection that has a tuple and was
 // not looked up before up in the conntrack table of the calling thread's
-// network namespace, from inside the kernel, and leaves the answer in the
-// connection's entry: the next Walk or Snapshot returns it as Conn.Reply.
-// The caller locks its goroutine to an OS thread in the namespace whose
-// table it wants. Connections recorded while it runs may not be looked up.
-// Calls are serialised.
-func (t *Tracker) LookupConntrack() (LookupRun, error) {
-	if t.lookup == nil {
-		return LookupRun{}, ErrNoKernelLookup
-	}
-	t.lookupMu.Lock()
-	defer t.lookupMu.Unlock()
+// network namespace, from inside the kernel, and calls add with each
+// connection's own tuple and the reply tuple of its entry. A connection
+// that the table does not hold gets the mirror of its own tuple, as an
+// entry that translates nothing would have. The caller locks its goroutine
+// to an OS thread in the namespace whose table it wants. Connections
+// recorded while it runs may not be looked up. Calls are serialised.
+func (t *Tracker) LookupConntrack(add func(orig, reply Tuple)) (LookupRun, error) {
+	var run LookupRun
 	p := t.lookup
+	if p == nil {
+		return run, ErrNoKernelLookup
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.buf == nil {
+		p.buf = make([]lookupCtResult, p.results.Size()/uint32(unsafe.Sizeof(lookupCtResult{})))
+	}
 	begin := time.Now()
-	run := LookupRun{ID: t.lookupRuns + 1}
-	if err := p.RunId.Set(run.ID); err != nil {
-		return run, fmt.Errorf("set lookup run: %w", err)
-	}
-	budget := t.lookupBudget
-	if budget == 0 {
-		budget = lookupBudget
-	}
-	if err := p.Budget.Set(budget); err != nil {
-		return run, fmt.Errorf("set lookup budget: %w", err)
-	}
-	t.lookupRuns = run.ID
+	size := int(unsafe.Sizeof(p.buf[0]))
+	// The results are copied out of the mapping into buf, seen as bytes.
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(p.buf))), len(p.buf)*size)
+	// The run's packet: at least an Ethernet header long, as XDP wants.
+	in, out := make([]byte, 64), make([]byte, 64)
 	// One run per budget, until one walks to the end of the map; a map
 	// that grows faster than it is looked up does not keep us here.
-	data := make([]byte, 64) // XDP wants at least an Ethernet header
-	for range t.max/budget + 2 {
-		for _, v := range []*ebpf.Variable{p.Visited, p.Looked, p.Found} {
-			if err := v.Set(uint32(0)); err != nil {
-				return run, fmt.Errorf("reset lookup counters: %w", err)
-			}
-		}
-		if _, err := p.LookupCt.Run(&ebpf.RunOptions{Data: data}); err != nil {
+	for range int(t.max)/len(p.buf) + 2 {
+		ret, err := p.LookupCt.Run(&ebpf.RunOptions{Data: in, DataOut: out})
+		if err != nil {
 			return run, fmt.Errorf("run conntrack lookup: %w", err)
 		}
-		var visited, looked, found uint32
-		var done uint8
-		for _, g := range []struct {
-			v   *ebpf.Variable
-			dst any
-		}{{p.Visited, &visited}, {p.Looked, &looked}, {p.Found, &found}, {p.Done, &done}} {
-			if err := g.v.Get(g.dst); err != nil {
-				return run, fmt.Errorf("read lookup counters: %w", err)
-			}
+		if ret != xdpPass {
+			return run, fmt.Errorf("conntrack lookup returned %d", ret)
 		}
-		run.Looked += int(looked)
-		run.Found += int(found)
-		run.Entries = int(visited)
-		if done != 0 {
+		var r lookupRun
+		if _, err := binary.Decode(out, binary.NativeEndian, &r); err != nil {
+			return run, fmt.Errorf("conntrack lookup result: %w", err)
+		}
+		n := min(int(r.Looked), len(p.buf))
+		if _, err := p.results.ReadAt(raw[:n*size], 0); err != nil {
+			return run, fmt.Errorf("read lookup results: %w", err)
+		}
+		for i := range p.buf[:n] {
+			o, r := &p.buf[i].Orig, &p.buf[i].Reply
+			add(Tuple{o.Saddr, o.Daddr, o.Sport, o.Dport}, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
+		}
+		run.Looked += n
+		run.Walked = int(r.Visited)
+		if r.Done != 0 {
 			run.Complete = true
 			break
 		}
@@ -137,20 +140,5 @@ func (t *Tracker) LookupConntrack() (LookupRun, error) {
 	return run, nil
 }
 
-// reply converts the lookup program's answer in v.
-func reply(v *trackerConn) Reply {
-	r := Reply{Run: v.CtRun, Found: v.CtFound != 0}
-	if r.Found {
-		r.Src, r.Dst = addr16(v.Family, &v.CtSaddr), addr16(v.Family, &v.CtDaddr)
-		r.SrcPort, r.DstPort = v.CtSport, v.CtDport
-	}
-	return r
-}
-
-// addr16 returns b in 16-byte form.
-func addr16(family uint16, b *[16]uint8) [16]byte {
-	if family != afInet {
-		return *b
-	}
-	return [16]byte{10: 0xff, 11: 0xff, 12: b[0], 13: b[1], 14: b[2], 15: b[3]}
-}
+// xdpPass is XDP_PASS, what lookup_ct returns when it ran.
+const xdpPass = 2

@@ -19,7 +19,8 @@ type lookupConn struct {
 	SockIno  uint64
 	Pid      uint32
 	Netns    uint32
-	Family   uint16
+	Family   uint8
+	CtLooked uint8
 	State    uint8
 	Seeded   uint8
 	Sport    uint16
@@ -27,28 +28,44 @@ type lookupConn struct {
 	Saddr    [16]uint8
 	Daddr    [16]uint8
 	Comm     [16]int8
-	CtRun    uint32
-	CtFound  uint8
-	CtPad    uint8
-	CtSport  uint16
-	CtDport  uint16
-	CtSaddr  [16]uint8
-	CtDaddr  [16]uint8
-	CtPad2   [6]uint8
+}
+
+type lookupCtResult struct {
+	_    structs.HostLayout
+	Orig struct {
+		_     structs.HostLayout
+		Saddr [16]uint8
+		Daddr [16]uint8
+		Sport uint16
+		Dport uint16
+	}
+	Reply struct {
+		_     structs.HostLayout
+		Saddr [16]uint8
+		Daddr [16]uint8
+		Sport uint16
+		Dport uint16
+	}
+}
+
+type lookupRun struct {
+	_       structs.HostLayout
+	Visited uint32
+	Looked  uint32
+	Done    uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lookupMapConns     = "conns"
-	lookupProgLookupCt = "lookup_ct"
-	lookupVarBudget    = "budget"
-	lookupVarDone      = "done"
-	lookupVarFound     = "found"
-	lookupVarLooked    = "looked"
-	lookupVarRunId     = "run_id"
-	lookupVarVisited   = "visited"
+	lookupMapConns          = "conns"
+	lookupMapResults        = "results"
+	lookupProgLookupCt      = "lookup_ct"
+	lookupVarBudget         = "budget"
+	lookupVarLooked         = "looked"
+	lookupVarUnusedCtResult = "unused_ct_result"
+	lookupVarUnusedRun      = "unused_run"
 )
 
 // loadLookup returns the embedded CollectionSpec for lookup.
@@ -100,19 +117,18 @@ type lookupProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lookupMapSpecs struct {
-	Conns *ebpf.MapSpec `ebpf:"conns"`
+	Conns   *ebpf.MapSpec `ebpf:"conns"`
+	Results *ebpf.MapSpec `ebpf:"results"`
 }
 
 // lookupVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lookupVariableSpecs struct {
-	Budget  *ebpf.VariableSpec `ebpf:"budget"`
-	Done    *ebpf.VariableSpec `ebpf:"done"`
-	Found   *ebpf.VariableSpec `ebpf:"found"`
-	Looked  *ebpf.VariableSpec `ebpf:"looked"`
-	RunId   *ebpf.VariableSpec `ebpf:"run_id"`
-	Visited *ebpf.VariableSpec `ebpf:"visited"`
+	Budget         *ebpf.VariableSpec `ebpf:"budget"`
+	Looked         *ebpf.VariableSpec `ebpf:"looked"`
+	UnusedCtResult *ebpf.VariableSpec `ebpf:"unused_ct_result"`
+	UnusedRun      *ebpf.VariableSpec `ebpf:"unused_run"`
 }
 
 // lookupObjects contains all objects after they have been loaded into the kernel.
@@ -135,12 +151,14 @@ func (o *lookupObjects) Close() error {
 //
 // It can be passed to loadLookupObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lookupMaps struct {
-	Conns *ebpf.Map `ebpf:"conns"`
+	Conns   *ebpf.Map `ebpf:"conns"`
+	Results *ebpf.Map `ebpf:"results"`
 }
 
 func (m *lookupMaps) Close() error {
 	return _LookupClose(
 		m.Conns,
+		m.Results,
 	)
 }
 
@@ -148,12 +166,10 @@ func (m *lookupMaps) Close() error {
 //
 // It can be passed to loadLookupObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lookupVariables struct {
-	Budget  *ebpf.Variable `ebpf:"budget"`
-	Done    *ebpf.Variable `ebpf:"done"`
-	Found   *ebpf.Variable `ebpf:"found"`
-	Looked  *ebpf.Variable `ebpf:"looked"`
-	RunId   *ebpf.Variable `ebpf:"run_id"`
-	Visited *ebpf.Variable `ebpf:"visited"`
+	Budget         *ebpf.Variable `ebpf:"budget"`
+	Looked         *ebpf.Variable `ebpf:"looked"`
+	UnusedCtResult *ebpf.Variable `ebpf:"unused_ct_result"`
+	UnusedRun      *ebpf.Variable `ebpf:"unused_run"`
 }
 
 // lookupPrograms contains all programs after they have been loaded into the kernel.

@@ -9,7 +9,7 @@ import (
 
 // TestLookupConntrack runs the lookup program in a namespace whose
 // kube-proxy style DNAT sends a service address to a backend, and checks
-// each connection's answer against the real conntrack entry: translated
+// each connection's result against the real conntrack entry: translated
 // (IPv4 and IPv6), untranslated, and absent from the table.
 func TestLookupConntrack(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024})
@@ -33,7 +33,8 @@ func TestLookupConntrack(t *testing.T) {
 
 	type want struct {
 		found bool
-		src   string // reply source when found
+		src   string         // reply source when found
+		dst   netip.AddrPort // the dialled address
 	}
 	cases := map[netip.AddrPort]want{}
 	dial := func(ns *netlab.NS, network, addr string, w want) {
@@ -43,62 +44,69 @@ func TestLookupConntrack(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
+		w.dst = addrPort(c.RemoteAddr())
 		cases[addrPort(c.LocalAddr())] = w
 	}
-	dial(node, "tcp4", "10.99.0.2:80", want{true, "10.99.0.1:8080"})
-	dial(node, "tcp4", "10.99.0.2:80", want{true, "10.99.0.1:8080"})
-	dial(node, "tcp6", "[fd00:99::2]:80", want{true, "[fd00:99::1]:8080"})
-	dial(node, "tcp4", "10.99.0.1:8080", want{true, "10.99.0.1:8080"})
-	dial(other, "tcp4", "127.0.0.1:8080", want{false, ""})
+	dial(node, "tcp4", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
+	dial(node, "tcp4", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
+	dial(node, "tcp6", "[fd00:99::2]:80", want{found: true, src: "[fd00:99::1]:8080"})
+	dial(node, "tcp4", "10.99.0.1:8080", want{found: true, src: "10.99.0.1:8080"})
+	dial(other, "tcp4", "127.0.0.1:8080", want{})
 
-	tr.lookupBudget = 2 // several runs, each stopping at its budget
-	var run LookupRun
-	if err := node.Do(func() (err error) { run, err = tr.LookupConntrack(); return err }); err != nil {
+	// A budget of 2 makes several runs, each stopping where it is spent.
+	tr.lookup.Close()
+	if err := tr.loadLookup(2); err != nil {
 		t.Fatal(err)
 	}
-	if !run.Complete || run.ID != 1 || run.Looked < len(cases) || run.Found < 4 {
-		t.Errorf("run = %+v, want complete run 1 with at least %d looked up and 4 found", run, len(cases))
-	}
-	check := func(runID uint32) {
+	lookUp := func() (LookupRun, map[netip.AddrPort][2]netip.AddrPort) {
 		t.Helper()
-		conns, err := tr.Snapshot(nil)
+		got := map[netip.AddrPort][2]netip.AddrPort{}
+		var run LookupRun
+		err := node.Do(func() (err error) {
+			run, err = tr.LookupConntrack(func(orig, reply Tuple) {
+				src := netip.AddrPortFrom(netip.AddrFrom16(orig.Src).Unmap(), orig.SrcPort)
+				if _, dup := got[src]; dup {
+					t.Errorf("%v looked up twice", src)
+				}
+				got[src] = [2]netip.AddrPort{
+					netip.AddrPortFrom(netip.AddrFrom16(reply.Src).Unmap(), reply.SrcPort),
+					netip.AddrPortFrom(netip.AddrFrom16(reply.Dst).Unmap(), reply.DstPort),
+				}
+			})
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := 0
-		for _, c := range conns {
-			w, ok := cases[c.Src]
-			if !ok {
-				continue
-			}
-			seen++
-			r := c.Reply
-			if r.Run != runID || r.Found != w.found {
-				t.Errorf("%v -> %v: reply %+v, want run %d found %v", c.Src, c.Dst, r, runID, w.found)
-				continue
-			}
-			if !w.found {
-				continue
-			}
-			src := netip.AddrPortFrom(netip.AddrFrom16(r.Src).Unmap(), r.SrcPort)
-			dst := netip.AddrPortFrom(netip.AddrFrom16(r.Dst).Unmap(), r.DstPort)
-			if src.String() != w.src || dst != c.Src {
-				t.Errorf("%v -> %v: reply %v -> %v, want %s -> %v", c.Src, c.Dst, src, dst, w.src, c.Src)
-			}
-		}
-		if seen != len(cases) {
-			t.Errorf("%d of %d connections recorded", seen, len(cases))
+		return run, got
+	}
+	run, got := lookUp()
+	if !run.Complete || run.Looked != len(got) || run.Looked < len(cases) {
+		t.Errorf("run = %+v with %d results, want a complete run with at least %d", run, len(got), len(cases))
+	}
+	for src, w := range cases {
+		r, ok := got[src]
+		switch {
+		case !ok:
+			t.Errorf("%v not looked up", src)
+		case r[1] != src:
+			t.Errorf("%v: reply destination %v, want the connection's source", src, r[1])
+		case w.found && r[0].String() != w.src:
+			t.Errorf("%v: reply source %v, want %s", src, r[0], w.src)
+		case !w.found && r[0] != w.dst:
+			t.Errorf("%v: reply source %v, want the mirror of its own tuple %v", src, r[0], w.dst)
 		}
 	}
-	check(1)
 
 	// A second run looks none of them up again (it may look up connections
-	// other tests opened meanwhile) and changes no answer.
-	if err := node.Do(func() (err error) { run, err = tr.LookupConntrack(); return err }); err != nil {
-		t.Fatal(err)
+	// other tests opened meanwhile).
+	run, got = lookUp()
+	for src := range cases {
+		if _, ok := got[src]; ok {
+			t.Errorf("%v looked up again", src)
+		}
 	}
-	if run.ID != 2 || !run.Complete {
-		t.Errorf("second run = %+v, want complete run 2", run)
+	if !run.Complete {
+		t.Errorf("second run = %+v, want complete", run)
 	}
-	check(1)
 }

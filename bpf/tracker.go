@@ -70,9 +70,6 @@ type Conn struct {
 	Src, Dst netip.AddrPort
 	// State is the connection's state at the time of the snapshot.
 	State State
-	// Reply is what LookupConntrack found, if it ran since the connection
-	// was recorded.
-	Reply Reply
 }
 
 // Command returns the process's command name.
@@ -117,12 +114,8 @@ type Tracker struct {
 	values []trackerConn
 
 	// lookup is the conntrack lookup program, nil when the kernel refused
-	// it; lookupMu serialises its runs, numbered up to lookupRuns.
-	// lookupBudget, when set, replaces the constant (tests).
-	lookup       *lookupProgram
-	lookupMu     sync.Mutex
-	lookupRuns   uint32
-	lookupBudget uint32
+	// it.
+	lookup *lookupProgram
 }
 
 // batchSize is the number of entries read per BatchLookup call. It must
@@ -172,7 +165,7 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		}
 		t.links = append(t.links, l)
 	}
-	if err := t.loadLookup(); err != nil {
+	if err := t.loadLookup(lookupBudget); err != nil {
 		logger.Info("conntrack tables are read through netlink only", "reason", err)
 		logger.Debug("lookup program refused", "err", fmt.Sprintf("%+v", err))
 	}
@@ -193,7 +186,7 @@ func (t *Tracker) Close() error {
 		errs = append(errs, l.Close())
 	}
 	if t.lookup != nil {
-		errs = append(errs, t.lookup.lookupPrograms.Close())
+		errs = append(errs, t.lookup.Close())
 	}
 	return errors.Join(append(errs, t.objs.Close())...)
 }
@@ -251,9 +244,6 @@ func convert(c *Conn, cookie uint64, v *trackerConn) {
 		c.Src = netip.AddrPortFrom(addr(v.Family, &v.Saddr), v.Sport)
 		c.Dst = netip.AddrPortFrom(addr(v.Family, &v.Daddr), v.Dport)
 	}
-	if v.CtRun != 0 {
-		c.Reply = reply(v)
-	}
 }
 
 const (
@@ -261,7 +251,7 @@ const (
 	afInet6 = 10
 )
 
-func addr(family uint16, b *[16]uint8) netip.Addr {
+func addr(family uint8, b *[16]uint8) netip.Addr {
 	if family == afInet {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}

@@ -19,7 +19,8 @@ type trackerConn struct {
 	SockIno  uint64
 	Pid      uint32
 	Netns    uint32
-	Family   uint16
+	Family   uint8
+	CtLooked uint8
 	State    uint8
 	Seeded   uint8
 	Sport    uint16
@@ -27,14 +28,6 @@ type trackerConn struct {
 	Saddr    [16]uint8
 	Daddr    [16]uint8
 	Comm     [16]int8
-	CtRun    uint32
-	CtFound  uint8
-	CtPad    uint8
-	CtSport  uint16
-	CtDport  uint16
-	CtSaddr  [16]uint8
-	CtDaddr  [16]uint8
-	CtPad2   [6]uint8
 }
 
 type trackerSockRec struct {

@@ -45,9 +45,6 @@ type Conn struct {
 	Src, Dst netip.AddrPort
 	// State is the connection's state when the snapshot was taken.
 	State State
-	// Host is the host conntrack table's answer, when the kernel looked
-	// the connection up (see resolve.KernelLookup).
-	Host resolve.HostReply
 }
 
 // Command returns the connecting process's command name.
@@ -396,7 +393,7 @@ func (c *Connections) read(pipe *pipeline, now time.Time) error {
 			return
 		}
 		c.fresh = append(c.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State})
-		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst, Host: k.Host})
+		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
 		if pipe != nil {
 			pipe.offer(c.lookups)
 		}

@@ -32,37 +32,25 @@ type Query struct {
 	// Src and Dst are the connection's local address and the address the
 	// application dialled.
 	Src, Dst netip.AddrPort
-	// Host is the host table's answer, when the kernel looked the
-	// connection up before it was read (ConntrackConfig.Kernel).
-	Host HostReply
 }
 
-// HostReply is what a lookup from inside the kernel found in the host
-// conntrack table for one connection. It holds no pointers, so that it
-// costs nothing to carry through every read.
-type HostReply struct {
-	// Run is the KernelLookup run that looked the connection up; zero when
-	// none has.
-	Run uint32
-	// Found reports that the table held an entry whose original tuple is
-	// the connection's. A translation found stays true for the
-	// connection's life; an entry not found may appear later.
-	Found bool
-	// Src and Dst are the entry's reply tuple when Found, addresses in
-	// 16-byte form (IPv4-mapped for IPv4).
+// Tuple is one direction of a conntrack entry: addresses in 16-byte form
+// (IPv4-mapped for IPv4), no pointers.
+type Tuple struct {
 	Src, Dst         [16]byte
 	SrcPort, DstPort uint16
 }
 
 // KernelLookup looks connections up in the conntrack table of the calling
-// thread's network namespace from inside the kernel, and leaves each answer
-// with its connection, to arrive as Query.Host when the connection is read.
+// thread's network namespace from inside the kernel: it costs a lookup per
+// new connection rather than a walk of the whole table.
 type KernelLookup interface {
 	// LookupConntrack looks up every connection recorded so far that was
-	// not looked up before and returns the run's number, as HostReply.Run
-	// holds it, and the number of connections it walked. It fails on a
-	// kernel without conntrack lookups for BPF.
-	LookupConntrack() (run uint32, walked int, err error)
+	// not looked up before and calls add with its tuple and the reply
+	// tuple of its entry (the mirror of its own tuple when the table does
+	// not hold it). It returns how many connections it walked to find
+	// them. It fails on a kernel without conntrack lookups for BPF.
+	LookupConntrack(add func(orig, reply Tuple)) (walked int, err error)
 }
 
 // Result is where a connection really goes.
@@ -91,10 +79,9 @@ type ConntrackConfig struct {
 	// NetNSDirs are directories of bind-mounted namespace files (such as
 	// /run/netns) searched when no process of a namespace can be found.
 	NetNSDirs []string
-	// Kernel, when set, looks up the connections of a large scrape in the
-	// host table from inside the kernel before they are read; the host
-	// step then answers from Query.Host and asks netlink only about the
-	// connections that arrived without an answer.
+	// Kernel, when set, looks the connections of a large scrape up in the
+	// host table from inside the kernel while they are read, instead of a
+	// dump of the table.
 	Kernel KernelLookup
 }
 
@@ -196,37 +183,7 @@ func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []
 
 type hostNamespace struct{ c *Conntrack }
 
-// Resolve answers from the kernel's lookups the connections that carry a
-// lasting answer and looks the others up through netlink.
 func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
-	return s.answer(ctx, qs, idx, out, 0)
-}
-
-// answer answers from Query.Host the connections that carry a translation,
-// or that run fresh found missing from the table; it looks the others up.
-func (s hostNamespace) answer(ctx context.Context, qs []Query, idx []int, out []Result, fresh uint32) []int {
-	rest := idx[:0] // written behind the reading
-	var missing []int
-	for _, i := range idx {
-		switch h := &qs[i].Host; {
-		case h.Found:
-			if !translate(&out[i], qs[i].Dst, tuple{h.Src, h.Dst, h.SrcPort, h.DstPort}, ResolverConntrack) {
-				rest = append(rest, i)
-			}
-		case h.Run != 0 && h.Run == fresh:
-			rest = append(rest, i) // not in the table a moment ago
-		default:
-			missing = append(missing, i)
-		}
-	}
-	if len(missing) == 0 {
-		return rest
-	}
-	return append(rest, s.lookUp(ctx, qs, missing, out)...)
-}
-
-// lookUp looks the connections up through netlink.
-func (s hostNamespace) lookUp(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := s.c
 	if err := ctx.Err(); err != nil {
 		fail(out, idx, ResolverConntrack, err)
@@ -241,19 +198,26 @@ func (s hostNamespace) lookUp(ctx context.Context, qs []Query, idx []int, out []
 	return c.lookup(ctx, fd, c.hostIno, qs, idx, out, ResolverConntrack)
 }
 
-// Prepare gets the answers for about n new connections ready before they
-// are read: the kernel looks them up when it can and the lookups it saves
-// pay for its walk of all connections; otherwise the host table is dumped
-// while the connections are read when n lookups would cost more than the
-// dump. It reports whether it dumps.
+// Prepare gets the answers for about n new connections read while the
+// connections are read: the kernel looks them up when it can and the
+// lookups it saves pay for its walk of all connections; otherwise the host
+// table is dumped when n lookups would cost more than the dump. It reports
+// whether it did either.
 func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 	c := s.c
-	if c.cfg.Kernel != nil && n*getCost*walkPerTenth > int(c.walked.Load()) {
-		run, err := c.lookupInKernel()
-		if err == nil {
-			return kernelHost{s, run}, false
+	if c.cfg.Kernel != nil {
+		if n*(getCost-kernelCost)*walkPerTenth <= int(c.walked.Load()) {
+			return s, false
 		}
-		c.logger.Debug("cannot look connections up from the kernel", "err", err)
+		p := &preparedHost{hostNamespace: s, method: "kernel", done: make(chan struct{})}
+		go func() {
+			defer close(p.done)
+			begin := time.Now()
+			p.recs = newRecords(n)
+			p.err = c.lookupInKernel(p.recs)
+			p.took = time.Since(begin)
+		}()
+		return p, true
 	}
 	if n*getCost <= dumpFixedCost {
 		return s, false // no table is cheaper to dump than to look n entries up in
@@ -272,7 +236,7 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 		sock.close()
 		return s, false
 	}
-	p := &preparedHost{hostNamespace: s, entries: entries, done: make(chan struct{})}
+	p := &preparedHost{hostNamespace: s, method: "dump_ahead", done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		defer sock.close()
@@ -284,46 +248,33 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 	return p, true
 }
 
-// lookupInKernel runs the kernel's lookup on a thread inside the host
-// namespace.
-func (c *Conntrack) lookupInKernel() (uint32, error) {
+// lookupInKernel has the kernel look the new connections up in the host
+// table, from a thread inside the host namespace, into recs.
+func (c *Conntrack) lookupInKernel(recs *records) error {
 	fd, err := netns.Open(c.cfg.HostNetNS, c.hostIno)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer fd.Close()
-	var run uint32
-	var walked int
-	err = inNamespace(fd, func() (err error) {
-		run, walked, err = c.cfg.Kernel.LookupConntrack()
+	return inNamespace(fd, func() error {
+		walked, err := c.cfg.Kernel.LookupConntrack(func(orig, reply Tuple) {
+			recs.addPair(tuple{orig.Src, orig.Dst, orig.SrcPort, orig.DstPort},
+				tuple{reply.Src, reply.Dst, reply.SrcPort, reply.DstPort})
+		})
+		if err == nil {
+			c.walked.Store(int64(walked))
+		}
 		return err
 	})
-	if err != nil {
-		return 0, err
-	}
-	c.walked.Store(int64(walked))
-	return run, nil
 }
 
-// kernelHost is the host step of one Resolve call, after the kernel looked
-// the connections up.
-type kernelHost struct {
-	hostNamespace
-	run uint32
-}
-
-// Resolve answers from the kernel's lookups; connections recorded after
-// the kernel's run are looked up through netlink.
-func (k kernelHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
-	return k.answer(ctx, qs, idx, out, k.run)
-}
-
-// preparedHost is the host step of one Resolve call, with the dump of the
-// host table that started before the call.
+// preparedHost is the host step of one Resolve call, with the entries of
+// the host table that the kernel's lookups or a dump, started before the
+// call, collect.
 type preparedHost struct {
 	hostNamespace
-	entries uint32
-	done    chan struct{}
+	method string // "kernel" or "dump_ahead"
+	done   chan struct{}
 
 	// Set before done is closed.
 	recs *records
@@ -335,7 +286,7 @@ type preparedHost struct {
 // are not in it: those are looked up one by one.
 func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := p.c
-	// Index the connections while the dump may still be running.
+	// Index the connections while the entries are still being collected.
 	x := newQueryIndex(qs, idx, out, ResolverConntrack)
 	select {
 	case <-p.done:
@@ -344,17 +295,17 @@ func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out [
 		return idx
 	}
 	if p.err != nil {
-		c.logger.Debug("cannot dump the host conntrack table ahead", "err", p.err)
-		return p.lookUp(ctx, qs, idx, out)
+		c.logger.Debug("cannot read the host conntrack table ahead", "method", p.method, "err", p.err)
+		return p.hostNamespace.Resolve(ctx, qs, idx, out)
 	}
 	p.recs.join(x)
 	rest, missing := x.rest()
-	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", p.entries,
-		"queries", len(idx), "missing", len(missing), "dump_seconds", p.took.Seconds())
+	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", p.method, "entries", len(p.recs.v4)+len(p.recs.v6),
+		"queries", len(idx), "missing", len(missing), "ahead_seconds", p.took.Seconds())
 	if len(missing) == 0 {
 		return rest
 	}
-	return append(rest, p.lookUp(ctx, qs, missing, out)...)
+	return append(rest, p.hostNamespace.Resolve(ctx, qs, missing, out)...)
 }
 
 // records are the TCP entries of a dump in the order it gave them: cheaper
@@ -375,13 +326,17 @@ func newRecords(entries int) *records {
 // add adds a dumped entry's attributes if it is TCP.
 func (r *records) add(b []byte) {
 	e, ok := parseEntry(b)
-	if !ok || e.proto != unix.IPPROTO_TCP {
-		return
+	if ok && e.proto == unix.IPPROTO_TCP {
+		r.addPair(e.orig, e.reply)
 	}
-	if e.orig.is4() && e.reply.is4() {
-		r.v4 = append(r.v4, pair4{e.orig.short(), e.reply.short()})
+}
+
+// addPair adds an entry's tuples.
+func (r *records) addPair(orig, reply tuple) {
+	if orig.is4() && reply.is4() {
+		r.v4 = append(r.v4, pair4{orig.short(), reply.short()})
 	} else {
-		r.v6 = append(r.v6, pair{e.orig, e.reply})
+		r.v6 = append(r.v6, pair{orig, reply})
 	}
 }
 
@@ -521,19 +476,20 @@ func fail(out []Result, idx []int, resolver string, err error) {
 	}
 }
 
-// Costs of the two ways to read a table, measured with scripts/bench on the
+// Costs of the ways to read a table, measured with scripts/bench on the
 // development machine, in tenths of a microsecond: a pipelined lookup costs
 // about 3 µs; a dump costs about 1.4 µs per entry of the namespace plus a
 // walk of the whole conntrack hash table, shared by every namespace, of
 // about 10 ms. A namespace with a handful of entries is never dumped.
 //
-// A lookup from inside the kernel costs about 0.2 µs, and its run walks
-// every recorded connection at about 0.05 µs each, walkPerTenth a tenth of
-// a microsecond.
+// A lookup from inside the kernel costs about 1 µs, and its run walks
+// every recorded connection at about 0.05 µs each: walkPerTenth per tenth
+// of a microsecond.
 const (
 	getCost       = 30
 	dumpPerEntry  = 14
 	dumpFixedCost = 100000
+	kernelCost    = 10
 	walkPerTenth  = 2
 )
 
