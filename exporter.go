@@ -162,7 +162,7 @@ func run() int {
 
 	static := prometheus.NewRegistry()
 	static.MustRegister(versioncollector.NewCollector(exporterName))
-	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), ct)
 
 	names := &namer{}
 	steps := resolve.Chain{ct.OwnNamespace()}
@@ -331,14 +331,13 @@ type kernelLookup struct {
 	logger *slog.Logger
 }
 
-func (k *kernelLookup) LookupConntrack(add func(orig, reply resolve.Tuple)) (int, error) {
+func (k *kernelLookup) LookupConntrack(add func(orig, reply resolve.Tuple)) error {
 	run, err := k.t.LookupConntrack(func(orig, reply bpf.Tuple) { add(resolve.Tuple(orig), resolve.Tuple(reply)) })
-	if err != nil {
-		return 0, err
+	if err == nil {
+		k.logger.Debug("looked connections up in conntrack", "connections", run.Walked, "looked_up", run.Looked,
+			"complete", run.Complete, "seconds", run.Took.Seconds())
 	}
-	k.logger.Debug("looked connections up in conntrack", "connections", run.Walked, "looked_up", run.Looked,
-		"complete", run.Complete, "seconds", run.Took.Seconds())
-	return run.Walked, nil
+	return err
 }
 
 // chainResolver adapts a resolve.Chain to collector.Resolver.

@@ -13,39 +13,66 @@ import (
 
 // TestKubeProxy: a service address DNATed by kube-proxy-style chains in the
 // node namespace to three backends; every connection's actual destination
-// is the backend that accepted it, over IPv4 and IPv6.
+// is the backend that accepted it, over IPv4 and IPv6, whether the kernel
+// looks the connections up or netlink does.
 func TestKubeProxy(t *testing.T) {
-	lab := netlab.New(t)
-	cl := lab.KubeProxy()
-	exp := startExporter(t, cl.Node)
-	proc := process(t)
-
-	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
-		t.Run(vip.String(), func(t *testing.T) {
-			dst := netip.AddrPortFrom(vip, cl.Port)
-			conns := dialAll(t, cl.Client, dst, 40)
-			want := truth(t, cl, sources(conns))
-			if len(want) < 2 {
-				t.Fatalf("40 connections all reached %v: balancing is not working", want)
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{
+		{"kernel", nil},
+		{"netlink", []string{"--no-bpf.conntrack-lookup"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			lab := netlab.New(t)
+			cl := lab.KubeProxy()
+			exp := startExporter(t, cl.Node, mode.args...)
+			for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
+				t.Run(vip.String(), func(t *testing.T) {
+					checkBackends(t, cl, exp, netip.AddrPortFrom(vip, cl.Port))
+				})
 			}
-			s := exp.scrape()
-			match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
-			if got := s.byActual("connection_active", match); !equal(got, want) {
-				t.Errorf("connection_active by actual_destination = %v, backends saw %v", got, want)
+			// With the kernel's lookups, those of the first scrape went
+			// that way (the second's 40 cost less as netlink requests than
+			// the kernel's walk of the map); without, none did.
+			lookups := map[string]float64{}
+			for _, smp := range exp.scrape().samples("connection_exporter_conntrack_lookups_total", nil) {
+				lookups[smp.labels["method"]] = smp.value
 			}
-			if got := s.byActual("connection_opened_total", match); !equal(got, want) {
-				t.Errorf("connection_opened_total by actual_destination = %v, backends saw %v", got, want)
-			}
-			if got := s.byActual("connection_destination_info", match); len(got) != len(want) {
-				t.Errorf("connection_destination_info for %v: %v, want one per backend of %v", dst, got, want)
-			}
-			other := s.samples("connection_active", map[string]string{"process": proc, "destination": dst.String()})
-			for _, smp := range other {
-				if smp.labels["resolver"] != "conntrack" {
-					t.Errorf("connection to %v not resolved by conntrack: %v", dst, smp.labels)
-				}
+			kernel, netlink := lookups["kernel"], lookups["get"]+lookups["dump"]
+			if mode.args == nil && kernel < 40 || mode.args != nil && (kernel != 0 || netlink < 80) {
+				t.Errorf("conntrack lookups by method: %v", lookups)
 			}
 		})
+	}
+}
+
+// checkBackends opens 40 connections to dst and checks the exporter's
+// answer for each against the backend that accepted it.
+func checkBackends(t *testing.T, cl *netlab.Cluster, exp *exporter, dst netip.AddrPort) {
+	t.Helper()
+	proc := process(t)
+	conns := dialAll(t, cl.Client, dst, 40)
+	want := truth(t, cl, sources(conns))
+	if len(want) < 2 {
+		t.Fatalf("40 connections all reached %v: balancing is not working", want)
+	}
+	s := exp.scrape()
+	match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
+	if got := s.byActual("connection_active", match); !equal(got, want) {
+		t.Errorf("connection_active by actual_destination = %v, backends saw %v", got, want)
+	}
+	if got := s.byActual("connection_opened_total", match); !equal(got, want) {
+		t.Errorf("connection_opened_total by actual_destination = %v, backends saw %v", got, want)
+	}
+	if got := s.byActual("connection_destination_info", match); len(got) != len(want) {
+		t.Errorf("connection_destination_info for %v: %v, want one per backend of %v", dst, got, want)
+	}
+	other := s.samples("connection_active", map[string]string{"process": proc, "destination": dst.String()})
+	for _, smp := range other {
+		if smp.labels["resolver"] != "conntrack" {
+			t.Errorf("connection to %v not resolved by conntrack: %v", dst, smp.labels)
+		}
 	}
 }
 

@@ -15,9 +15,9 @@ import (
 // trackerLookup is the real kernel program behind KernelLookup.
 type trackerLookup struct{ t *bpf.Tracker }
 
-func (l trackerLookup) LookupConntrack(add func(orig, reply Tuple)) (int, error) {
-	r, err := l.t.LookupConntrack(func(orig, reply bpf.Tuple) { add(Tuple(orig), Tuple(reply)) })
-	return r.Walked, err
+func (l trackerLookup) LookupConntrack(add func(orig, reply Tuple)) error {
+	_, err := l.t.LookupConntrack(func(orig, reply bpf.Tuple) { add(Tuple(orig), Tuple(reply)) })
+	return err
 }
 
 // TestKernelLookup resolves through the kernel's lookups in the node's
@@ -67,7 +67,7 @@ func TestKernelLookup(t *testing.T) {
 
 	chain, whole := Chain{ct.OwnNamespace(), ct.HostNamespace()}.Prepare(context.Background(), 100)
 	p, ok := chain[1].(*preparedHost)
-	if !whole || !ok || p.method != "kernel" {
+	if !whole || !ok || p.method != methodKernel {
 		t.Fatalf("prepared chain %T, whole=%v: want the kernel's lookups", chain[1], whole)
 	}
 	<-p.done
@@ -96,5 +96,8 @@ func TestKernelLookup(t *testing.T) {
 			t.Errorf("%v -> %v resolved to %v by %s (err %v), want %v by %s",
 				qs[i].Src, qs[i].Dst, r.Actual, r.Resolver, r.Err, want[i], resolver)
 		}
+	}
+	if k, g := ct.looked[methodKernel].Load(), ct.looked[methodGet].Load(); k != uint64(before) || g != uint64(len(qs)-before) {
+		t.Errorf("looked up %d by the kernel and %d by netlink requests, want %d and %d", k, g, before, len(qs)-before)
 	}
 }
