@@ -96,9 +96,9 @@ type Conntrack struct {
 	logger  *slog.Logger
 	hostIno uint32
 
-	// walkCost is what the last kernel lookup cost besides its lookups,
-	// in tenths of a microsecond: the cost of the next one, whatever it
-	// has to look up.
+	// walkCost is the least a kernel lookup has cost besides its
+	// lookups, in tenths of a microsecond (0 before the first): the cost
+	// of the next one, whatever it has to look up.
 	walkCost atomic.Int64
 	// looked counts connections looked up, by method.
 	looked [len(methods)]atomic.Uint64
@@ -225,11 +225,12 @@ func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out [
 	return c.lookup(ctx, fd, c.hostIno, qs, idx, out, ResolverConntrack)
 }
 
-// Prepare gets the answers for about n new connections read while the
-// connections are read: the kernel looks them up when it can and the
-// lookups it saves pay for its walk of all connections; otherwise the host
-// table is dumped when n lookups would cost more than the dump. It reports
-// whether it did either.
+// Prepare starts reading the host table for about n new connections, to
+// run while the connections themselves are read: the kernel looks them up
+// when it can and the netlink requests it saves pay for its walk of the
+// recorded connections; without the kernel's lookups the table is dumped
+// when n requests would cost more than the dump. It reports whether it
+// started either.
 func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 	c := s.c
 	if c.cfg.Kernel != nil {
@@ -291,8 +292,12 @@ func (c *Conntrack) lookupInKernel(recs *records) error {
 		})
 	})
 	if err == nil {
+		// The least cost seen: a run that competed for the CPUs cost
+		// more than its walk.
 		looked := len(recs.v4) + len(recs.v6)
-		c.walkCost.Store(max(time.Since(begin).Microseconds()*10-int64(looked*kernelCost), 0))
+		walk := max(time.Since(begin).Microseconds()*10-int64(looked*kernelCost), 1)
+		for old := c.walkCost.Load(); (old == 0 || walk < old) && !c.walkCost.CompareAndSwap(old, walk); old = c.walkCost.Load() {
+		}
 	}
 	return err
 }
@@ -311,8 +316,9 @@ type preparedHost struct {
 	took time.Duration
 }
 
-// Resolve answers from the dump. Connections opened after the dump started
-// are not in it: those are looked up one by one.
+// Resolve answers from the entries collected ahead. Connections opened
+// after the collection started are not in them: those are looked up one by
+// one.
 func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := p.c
 	// Index the connections while the entries are still being collected.
@@ -514,7 +520,7 @@ func fail(out []Result, idx []int, resolver string, err error) {
 //
 // A lookup from inside the kernel costs about 1 µs; its run also walks the
 // map of recorded connections, whose cost (2.5 ms for a map of 262,144
-// buckets) is measured at each run.
+// buckets) is measured.
 const (
 	getCost       = 30
 	dumpPerEntry  = 14
