@@ -84,7 +84,7 @@ func main() {
 	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
 	logs := flag.Bool("logs", false, "print the exporter's debug log after each size")
 	profiles := flag.String("profiles", "", "directory to write CPU profiles of the cold and churn scrapes to")
-	flag.IntVar(&tableExtra, "table", 0, "also fill the node's conntrack table with this many entries of other traffic, as on a busy node, so that the table is larger than the connections")
+	flag.IntVar(&tableExtra, "table", 0, "also fill the node's conntrack table with this many entries of other traffic, as on a busy node, so that the table is larger than the connections; with the connections and what earlier runs left (TIME_WAIT entries live 2 minutes) they must fit in net.netfilter.nf_conntrack_max, shared by all namespaces, or connections time out")
 	flag.Parse()
 
 	switch *helper {
