@@ -11,7 +11,7 @@
 // tuple and the entry's reply tuple. It is an XDP program only because the
 // conntrack lookup kfuncs are offered to XDP and TC programs: it never sees
 // a packet. User space runs it with BPF_PROG_TEST_RUN from a thread inside
-// the namespace whose table it wants (kernel 6.0 or later), while another
+// the namespace whose table it wants (kernel 5.18 or later), while another
 // thread reads the connections, and joins the two. Runs are serialised by
 // user space: they share the results and the looked counter.
 //
@@ -28,8 +28,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #include "conn.h"
 
 #define BPF_F_CURRENT_NETNS (-1)
-// Size of struct bpf_ct_opts before ct_zone_id was added (Linux 6.0 to
-// 6.10); later kernels accept it too.
+// Size of struct bpf_ct_opts before the zone fields were added; kernels that
+// know them accept this size too.
 #define CT_OPTS_SIZE 12
 
 extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,

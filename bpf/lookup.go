@@ -12,7 +12,7 @@ import (
 )
 
 // ErrNoKernelLookup is returned by LookupConntrack when the kernel cannot
-// run the lookup program: it lacks the conntrack kfuncs (Linux 6.0 or later
+// run the lookup program: it lacks the conntrack kfuncs (Linux 5.18 or later
 // with conntrack built in or loaded), or refused the program.
 var ErrNoKernelLookup = errors.New("conntrack lookups from BPF are not available on this kernel")
 
