@@ -100,6 +100,16 @@ static __always_inline void put_addr(__u8 dst[16], const __u8 src[16], int v4)
 	}
 }
 
+// v4_mapped reports whether a is an IPv4-mapped IPv6 address: a dual-stack
+// socket's connection to an IPv4 address, which conntrack holds as IPv4.
+static __always_inline int v4_mapped(const __u8 a[16])
+{
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return 0;
+	return a[10] == 0xff && a[11] == 0xff;
+}
+
 // same_orig reports whether the entry's original tuple is t: a tuple can
 // also match an entry's reply direction, which says nothing about where the
 // connection goes.
@@ -130,23 +140,29 @@ static long look_up(struct bpf_map *map, __u64 *cookie, struct conn *c, struct w
 
 	struct bpf_sock_tuple t = {};
 	struct bpf_ct_opts opts = {.netns_id = BPF_F_CURRENT_NETNS, .l4proto = IPPROTO_TCP};
+	const __u8 *saddr = c->saddr, *daddr = c->daddr;
 	int v4 = c->family == AF_INET;
+	if (!v4 && v4_mapped(saddr) && v4_mapped(daddr)) {
+		v4 = 1;
+		saddr += 12;
+		daddr += 12;
+	}
 	__u32 size;
 	if (v4) {
-		__builtin_memcpy(&t.ipv4.saddr, c->saddr, 4);
-		__builtin_memcpy(&t.ipv4.daddr, c->daddr, 4);
+		__builtin_memcpy(&t.ipv4.saddr, saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, daddr, 4);
 		t.ipv4.sport = bpf_htons(c->sport);
 		t.ipv4.dport = bpf_htons(c->dport);
 		size = sizeof(t.ipv4);
 	} else {
-		__builtin_memcpy(t.ipv6.saddr, c->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, c->daddr, 16);
+		__builtin_memcpy(t.ipv6.saddr, saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, daddr, 16);
 		t.ipv6.sport = bpf_htons(c->sport);
 		t.ipv6.dport = bpf_htons(c->dport);
 		size = sizeof(t.ipv6);
 	}
-	put_addr(r->orig.saddr, c->saddr, v4);
-	put_addr(r->orig.daddr, c->daddr, v4);
+	put_addr(r->orig.saddr, saddr, v4);
+	put_addr(r->orig.daddr, daddr, v4);
 	r->orig.sport = c->sport;
 	r->orig.dport = c->dport;
 

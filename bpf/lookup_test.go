@@ -1,8 +1,12 @@
 package bpf
 
 import (
+	"net"
 	"net/netip"
+	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
@@ -39,17 +43,25 @@ func TestLookupConntrack(t *testing.T) {
 	cases := map[netip.AddrPort]want{}
 	dial := func(ns *netlab.NS, network, addr string, w want) {
 		t.Helper()
-		c, err := ns.Dial(network, addr)
+		var c net.Conn
+		var err error
+		if network == "mapped" {
+			c, err = dialMapped(ns, netip.MustParseAddrPort(addr))
+		} else {
+			c, err = ns.Dial(network, addr)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		w.dst = addrPort(c.RemoteAddr())
-		cases[addrPort(c.LocalAddr())] = w
+		w.dst = unmap(addrPort(c.RemoteAddr()))
+		cases[unmap(addrPort(c.LocalAddr()))] = w
 	}
 	dial(node, "tcp4", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
 	dial(node, "tcp4", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
 	dial(node, "tcp6", "[fd00:99::2]:80", want{found: true, src: "[fd00:99::1]:8080"})
+	// A dual-stack socket's connection to an IPv4 service.
+	dial(node, "mapped", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
 	dial(node, "tcp4", "10.99.0.1:8080", want{found: true, src: "10.99.0.1:8080"})
 	dial(other, "tcp4", "127.0.0.1:8080", want{})
 
@@ -109,4 +121,27 @@ func TestLookupConntrack(t *testing.T) {
 	if !run.Complete {
 		t.Errorf("second run = %+v, want complete", run)
 	}
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// dialMapped connects an IPv6 socket in ns to the IPv4 address dst as an
+// IPv4-mapped address, as dual-stack applications do (Go's dialer would use
+// an IPv4 socket).
+func dialMapped(ns *netlab.NS, dst netip.AddrPort) (c net.Conn, err error) {
+	err = ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		f := os.NewFile(uintptr(fd), "mapped")
+		defer f.Close()
+		sa := &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
+		if err := unix.Connect(fd, sa); err != nil {
+			return err
+		}
+		c, err = net.FileConn(f)
+		return err
+	})
+	return c, err
 }
