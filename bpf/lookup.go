@@ -46,9 +46,13 @@ type lookupProgram struct {
 	lookupObjects
 	results *ebpf.Memory
 
-	mu  sync.Mutex       // serialises runs, which share the results
-	buf []lookupCtResult // results copied out of the mapping
+	budget int              // results of one run
+	mu     sync.Mutex       // serialises runs, which share the results
+	buf    []lookupCtResult // a chunk of results copied out of the mapping
 }
+
+// lookupChunk is the number of results copied out of the mapping at once.
+const lookupChunk = 1024
 
 // Close closes the program, its results and its handle of the shared map.
 func (p *lookupProgram) Close() error { return p.lookupObjects.Close() }
@@ -65,7 +69,7 @@ func (t *Tracker) loadLookup(budget uint32) error {
 	if err := spec.Variables["budget"].Set(budget); err != nil {
 		return err
 	}
-	p := &lookupProgram{}
+	p := &lookupProgram{budget: int(budget)}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conns": t.objs.Conns}}
 	if err := spec.LoadAndAssign(&p.lookupObjects, opts); err != nil {
 		return err
@@ -99,7 +103,7 @@ func (t *Tracker) LookupConntrack(add func(orig, reply Tuple)) (LookupRun, error
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.buf == nil {
-		p.buf = make([]lookupCtResult, p.results.Size()/uint32(unsafe.Sizeof(lookupCtResult{})))
+		p.buf = make([]lookupCtResult, min(lookupChunk, p.budget))
 	}
 	begin := time.Now()
 	size := int(unsafe.Sizeof(p.buf[0]))
@@ -109,7 +113,7 @@ func (t *Tracker) LookupConntrack(add func(orig, reply Tuple)) (LookupRun, error
 	in, out := make([]byte, 64), make([]byte, 64)
 	// One run per budget, until one walks to the end of the map; a map
 	// that grows faster than it is looked up does not keep us here.
-	for range int(t.max)/len(p.buf) + 2 {
+	for range int(t.max)/p.budget + 2 {
 		ret, err := p.LookupCt.Run(&ebpf.RunOptions{Data: in, DataOut: out})
 		if err != nil {
 			return run, fmt.Errorf("run conntrack lookup: %w", err)
@@ -121,13 +125,16 @@ func (t *Tracker) LookupConntrack(add func(orig, reply Tuple)) (LookupRun, error
 		if _, err := binary.Decode(out, binary.NativeEndian, &r); err != nil {
 			return run, fmt.Errorf("conntrack lookup result: %w", err)
 		}
-		n := min(int(r.Looked), len(p.buf))
-		if _, err := p.results.ReadAt(raw[:n*size], 0); err != nil {
-			return run, fmt.Errorf("read lookup results: %w", err)
-		}
-		for i := range p.buf[:n] {
-			o, r := &p.buf[i].Orig, &p.buf[i].Reply
-			add(Tuple{o.Saddr, o.Daddr, o.Sport, o.Dport}, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
+		n := min(int(r.Looked), p.budget)
+		for off := 0; off < n; off += len(p.buf) {
+			chunk := p.buf[:min(len(p.buf), n-off)]
+			if _, err := p.results.ReadAt(raw[:len(chunk)*size], int64(off*size)); err != nil {
+				return run, fmt.Errorf("read lookup results: %w", err)
+			}
+			for i := range chunk {
+				o, r := &chunk[i].Orig, &chunk[i].Reply
+				add(Tuple{o.Saddr, o.Daddr, o.Sport, o.Dport}, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
+			}
 		}
 		run.Looked += n
 		run.Walked = int(r.Visited)

@@ -65,11 +65,13 @@ func TestLookupConntrack(t *testing.T) {
 	dial(node, "tcp4", "10.99.0.1:8080", want{found: true, src: "10.99.0.1:8080"})
 	dial(other, "tcp4", "127.0.0.1:8080", want{})
 
-	// A budget of 2 makes several runs, each stopping where it is spent.
+	// A budget of 3 makes several runs, each stopping where it is spent,
+	// and results copied out two at a time several chunks per run.
 	tr.lookup.Close()
-	if err := tr.loadLookup(2); err != nil {
+	if err := tr.loadLookup(3); err != nil {
 		t.Fatal(err)
 	}
+	tr.lookup.buf = make([]lookupCtResult, 2)
 	lookUp := func() (LookupRun, map[netip.AddrPort][2]netip.AddrPort) {
 		t.Helper()
 		got := map[netip.AddrPort][2]netip.AddrPort{}
