@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
 // The map of recorded connections, shared by tracker.c, which fills it, and
-// lookup.c, which annotates it with what the conntrack table says.
+// lookup.c, which marks the connections it has looked up in conntrack.
 
 #define AF_INET 2
 #define AF_INET6 10

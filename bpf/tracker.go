@@ -1,13 +1,15 @@
 // Package bpf owns the kernel side of connection_exporter: the eBPF programs
 // that record every actively opened TCP connection of every process in every
 // network namespace, their loading and attachment, the seeding of connections
-// that predate the exporter, and snapshots of the recorded connections as
-// plain Go values.
+// that predate the exporter, snapshots of the recorded connections as plain
+// Go values, and lookups of new connections in a conntrack table from inside
+// the kernel.
 //
 // The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
 // tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
 // later); seeding uses a TCP socket iterator (Linux 5.9 or later). Neither
-// kprobes, fentry nor a tracefs mount are needed.
+// kprobes, fentry nor a tracefs mount are needed. The conntrack lookups need
+// the conntrack kfuncs (Linux 5.18 or later); without them the rest works.
 package bpf
 
 import (
