@@ -1,7 +1,10 @@
-// Package resolve owns finding where a connection really goes: lookups of a
-// connection's original tuple in the conntrack table of its own network
-// namespace (sidecar redirects) and of the host namespace (kube-proxy,
-// Docker DNAT), each through a netlink socket opened in that namespace.
+// Package resolve owns finding where a connection really goes: a chain of
+// steps that look a connection's original tuple up in the conntrack table of
+// its own network namespace (sidecar redirects), in a Swarm load balancer's,
+// in Cilium's maps and in the host namespace's table (kube-proxy, Docker
+// DNAT). Conntrack tables are read through netlink sockets opened in their
+// namespaces; the host table, for many new connections, also by lookups from
+// inside the kernel (KernelLookup).
 package resolve
 
 import (
