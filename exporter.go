@@ -150,8 +150,13 @@ func run() int {
 		hostNetNS = resolve.HostNetNSPath(cfg.procfs)
 	}
 	ctCfg := resolve.ConntrackConfig{ProcFS: cfg.procfs, HostNetNS: hostNetNS, NetNSDirs: cfg.netnsDirs}
-	if cfg.kernelLookup && tracker.CanLookUpConntrack() {
-		ctCfg.Kernel = &kernelLookup{t: tracker, logger: logger.With("component", "bpf")}
+	if cfg.kernelLookup {
+		if l, err := bpf.NewConntrackLookup(); err != nil {
+			logger.Info("conntrack tables are read through netlink only", "reason", err)
+		} else {
+			defer l.Close()
+			ctCfg.Kernel = l
+		}
 	}
 	ct, err := resolve.NewConntrack(ctCfg, logger.With("component", "conntrack"))
 	if err != nil {
@@ -324,21 +329,6 @@ func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(coo
 func (s *trackerSource) Lost() (uint64, error)          { return s.t.Lost() }
 func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() }
 func (s *trackerSource) Recorded() (uint64, error)      { return s.t.Recorded() }
-
-// kernelLookup adapts bpf.Tracker to resolve.KernelLookup.
-type kernelLookup struct {
-	t      *bpf.Tracker
-	logger *slog.Logger
-}
-
-func (k *kernelLookup) LookupConntrack(add func(orig, reply resolve.Tuple)) error {
-	run, err := k.t.LookupConntrack(func(orig, reply bpf.Tuple) { add(resolve.Tuple(orig), resolve.Tuple(reply)) })
-	if err == nil {
-		k.logger.Debug("looked connections up in conntrack", "connections", run.Walked, "looked_up", run.Looked,
-			"complete", run.Complete, "seconds", run.Took.Seconds())
-	}
-	return err
-}
 
 // chainResolver adapts a resolve.Chain to collector.Resolver.
 type chainResolver struct {

@@ -5,4 +5,4 @@ package bpf
 // exporter needs no C toolchain. vmlinux.h was produced with
 // `bpftool btf dump file /sys/kernel/btf/vmlinux format c`.
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type conn -type sock_rec tracker tracker.c -- -I./include
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type ct_result -type run lookup lookup.c -- -I./include
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type ct_lookup lookup lookup.c -- -I./include

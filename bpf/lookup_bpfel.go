@@ -13,24 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type lookupConn struct {
-	_        structs.HostLayout
-	CgroupId uint64
-	SockIno  uint64
-	Pid      uint32
-	Netns    uint32
-	Family   uint8
-	CtLooked uint8
-	State    uint8
-	Seeded   uint8
-	Sport    uint16
-	Dport    uint16
-	Saddr    [16]uint8
-	Daddr    [16]uint8
-	Comm     [16]int8
-}
-
-type lookupCtResult struct {
+type lookupCtLookup struct {
 	_    structs.HostLayout
 	Orig struct {
 		_     structs.HostLayout
@@ -46,26 +29,17 @@ type lookupCtResult struct {
 		Sport uint16
 		Dport uint16
 	}
-}
-
-type lookupRun struct {
-	_       structs.HostLayout
-	Visited uint32
-	Looked  uint32
-	Done    uint32
+	Found uint32
+	Pad   uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lookupMapConns          = "conns"
-	lookupMapResults        = "results"
+	lookupMapLookups        = "lookups"
 	lookupProgLookupCt      = "lookup_ct"
-	lookupVarBudget         = "budget"
-	lookupVarLooked         = "looked"
-	lookupVarUnusedCtResult = "unused_ct_result"
-	lookupVarUnusedRun      = "unused_run"
+	lookupVarUnusedCtLookup = "unused_ct_lookup"
 )
 
 // loadLookup returns the embedded CollectionSpec for lookup.
@@ -117,18 +91,14 @@ type lookupProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lookupMapSpecs struct {
-	Conns   *ebpf.MapSpec `ebpf:"conns"`
-	Results *ebpf.MapSpec `ebpf:"results"`
+	Lookups *ebpf.MapSpec `ebpf:"lookups"`
 }
 
 // lookupVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lookupVariableSpecs struct {
-	Budget         *ebpf.VariableSpec `ebpf:"budget"`
-	Looked         *ebpf.VariableSpec `ebpf:"looked"`
-	UnusedCtResult *ebpf.VariableSpec `ebpf:"unused_ct_result"`
-	UnusedRun      *ebpf.VariableSpec `ebpf:"unused_run"`
+	UnusedCtLookup *ebpf.VariableSpec `ebpf:"unused_ct_lookup"`
 }
 
 // lookupObjects contains all objects after they have been loaded into the kernel.
@@ -151,14 +121,12 @@ func (o *lookupObjects) Close() error {
 //
 // It can be passed to loadLookupObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lookupMaps struct {
-	Conns   *ebpf.Map `ebpf:"conns"`
-	Results *ebpf.Map `ebpf:"results"`
+	Lookups *ebpf.Map `ebpf:"lookups"`
 }
 
 func (m *lookupMaps) Close() error {
 	return _LookupClose(
-		m.Conns,
-		m.Results,
+		m.Lookups,
 	)
 }
 
@@ -166,10 +134,7 @@ func (m *lookupMaps) Close() error {
 //
 // It can be passed to loadLookupObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lookupVariables struct {
-	Budget         *ebpf.Variable `ebpf:"budget"`
-	Looked         *ebpf.Variable `ebpf:"looked"`
-	UnusedCtResult *ebpf.Variable `ebpf:"unused_ct_result"`
-	UnusedRun      *ebpf.Variable `ebpf:"unused_run"`
+	UnusedCtLookup *ebpf.Variable `ebpf:"unused_ct_lookup"`
 }
 
 // lookupPrograms contains all programs after they have been loaded into the kernel.

@@ -13,13 +13,26 @@ import (
 
 // TestLookupConntrack runs the lookup program in a namespace whose
 // kube-proxy style DNAT sends a service address to a backend, and checks
-// each connection's result against the real conntrack entry: translated
-// (IPv4 and IPv6), untranslated, and absent from the table.
+// each connection's answer against the real conntrack entry: translated
+// (IPv4, IPv6, and a dual-stack socket's IPv4 connection), untranslated,
+// absent from the table, and asked in reverse.
 func TestLookupConntrack(t *testing.T) {
-	tr := newTracker(t, Config{MaxConnections: 1024})
-	if tr.lookup == nil {
-		t.Fatal("the kernel refused the lookup program")
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
 	}
+	// Runs of 3 lookups, copied in and out 2 at a time: several of each,
+	// in the second of two slots.
+	l, err := newConntrackLookup(3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	first := <-l.slots
+	defer func() { l.slots <- first }()
+	second := <-l.slots
+	second.buf = second.buf[:2]
+	l.slots <- second
+
 	lab := netlab.New(t)
 	node := lab.NetNS("node")
 	node.Run("ip", "link", "set", "lo", "up")
@@ -35,13 +48,9 @@ func TestLookupConntrack(t *testing.T) {
 	netlab.Serve(node.Listen("tcp6", "[fd00:99::1]:8080"))
 	netlab.Serve(other.Listen("tcp4", "127.0.0.1:8080"))
 
-	type want struct {
-		found bool
-		src   string         // reply source when found
-		dst   netip.AddrPort // the dialled address
-	}
-	cases := map[netip.AddrPort]want{}
-	dial := func(ns *netlab.NS, network, addr string, w want) {
+	var orig []Tuple
+	var want []string // the reply source, empty when not found
+	dial := func(ns *netlab.NS, network, addr, backend string) {
 		t.Helper()
 		var c net.Conn
 		var err error
@@ -54,78 +63,51 @@ func TestLookupConntrack(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		w.dst = unmap(addrPort(c.RemoteAddr()))
-		cases[unmap(addrPort(c.LocalAddr()))] = w
+		src, dst := addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
+		orig = append(orig, Tuple{src.Addr().As16(), dst.Addr().As16(), src.Port(), dst.Port()})
+		want = append(want, backend)
 	}
-	dial(node, "tcp4", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
-	dial(node, "tcp4", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
-	dial(node, "tcp6", "[fd00:99::2]:80", want{found: true, src: "[fd00:99::1]:8080"})
-	// A dual-stack socket's connection to an IPv4 service.
-	dial(node, "mapped", "10.99.0.2:80", want{found: true, src: "10.99.0.1:8080"})
-	dial(node, "tcp4", "10.99.0.1:8080", want{found: true, src: "10.99.0.1:8080"})
-	dial(other, "tcp4", "127.0.0.1:8080", want{})
+	dial(node, "tcp4", "10.99.0.2:80", "10.99.0.1:8080")
+	dial(node, "tcp4", "10.99.0.2:80", "10.99.0.1:8080")
+	dial(node, "tcp6", "[fd00:99::2]:80", "[fd00:99::1]:8080")
+	dial(node, "mapped", "10.99.0.2:80", "10.99.0.1:8080")
+	dial(node, "tcp4", "10.99.0.1:8080", "10.99.0.1:8080")
+	dial(other, "tcp4", "127.0.0.1:8080", "")
+	// The first connection's entry seen from its reply direction is not an
+	// entry whose original tuple it is.
+	o := orig[0]
+	orig = append(orig, Tuple{[16]byte(netip.MustParseAddr("::ffff:10.99.0.1").As16()), o.Src, 8080, o.SrcPort})
+	want = append(want, "")
 
-	// A budget of 3 makes several runs, each stopping where it is spent,
-	// and results copied out two at a time several chunks per run.
-	tr.lookup.Close()
-	if err := tr.loadLookup(3); err != nil {
+	reply, found := make([]Tuple, len(orig)), make([]bool, len(orig))
+	err = node.Do(func() error {
+		return l.Lookup(len(orig), func(i int) Tuple { return orig[i] }, func(i int, r Tuple) {
+			if found[i] {
+				t.Errorf("%d answered twice", i)
+			}
+			reply[i], found[i] = r, true
+		})
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	tr.lookup.buf = make([]lookupCtResult, 2)
-	lookUp := func() (LookupRun, map[netip.AddrPort][2]netip.AddrPort) {
-		t.Helper()
-		got := map[netip.AddrPort][2]netip.AddrPort{}
-		var run LookupRun
-		err := node.Do(func() (err error) {
-			run, err = tr.LookupConntrack(func(orig, reply Tuple) {
-				src := netip.AddrPortFrom(netip.AddrFrom16(orig.Src).Unmap(), orig.SrcPort)
-				if _, dup := got[src]; dup {
-					t.Errorf("%v looked up twice", src)
-				}
-				got[src] = [2]netip.AddrPort{
-					netip.AddrPortFrom(netip.AddrFrom16(reply.Src).Unmap(), reply.SrcPort),
-					netip.AddrPortFrom(netip.AddrFrom16(reply.Dst).Unmap(), reply.DstPort),
-				}
-			})
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
+	for i, o := range orig {
+		src := netip.AddrPortFrom(netip.AddrFrom16(o.Src).Unmap(), o.SrcPort)
+		if found[i] != (want[i] != "") {
+			t.Errorf("%v: found %v, want %v", src, found[i], want[i] != "")
+			continue
 		}
-		return run, got
-	}
-	run, got := lookUp()
-	if !run.Complete || run.Looked != len(got) || run.Looked < len(cases) {
-		t.Errorf("run = %+v with %d results, want a complete run with at least %d", run, len(got), len(cases))
-	}
-	for src, w := range cases {
-		r, ok := got[src]
-		switch {
-		case !ok:
-			t.Errorf("%v not looked up", src)
-		case r[1] != src:
-			t.Errorf("%v: reply destination %v, want the connection's source", src, r[1])
-		case w.found && r[0].String() != w.src:
-			t.Errorf("%v: reply source %v, want %s", src, r[0], w.src)
-		case !w.found && r[0] != w.dst:
-			t.Errorf("%v: reply source %v, want the mirror of its own tuple %v", src, r[0], w.dst)
+		if !found[i] {
+			continue
 		}
-	}
-
-	// A second run looks none of them up again (it may look up connections
-	// other tests opened meanwhile).
-	run, got = lookUp()
-	for src := range cases {
-		if _, ok := got[src]; ok {
-			t.Errorf("%v looked up again", src)
+		r := reply[i]
+		rsrc := netip.AddrPortFrom(netip.AddrFrom16(r.Src).Unmap(), r.SrcPort)
+		rdst := netip.AddrPortFrom(netip.AddrFrom16(r.Dst).Unmap(), r.DstPort)
+		if rsrc.String() != want[i] || rdst != src {
+			t.Errorf("%v: reply %v -> %v, want %s -> %v", src, rsrc, rdst, want[i], src)
 		}
-	}
-	if !run.Complete {
-		t.Errorf("second run = %+v, want complete", run)
 	}
 }
-
-func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
 
 // dialMapped connects an IPv6 socket in ns to the IPv4 address dst as an
 // IPv4-mapped address, as dual-stack applications do (Go's dialer would use

@@ -76,7 +76,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 			CgroupId: r.CgroupId,
 			SockIno:  ino,
 			Netns:    r.Netns,
-			Family:   uint8(r.Family),
+			Family:   r.Family,
 			State:    uint8(StateEstablished),
 			Seeded:   1,
 			Sport:    r.Sport,

@@ -2,8 +2,8 @@
 // that record every actively opened TCP connection of every process in every
 // network namespace, their loading and attachment, the seeding of connections
 // that predate the exporter, snapshots of the recorded connections as plain
-// Go values, and lookups of new connections in a conntrack table from inside
-// the kernel.
+// Go values, and a program that looks connections up in a conntrack table
+// from inside the kernel.
 //
 // The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
 // tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
@@ -114,10 +114,6 @@ type Tracker struct {
 	mu     sync.Mutex
 	keys   []uint64
 	values []trackerConn
-
-	// lookup is the conntrack lookup program, nil when the kernel refused
-	// it.
-	lookup *lookupProgram
 }
 
 // batchSize is the number of entries read per BatchLookup call. It must
@@ -167,10 +163,6 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		}
 		t.links = append(t.links, l)
 	}
-	if err := t.loadLookup(lookupBudget); err != nil {
-		logger.Info("conntrack tables are read through netlink only", "reason", err)
-		logger.Debug("lookup program refused", "err", fmt.Sprintf("%+v", err))
-	}
 	seeded, err := t.seed(cfg.ProcFS, cfg.NetNSDirs)
 	if err != nil {
 		// Connections opened from now on are still recorded.
@@ -186,9 +178,6 @@ func (t *Tracker) Close() error {
 	var errs []error
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
-	}
-	if t.lookup != nil {
-		errs = append(errs, t.lookup.Close())
 	}
 	return errors.Join(append(errs, t.objs.Close())...)
 }
@@ -253,7 +242,7 @@ const (
 	afInet6 = 10
 )
 
-func addr(family uint8, b *[16]uint8) netip.Addr {
+func addr(family uint16, b *[16]uint8) netip.Addr {
 	if family == afInet {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}

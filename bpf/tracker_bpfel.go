@@ -19,8 +19,7 @@ type trackerConn struct {
 	SockIno  uint64
 	Pid      uint32
 	Netns    uint32
-	Family   uint8
-	CtLooked uint8
+	Family   uint16
 	State    uint8
 	Seeded   uint8
 	Sport    uint16

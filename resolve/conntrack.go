@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
@@ -35,23 +36,15 @@ type Query struct {
 	Src, Dst netip.AddrPort
 }
 
-// Tuple is one direction of a conntrack entry: addresses in 16-byte form
-// (IPv4-mapped for IPv4), no pointers.
-type Tuple struct {
-	Src, Dst         [16]byte
-	SrcPort, DstPort uint16
-}
-
-// KernelLookup looks connections up in the conntrack table of the calling
-// thread's network namespace from inside the kernel: it costs a lookup per
-// new connection and a walk of the recorded ones rather than a walk of the
-// whole table.
+// KernelLookup looks tuples up in the conntrack table of the calling
+// thread's network namespace from inside the kernel: cheaper than netlink
+// requests, and unlike a dump its cost does not grow with the table.
+// bpf.ConntrackLookup is one.
 type KernelLookup interface {
-	// LookupConntrack looks up every connection recorded so far that was
-	// not looked up before and calls add with its tuple and the reply
-	// tuple of its entry (the mirror of its own tuple when the table does
-	// not hold it). It fails on a kernel without conntrack lookups for BPF.
-	LookupConntrack(add func(orig, reply Tuple)) error
+	// Lookup looks n tuples up: orig(i) is the i-th, and found(i, reply)
+	// is called for each whose original tuple is that of an entry of the
+	// table, with the entry's reply tuple.
+	Lookup(n int, orig func(int) bpf.Tuple, found func(int, bpf.Tuple)) error
 }
 
 // Result is where a connection really goes.
@@ -80,9 +73,8 @@ type ConntrackConfig struct {
 	// NetNSDirs are directories of bind-mounted namespace files (such as
 	// /run/netns) searched when no process of a namespace can be found.
 	NetNSDirs []string
-	// Kernel, when set, looks the connections of a large scrape up in the
-	// host table from inside the kernel while they are read, instead of a
-	// dump of the table.
+	// Kernel, when set, looks connections up from inside the kernel
+	// instead of through netlink requests or a dump.
 	Kernel KernelLookup
 }
 
@@ -96,17 +88,13 @@ type Conntrack struct {
 	logger  *slog.Logger
 	hostIno uint32
 
-	// walkCost is the least a kernel lookup has cost besides its
-	// lookups, in tenths of a microsecond (0 before the first): the cost
-	// of the next one, whatever it has to look up.
-	walkCost atomic.Int64
 	// looked counts connections looked up, by method.
 	looked [len(methods)]atomic.Uint64
 }
 
 // How a conntrack table is read, as exported in the method label.
 const (
-	methodKernel = iota // lookups from BPF while the connections are read
+	methodKernel = iota // lookups from inside the kernel
 	methodDump          // a dump of the whole table
 	methodGet           // one netlink request per connection
 )
@@ -114,7 +102,7 @@ const (
 var methods = [...]string{methodKernel: "kernel", methodDump: "dump", methodGet: "get"}
 
 var lookupsDesc = prometheus.NewDesc("connection_exporter_conntrack_lookups_total",
-	"Connections looked up in a conntrack table, by method: kernel (BPF lookups while the connections are read), dump (a dump of the table), get (one netlink request each).",
+	"Connections looked up in a conntrack table, by method: kernel (lookups from a BPF program), dump (a dump of the table), get (one netlink request each).",
 	[]string{"method"}, nil)
 
 // Describe implements prometheus.Collector.
@@ -225,27 +213,14 @@ func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out [
 	return c.lookup(ctx, fd, c.hostIno, qs, idx, out, ResolverConntrack)
 }
 
-// Prepare starts reading the host table for about n new connections, to
-// run while the connections themselves are read: the kernel looks them up
-// when it can and the netlink requests it saves pay for its walk of the
-// recorded connections; without the kernel's lookups the table is dumped
-// when n requests would cost more than the dump. It reports whether it
-// started either.
+// Prepare starts dumping the host table when n lookups would cost more
+// than a dump of it, so that the dump runs while the connections are read;
+// it reports whether it did. Lookups from inside the kernel cost less than
+// a dump: with them nothing is dumped.
 func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 	c := s.c
 	if c.cfg.Kernel != nil {
-		if n*(getCost-kernelCost) <= int(c.walkCost.Load()) {
-			return s, false
-		}
-		p := &preparedHost{hostNamespace: s, method: methodKernel, done: make(chan struct{})}
-		go func() {
-			defer close(p.done)
-			begin := time.Now()
-			p.recs = newRecords(n)
-			p.err = c.lookupInKernel(p.recs)
-			p.took = time.Since(begin)
-		}()
-		return p, true
+		return s, false
 	}
 	if n*getCost <= dumpFixedCost {
 		return s, false // no table is cheaper to dump than to look n entries up in
@@ -264,7 +239,7 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 		sock.close()
 		return s, false
 	}
-	p := &preparedHost{hostNamespace: s, method: methodDump, done: make(chan struct{})}
+	p := &preparedHost{hostNamespace: s, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		defer sock.close()
@@ -276,39 +251,11 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 	return p, true
 }
 
-// lookupInKernel has the kernel look the new connections up in the host
-// table, from a thread inside the host namespace, into recs.
-func (c *Conntrack) lookupInKernel(recs *records) error {
-	fd, err := netns.Open(c.cfg.HostNetNS, c.hostIno)
-	if err != nil {
-		return err
-	}
-	defer fd.Close()
-	begin := time.Now()
-	err = inNamespace(fd, func() error {
-		return c.cfg.Kernel.LookupConntrack(func(orig, reply Tuple) {
-			recs.addPair(tuple{orig.Src, orig.Dst, orig.SrcPort, orig.DstPort},
-				tuple{reply.Src, reply.Dst, reply.SrcPort, reply.DstPort})
-		})
-	})
-	if err == nil {
-		// The least cost seen: a run that competed for the CPUs cost
-		// more than its walk.
-		looked := len(recs.v4) + len(recs.v6)
-		walk := max(time.Since(begin).Microseconds()*10-int64(looked*kernelCost), 1)
-		for old := c.walkCost.Load(); (old == 0 || walk < old) && !c.walkCost.CompareAndSwap(old, walk); old = c.walkCost.Load() {
-		}
-	}
-	return err
-}
-
-// preparedHost is the host step of one Resolve call, with the entries of
-// the host table that the kernel's lookups or a dump, started before the
-// call, collect.
+// preparedHost is the host step of one Resolve call, with the dump of the
+// host table that started before the call.
 type preparedHost struct {
 	hostNamespace
-	method int // methodKernel or methodDump
-	done   chan struct{}
+	done chan struct{}
 
 	// Set before done is closed.
 	recs *records
@@ -316,12 +263,11 @@ type preparedHost struct {
 	took time.Duration
 }
 
-// Resolve answers from the entries collected ahead. Connections opened
-// after the collection started are not in them: those are looked up one by
-// one.
+// Resolve answers from the dump. Connections opened after the dump started
+// are not in it: those are looked up one by one.
 func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := p.c
-	// Index the connections while the entries are still being collected.
+	// Index the connections while the dump may still be running.
 	x := newQueryIndex(qs, idx, out, ResolverConntrack)
 	select {
 	case <-p.done:
@@ -330,14 +276,14 @@ func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out [
 		return idx
 	}
 	if p.err != nil {
-		c.logger.Debug("cannot read the host conntrack table ahead", "method", methods[p.method], "err", p.err)
+		c.logger.Debug("cannot dump the host conntrack table ahead", "err", p.err)
 		return p.hostNamespace.Resolve(ctx, qs, idx, out)
 	}
 	p.recs.join(x)
 	rest, missing := x.rest()
-	c.looked[p.method].Add(uint64(len(idx) - len(missing)))
-	c.logger.Debug("looked up conntrack ahead", "netns", c.hostIno, "method", methods[p.method], "entries", len(p.recs.v4)+len(p.recs.v6),
-		"queries", len(idx), "missing", len(missing), "ahead_seconds", p.took.Seconds())
+	c.looked[methodDump].Add(uint64(len(idx) - len(missing)))
+	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", len(p.recs.v4)+len(p.recs.v6),
+		"queries", len(idx), "missing", len(missing), "dump_seconds", p.took.Seconds())
 	if len(missing) == 0 {
 		return rest
 	}
@@ -518,14 +464,11 @@ func fail(out []Result, idx []int, resolver string, err error) {
 // walk of the whole conntrack hash table, shared by every namespace, of
 // about 10 ms. A namespace with a handful of entries is never dumped.
 //
-// A lookup from inside the kernel costs about 1 µs; its run also walks the
-// map of recorded connections, whose cost (2.5 ms for a map of 262,144
-// buckets) is measured.
+// A lookup from inside the kernel costs 0.4 to 1 µs.
 const (
 	getCost       = 30
 	dumpPerEntry  = 14
 	dumpFixedCost = 100000
-	kernelCost    = 10
 )
 
 // dumpCheaper reports whether one dump of a table of entries costs less
@@ -553,6 +496,16 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		return idx
 	}
 	begin := time.Now()
+	if c.cfg.Kernel != nil {
+		rest, err := c.lookupKernel(fd, qs, idx, out, resolver)
+		if err == nil {
+			c.looked[methodKernel].Add(uint64(len(idx)))
+			c.logger.Debug("looked up conntrack", "netns", ino, "method", "kernel", "entries", entries,
+				"queries", len(idx), "seconds", time.Since(begin).Seconds())
+			return rest
+		}
+		c.logger.Debug("cannot look conntrack up from the kernel", "netns", ino, "err", err)
+	}
 	if dumpCheaper(len(idx), entries) {
 		// One pass over the table. The queries were read before it
 		// started, so each one's entry is in it if it exists at all.
@@ -582,6 +535,30 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 	c.logger.Debug("looked up conntrack", "netns", ino, "method", "get", "entries", entries,
 		"queries", len(idx), "seconds", time.Since(begin).Seconds())
 	return rest
+}
+
+// lookupKernel looks the queries idx up from inside the kernel, on a thread
+// in the namespace open as fd, and returns the ones it did not translate.
+func (c *Conntrack) lookupKernel(fd *os.File, qs []Query, idx []int, out []Result, resolver string) ([]int, error) {
+	translated := make([]bool, len(idx))
+	orig := func(n int) bpf.Tuple {
+		t := tupleOf(qs[idx[n]].Src, qs[idx[n]].Dst)
+		return bpf.Tuple{Src: t.src, Dst: t.dst, SrcPort: t.sport, DstPort: t.dport}
+	}
+	found := func(n int, r bpf.Tuple) {
+		i := idx[n]
+		translated[n] = translate(&out[i], qs[i].Dst, tuple{r.Src, r.Dst, r.SrcPort, r.DstPort}, resolver)
+	}
+	if err := inNamespace(fd, func() error { return c.cfg.Kernel.Lookup(len(idx), orig, found) }); err != nil {
+		return idx, err
+	}
+	rest := idx[:0] // written behind the reading
+	for n, i := range idx {
+		if !translated[n] {
+			rest = append(rest, i)
+		}
+	}
+	return rest, nil
 }
 
 // resolve looks the queries idx up one by one and returns the ones it did
