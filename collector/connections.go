@@ -85,7 +85,8 @@ type Destination = resolve.Result
 // Resolver finds where connections really go.
 type Resolver interface {
 	// Resolve fills out[i] for in[i]; out is as long as in. It returns when
-	// ctx is done, marking what it did not resolve with ctx's error.
+	// ctx is done, marking what it did not resolve with ctx's error. It is
+	// called from several goroutines at once for the chunks of one scrape.
 	Resolve(ctx context.Context, in []Lookup, out []Destination)
 }
 
@@ -497,8 +498,9 @@ func (c *Connections) tidy(readAll bool, now time.Time) {
 // resolved in chunks while the snapshot is still being read.
 const pipelineMin = 1024
 
-// pipeline resolves new connections in chunks on another goroutine while
-// the snapshot is being read, so that looking them up overlaps reading.
+// pipeline resolves new connections in chunks on other goroutines while
+// the snapshot is being read, so that looking them up overlaps reading, and
+// chunks overlap each other once it is read.
 type pipeline struct {
 	size    int // lookups per chunk
 	sent    int // lookups handed over so far
@@ -520,9 +522,11 @@ func startPipeline(ctx context.Context, r Resolver, n int) *pipeline {
 	p.work, p.done = make(chan chunk, n/p.size+1), make(chan struct{})
 	go func() {
 		defer close(p.done)
+		var wg sync.WaitGroup
 		for c := range p.work {
-			r.Resolve(ctx, c.in, p.results[c.off:c.off+len(c.in)])
+			wg.Go(func() { r.Resolve(ctx, c.in, p.results[c.off:c.off+len(c.in)]) })
 		}
+		wg.Wait()
 	}()
 	return p
 }
