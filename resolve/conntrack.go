@@ -239,7 +239,7 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 		sock.close()
 		return s, false
 	}
-	p := &preparedHost{hostNamespace: s, done: make(chan struct{})}
+	p := &preparedHost{hostNamespace: s, entries: entries, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		defer sock.close()
@@ -255,7 +255,8 @@ func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 // host table that started before the call.
 type preparedHost struct {
 	hostNamespace
-	done chan struct{}
+	entries uint32
+	done    chan struct{}
 
 	// Set before done is closed.
 	recs *records
@@ -282,7 +283,7 @@ func (p *preparedHost) Resolve(ctx context.Context, qs []Query, idx []int, out [
 	p.recs.join(x)
 	rest, missing := x.rest()
 	c.looked[methodDump].Add(uint64(len(idx) - len(missing)))
-	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", len(p.recs.v4)+len(p.recs.v6),
+	c.logger.Debug("looked up conntrack", "netns", c.hostIno, "method", "dump_ahead", "entries", p.entries,
 		"queries", len(idx), "missing", len(missing), "dump_seconds", p.took.Seconds())
 	if len(missing) == 0 {
 		return rest
@@ -308,17 +309,13 @@ func newRecords(entries int) *records {
 // add adds a dumped entry's attributes if it is TCP.
 func (r *records) add(b []byte) {
 	e, ok := parseEntry(b)
-	if ok && e.proto == unix.IPPROTO_TCP {
-		r.addPair(e.orig, e.reply)
+	if !ok || e.proto != unix.IPPROTO_TCP {
+		return
 	}
-}
-
-// addPair adds an entry's tuples.
-func (r *records) addPair(orig, reply tuple) {
-	if orig.is4() && reply.is4() {
-		r.v4 = append(r.v4, pair4{orig.short(), reply.short()})
+	if e.orig.is4() && e.reply.is4() {
+		r.v4 = append(r.v4, pair4{e.orig.short(), e.reply.short()})
 	} else {
-		r.v6 = append(r.v6, pair{orig, reply})
+		r.v6 = append(r.v6, pair{e.orig, e.reply})
 	}
 }
 
