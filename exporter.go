@@ -155,7 +155,7 @@ func run() int {
 			logger.Info("conntrack tables are read through netlink only", "reason", err)
 		} else {
 			defer l.Close()
-			ctCfg.Kernel = l
+			ctCfg.Kernel = kernelLookup{l}
 		}
 	}
 	ct, err := resolve.NewConntrack(ctCfg, logger.With("component", "conntrack"))
@@ -329,6 +329,14 @@ func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(coo
 func (s *trackerSource) Lost() (uint64, error)          { return s.t.Lost() }
 func (s *trackerSource) Capacity() uint32               { return s.t.Capacity() }
 func (s *trackerSource) Recorded() (uint64, error)      { return s.t.Recorded() }
+
+// kernelLookup adapts bpf.ConntrackLookup to resolve.KernelLookup.
+type kernelLookup struct{ l *bpf.ConntrackLookup }
+
+func (k kernelLookup) Lookup(n int, orig func(int) resolve.Tuple, found func(int, resolve.Tuple)) error {
+	return k.l.Lookup(n, func(i int) bpf.Tuple { return bpf.Tuple(orig(i)) },
+		func(i int, r bpf.Tuple) { found(i, resolve.Tuple(r)) })
+}
 
 // chainResolver adapts a resolve.Chain to collector.Resolver.
 type chainResolver struct {

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
-	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
@@ -39,12 +38,18 @@ type Query struct {
 // KernelLookup looks tuples up in the conntrack table of the calling
 // thread's network namespace from inside the kernel: cheaper than netlink
 // requests, and unlike a dump its cost does not grow with the table.
-// bpf.ConntrackLookup is one.
 type KernelLookup interface {
 	// Lookup looks n tuples up: orig(i) is the i-th, and found(i, reply)
 	// is called for each whose original tuple is that of an entry of the
 	// table, with the entry's reply tuple.
-	Lookup(n int, orig func(int) bpf.Tuple, found func(int, bpf.Tuple)) error
+	Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error
+}
+
+// Tuple is one direction of a conntrack entry as a KernelLookup sees it:
+// addresses in 16-byte form (IPv4-mapped for IPv4).
+type Tuple struct {
+	Src, Dst         [16]byte
+	SrcPort, DstPort uint16
 }
 
 // Result is where a connection really goes.
@@ -538,11 +543,11 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 // in the namespace open as fd, and returns the ones it did not translate.
 func (c *Conntrack) lookupKernel(fd *os.File, qs []Query, idx []int, out []Result, resolver string) ([]int, error) {
 	translated := make([]bool, len(idx))
-	orig := func(n int) bpf.Tuple {
+	orig := func(n int) Tuple {
 		t := tupleOf(qs[idx[n]].Src, qs[idx[n]].Dst)
-		return bpf.Tuple{Src: t.src, Dst: t.dst, SrcPort: t.sport, DstPort: t.dport}
+		return Tuple{t.src, t.dst, t.sport, t.dport}
 	}
-	found := func(n int, r bpf.Tuple) {
+	found := func(n int, r Tuple) {
 		i := idx[n]
 		translated[n] = translate(&out[i], qs[i].Dst, tuple{r.Src, r.Dst, r.SrcPort, r.DstPort}, resolver)
 	}

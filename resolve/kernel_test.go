@@ -12,6 +12,13 @@ import (
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
 
+// kernelLookup is the real kernel program behind KernelLookup.
+type kernelLookup struct{ l *bpf.ConntrackLookup }
+
+func (k kernelLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error {
+	return k.l.Lookup(n, func(i int) bpf.Tuple { return bpf.Tuple(orig(i)) }, func(i int, r bpf.Tuple) { found(i, Tuple(r)) })
+}
+
 // TestKernelLookup resolves through lookups from inside the kernel in the
 // node's table, in one call and one by one: connections of both families
 // and one that nothing translates, each checked against the backend that
@@ -27,7 +34,7 @@ func TestKernelLookup(t *testing.T) {
 	defer l.Close()
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
-	ct, err := NewConntrack(ConntrackConfig{HostNetNS: cl.Node.Path(), NetNSDirs: []string{"/run/netns"}, Kernel: l},
+	ct, err := NewConntrack(ConntrackConfig{HostNetNS: cl.Node.Path(), NetNSDirs: []string{"/run/netns"}, Kernel: kernelLookup{l}},
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
