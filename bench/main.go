@@ -24,7 +24,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -304,26 +303,19 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 var tableExtra int
 
 // fillTable inserts n established TCP entries of other clients and
-// services into the conntrack table of ns, with `conntrack -R`.
-func fillTable(r *runner, ns *netlab.NS, n int) {
-	f, err := os.CreateTemp("", "bench-conntrack-*")
-	if err != nil {
-		r.Fatalf("%v", err)
-	}
-	defer os.Remove(f.Name())
-	w := bufio.NewWriter(f)
-	for i := range n {
+// services into the conntrack table of ns.
+func fillTable(ns *netlab.NS, n int) {
+	entries := make([]netlab.NATEntry, n)
+	for i := range entries {
 		// Clients in 100.64.0.0/10, services in 10.112.0.0/16: no address
 		// of the lab.
-		client := fmt.Sprintf("100.%d.%d.%d", 64+i>>16&63, i>>8&255, i&255)
-		svc, pod := fmt.Sprintf("10.112.%d.%d", i>>8&255, i&255), fmt.Sprintf("10.113.%d.%d", i>>8&255, i&255)
-		fmt.Fprintf(w, "-I -p tcp -s %s -d %s --sport %d --dport 80 --reply-src %s --reply-dst %s --reply-port-src 8080 --reply-port-dst %[3]d --state ESTABLISHED -t 3600 -u ASSURED\n",
-			client, svc, 1024+i%60000, pod, client)
+		entries[i] = netlab.NATEntry{
+			Client:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, byte(64 + i>>16&63), byte(i >> 8), byte(i)}), uint16(1024+i%60000)),
+			Service: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 112, byte(i >> 8), byte(i)}), 80),
+			Backend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 113, byte(i >> 8), byte(i)}), 8080),
+		}
 	}
-	if err := errors.Join(w.Flush(), f.Close()); err != nil {
-		r.Fatalf("%v", err)
-	}
-	ns.Run("conntrack", "-R", f.Name())
+	ns.InsertConntrack(entries)
 	fmt.Fprintf(os.Stderr, "bench: %d entries of other traffic in the node's table\n", n)
 }
 
@@ -350,7 +342,7 @@ func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
 	lab := netlab.New(r)
 	cl := lab.KubeProxyTopology()
 	if tableExtra > 0 {
-		fillTable(r, cl.Node, tableExtra)
+		fillTable(cl.Node, tableExtra)
 	}
 	cl.Client.Run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
 	// Churned ports wait in TIME_WAIT; repeated churn needs them back.

@@ -1,11 +1,8 @@
 package bpf
 
 import (
-	"bytes"
-	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -64,18 +61,18 @@ func BenchmarkLookupConntrack(b *testing.B) {
 	full, empty := lab.NetNS("full"), lab.NetNS("empty")
 	// The table holds each connection's entry, translated to a backend.
 	orig := make([]Tuple, n)
-	var cmds bytes.Buffer
+	entries := make([]netlab.NATEntry, n)
+	client, svc := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	for i := range orig {
 		sport := uint16(1024 + i)
-		orig[i] = Tuple{netip.MustParseAddr("::ffff:10.0.0.1").As16(), netip.MustParseAddr("::ffff:10.0.0.2").As16(), sport, 80}
-		fmt.Fprintf(&cmds, "-I -p tcp -s 10.0.0.1 -d 10.0.0.2 --sport %d --dport 80 --reply-src 10.1.%d.%d --reply-dst 10.0.0.1 --reply-port-src 8080 --reply-port-dst %[1]d --state ESTABLISHED -t 600 -u ASSURED\n",
-			sport, i>>8&255, i&255)
+		orig[i] = Tuple{client.As16(), svc.As16(), sport, 80}
+		entries[i] = netlab.NATEntry{
+			Client:  netip.AddrPortFrom(client, sport),
+			Service: netip.AddrPortFrom(svc, 80),
+			Backend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 8080),
+		}
 	}
-	file := filepath.Join(b.TempDir(), "table")
-	if err := os.WriteFile(file, cmds.Bytes(), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	full.Run("conntrack", "-R", file)
+	full.InsertConntrack(entries)
 	found := make([]bool, n)
 	for _, bc := range []struct {
 		name string

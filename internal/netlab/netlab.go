@@ -6,10 +6,13 @@
 package netlab
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,6 +112,34 @@ func (l *Lab) Cmd(name string, args ...string) string {
 func (n *NS) Run(name string, args ...string) string {
 	n.lab.t.Helper()
 	return n.lab.Cmd("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+}
+
+// NATEntry is a conntrack entry of an established TCP connection from
+// Client to Service that a DNAT sent to Backend.
+type NATEntry struct {
+	Client, Service, Backend netip.AddrPort
+}
+
+// InsertConntrack inserts the entries into the namespace's conntrack table
+// in one `conntrack -R` batch (thousands per second, where one
+// `conntrack -I` each would take minutes), with an hour to live.
+func (n *NS) InsertConntrack(entries []NATEntry) {
+	n.lab.t.Helper()
+	f, err := os.CreateTemp("", "netlab-conntrack-*")
+	if err != nil {
+		n.lab.t.Fatalf("conntrack batch: %v", err)
+	}
+	defer os.Remove(f.Name())
+	w := bufio.NewWriter(f)
+	for _, e := range entries {
+		c, s, b := e.Client, e.Service, e.Backend
+		fmt.Fprintf(w, "-I -p tcp -s %s -d %s --sport %d --dport %d --reply-src %s --reply-dst %[1]s --reply-port-src %[6]d --reply-port-dst %[3]d --state ESTABLISHED -t 3600 -u ASSURED\n",
+			c.Addr(), s.Addr(), c.Port(), s.Port(), b.Addr(), b.Port())
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		n.lab.t.Fatalf("conntrack batch: %v", err)
+	}
+	n.Run("conntrack", "-R", f.Name())
 }
 
 // Link joins a and b with a veth pair and assigns each side its addresses
