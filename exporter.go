@@ -85,7 +85,7 @@ func run() int {
 		Default("/sys/fs/bpf").StringVar(&cfg.bpffs)
 	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape.").
 		Default(strconv.Itoa(bpf.DefaultMaxConnections)).Uint32Var(&cfg.maxConnections)
-	app.Flag("bpf.conntrack-lookup", "Look many new connections up in the host conntrack table from a BPF program (Linux 5.18 or later, with the conntrack kfuncs) instead of through netlink; --no-bpf.conntrack-lookup uses netlink only.").
+	app.Flag("bpf.conntrack-lookup", "Look connections up in conntrack tables from a BPF program (Linux 5.18 or later, with the conntrack kfuncs) instead of through netlink; --no-bpf.conntrack-lookup uses netlink only.").
 		Default("true").BoolVar(&cfg.kernelLookup)
 	app.Flag("collector.max-series", "Maximum number of label sets of the connection metrics; connections beyond are counted under the label value _other.").
 		Default("10000").IntVar(&cfg.maxSeries)

@@ -25,9 +25,9 @@ type Tuple struct {
 // ConntrackLookup looks tuples up in conntrack tables from inside the
 // kernel, with an XDP program that never sees a packet, run through
 // BPF_PROG_TEST_RUN: 0.2 to 1 µs a lookup whatever the table's size,
-// against 3 µs for a netlink request. It is safe for concurrent use: up to one call
-// per CPU (at most maxLookupSlots) runs at once, each in its own part of the
-// program's array.
+// against 3 µs for a netlink request. It is safe for concurrent use: up to
+// one call per CPU (at most maxLookupSlots) runs at once, each in its own
+// part of the program's array.
 type ConntrackLookup struct {
 	objs lookupObjects
 	mem  *ebpf.Memory // the lookups array, mapped
@@ -94,8 +94,10 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 	size := int(unsafe.Sizeof(s.buf[0])) // a multiple of 8, as the array's elements
 	// Copies in and out of the mapping go through buf, seen as bytes.
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s.buf))), len(s.buf)*size)
-	// The run's packet: at least an Ethernet header long, as XDP wants.
+	// The run's packet, at least an Ethernet header long as XDP wants:
+	// where the slot starts, then how many lookups to make.
 	packet := make([]byte, 64)
+	binary.NativeEndian.PutUint32(packet[0:], uint32(s.start))
 	for start := 0; start < n; start += l.run {
 		k := min(l.run, n-start)
 		for off := 0; off < k; off += len(s.buf) {
@@ -110,7 +112,6 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 				return fmt.Errorf("write conntrack lookups: %w", err)
 			}
 		}
-		binary.NativeEndian.PutUint32(packet[0:], uint32(s.start))
 		binary.NativeEndian.PutUint32(packet[4:], uint32(k))
 		ret, err := l.objs.LookupCt.Run(&ebpf.RunOptions{Data: packet})
 		if err != nil {

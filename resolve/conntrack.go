@@ -466,7 +466,7 @@ func fail(out []Result, idx []int, resolver string, err error) {
 // walk of the whole conntrack hash table, shared by every namespace, of
 // about 10 ms. A namespace with a handful of entries is never dumped.
 //
-// A lookup from inside the kernel costs 0.4 to 1 µs.
+// A lookup from inside the kernel costs 0.2 to 1 µs.
 const (
 	getCost       = 30
 	dumpPerEntry  = 14
