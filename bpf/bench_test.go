@@ -11,26 +11,31 @@ import (
 )
 
 // fill inserts n established entries into the connection map from user
-// space, as the tracepoint would.
-func fill(b *testing.B, tr *Tracker, n int) {
+// space, as the tracepoint would, and returns a function that marks them
+// all changed again.
+func fill(b *testing.B, tr *Tracker, n int) (change func()) {
 	b.Helper()
 	keys := make([]uint64, n)
 	vals := make([]trackerConn, n)
 	for i := range keys {
 		keys[i] = uint64(1<<40 + i)
 		vals[i] = trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(StateEstablished),
-			Sport: uint16(i), Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}}
+			Sport: uint16(i), Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}, Version: 1}
 	}
-	if _, err := tr.objs.Conns.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
-		b.Fatal(err)
+	change = func() {
+		if _, err := tr.objs.Conns.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
+			b.Fatal(err)
+		}
 	}
+	change()
 	b.Cleanup(func() { tr.Release(keys) })
+	return change
 }
 
 // BenchmarkSnapshot reads a map of 50,000 connections: the warm path's
 // floor. Run as root: go test -run X -bench Snapshot -benchmem ./bpf
 func BenchmarkSnapshot(b *testing.B) {
-	tr := newTracker(b, Config{MaxConnections: 65536})
+	tr := newTracker(b, Config{})
 	fill(b, tr, 50000)
 	var buf []Conn
 	var err error
@@ -41,6 +46,41 @@ func BenchmarkSnapshot(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(len(buf)), "conns")
+}
+
+// BenchmarkRead reads a map of 50,000 connections: all of them changed, as
+// on a cold scrape, and none of them, as on a scrape with nothing new. Run
+// as root: go test -run X -bench 'Read$' -benchmem ./bpf
+func BenchmarkRead(b *testing.B) {
+	tr := newTracker(b, Config{})
+	change := fill(b, tr, 50000)
+	read := func(b *testing.B) int {
+		n := 0
+		if _, err := tr.Read(func(*Conn) { n++ }); err != nil {
+			b.Fatal(err)
+		}
+		return n
+	}
+	b.Run("changed", func(b *testing.B) {
+		b.ReportAllocs()
+		n := 0
+		for b.Loop() {
+			b.StopTimer()
+			change()
+			b.StartTimer()
+			n = read(b)
+		}
+		b.ReportMetric(float64(n), "conns")
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		read(b)
+		b.ReportAllocs()
+		n := 0
+		for b.Loop() {
+			n = read(b)
+		}
+		b.ReportMetric(float64(n), "conns")
+	})
 }
 
 // BenchmarkLookupConntrack looks 50,000 connections up in a namespace's

@@ -93,7 +93,7 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 	defer func() { l.slots <- s }()
 	size := int(unsafe.Sizeof(s.buf[0])) // a multiple of 8, as the array's elements
 	// Copies in and out of the mapping go through buf, seen as bytes.
-	raw := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s.buf))), len(s.buf)*size)
+	raw := bytesOf(s.buf)
 	// The run's packet, at least an Ethernet header long as XDP wants:
 	// where the slot starts, then how many lookups to make.
 	packet := make([]byte, 64)
@@ -136,5 +136,5 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 	return nil
 }
 
-// xdpPass is XDP_PASS, what lookup_ct returns when it ran.
+// xdpPass is XDP_PASS, what lookup_ct and read_changes return when they ran.
 const xdpPass = 2

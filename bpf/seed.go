@@ -79,6 +79,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 			Family:   r.Family,
 			State:    uint8(StateEstablished),
 			Seeded:   1,
+			Version:  1, // to be read like any changed entry
 			Sport:    r.Sport,
 			Dport:    r.Dport,
 			Saddr:    r.Saddr,
@@ -122,6 +123,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 		if err := t.objs.Conns.Lookup(cookie, &c); err != nil || State(c.State) != st {
 			continue
 		}
+		c.Version++
 		c.State = uint8(StateClosed)
 		if st == StateConnecting {
 			c.State = uint8(StateFailed)

@@ -13,6 +13,12 @@
 // reads them on a scrape and deletes closed and failed ones after it has
 // counted them, so a connection that lives between two scrapes is still seen.
 //
+// Each change user space must see (established, failed, closed) bumps the
+// entry's version. On a scrape, user space runs read_changes, which walks
+// the map in the kernel and copies out only the entries whose version moved
+// since it last copied them: a scrape where nothing changed costs a walk of
+// the map and no copy.
+//
 // An iter/tcp program lists the sockets that existed before the tracepoint
 // was attached, so that user space can seed the table at start-up.
 
@@ -57,6 +63,8 @@ struct conn {
 	__u8 saddr[16];  // local address
 	__u8 daddr[16];  // remote (dialled) address
 	char comm[16];   // command name of the thread group leader
+	__u32 version;   // bumped after each change that user space must see
+	__u32 reported;  // version when the read_changed iterator last wrote it
 };
 
 // conns: key u64 socket cookie (unique for the kernel's lifetime), value
@@ -97,6 +105,13 @@ static __always_inline void count(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 	if (v)
 		*v += 1;
+}
+
+// changed publishes the fields just written: the iterators read the version
+// before the fields, so the atomic add, a full barrier, orders them.
+static __always_inline void changed(struct conn *c)
+{
+	__sync_fetch_and_add(&c->version, 1);
 }
 
 static __always_inline void read_tuple(struct conn *c, const struct sock *sk)
@@ -158,6 +173,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	if (newstate == TCP_ESTABLISHED) { // from SYN_SENT
 		read_tuple(c, sk);
 		c->state = CONN_ESTABLISHED;
+		changed(c);
 		return 0;
 	}
 
@@ -171,6 +187,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	} else if (c->state == CONN_ESTABLISHED) {
 		c->state = CONN_CLOSED;
 	}
+	changed(c);
 	return 0;
 }
 
@@ -258,4 +275,81 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
+}
+
+// struct conn_rec is an entry of conns with its key, as read_changes
+// copies it out.
+struct conn_rec {
+	__u64 cookie;
+	struct conn conn;
+};
+
+const struct conn_rec *unused_conn_rec __attribute__((unused));
+
+// changes: the entries one run of read_changes copied out, from index 0.
+// max_entries is set by user space at load time; user space reads the array
+// through a memory mapping.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct conn_rec);
+} changes SEC(".maps");
+
+// struct read_run is the packet read_changes is run with, and what it
+// leaves there for user space.
+struct read_run {
+	__u32 count; // entries copied into changes
+	__u32 more;  // 1 when changes filled up before the walk ended
+	__u32 total; // entries in conns, when more is 0
+	__u32 pad;
+};
+
+const struct read_run *unused_read_run __attribute__((unused));
+
+struct walk {
+	__u32 count;
+	__u32 more;
+};
+
+// copy_changed copies an entry of conns that changed since it was last
+// copied into the next free element of changes, and marks it copied.
+static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, struct walk *w)
+{
+	// A fetch rather than a plain load, for its barrier: the fields
+	// copied below are at least as new as this version.
+	__u32 v = __sync_fetch_and_add(&c->version, 0);
+	if (v == c->reported)
+		return 0;
+	struct conn_rec *r = bpf_map_lookup_elem(&changes, &w->count);
+	if (!r) {
+		w->more = 1;
+		return 1;
+	}
+	r->cookie = *key;
+	__builtin_memcpy(&r->conn, c, sizeof(r->conn));
+	c->reported = v;
+	w->count++;
+	return 0;
+}
+
+// read_changes walks conns and copies out the entries that changed since
+// a run last copied them, as many as changes holds (Linux 5.13 or later).
+// It is an XDP program only because XDP programs can be run on demand
+// with BPF_PROG_TEST_RUN and may walk a map: it never sees a packet. User
+// space runs it on a scrape, again while it reports more, so that a scrape
+// with no new connection reads nothing but the walk's result.
+SEC("xdp")
+int read_changes(struct xdp_md *ctx)
+{
+	struct read_run *run = (void *)(long)ctx->data;
+	if ((void *)(run + 1) > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	struct walk w = {};
+	long visited = bpf_for_each_map_elem(&conns, copy_changed, &w, 0);
+	run->count = w.count;
+	run->more = w.more;
+	run->total = visited;
+	return XDP_PASS;
 }

@@ -27,6 +27,22 @@ type trackerConn struct {
 	Saddr    [16]uint8
 	Daddr    [16]uint8
 	Comm     [16]int8
+	Version  uint32
+	Reported uint32
+}
+
+type trackerConnRec struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Conn   trackerConn
+}
+
+type trackerReadRun struct {
+	_     structs.HostLayout
+	Count uint32
+	More  uint32
+	Total uint32
+	Pad   uint32
 }
 
 type trackerSockRec struct {
@@ -49,13 +65,17 @@ type trackerSockRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	trackerMapChanges       = "changes"
 	trackerMapConns         = "conns"
 	trackerMapCounters      = "counters"
 	trackerProgDumpTcp      = "dump_tcp"
 	trackerProgOnReset      = "on_reset"
 	trackerProgOnRetransmit = "on_retransmit"
 	trackerProgOnState      = "on_state"
+	trackerProgReadChanges  = "read_changes"
 	trackerVarUnusedConn    = "unused_conn"
+	trackerVarUnusedConnRec = "unused_conn_rec"
+	trackerVarUnusedReadRun = "unused_read_run"
 	trackerVarUnusedSockRec = "unused_sock_rec"
 )
 
@@ -105,12 +125,14 @@ type trackerProgramSpecs struct {
 	OnReset      *ebpf.ProgramSpec `ebpf:"on_reset"`
 	OnRetransmit *ebpf.ProgramSpec `ebpf:"on_retransmit"`
 	OnState      *ebpf.ProgramSpec `ebpf:"on_state"`
+	ReadChanges  *ebpf.ProgramSpec `ebpf:"read_changes"`
 }
 
 // trackerMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerMapSpecs struct {
+	Changes  *ebpf.MapSpec `ebpf:"changes"`
 	Conns    *ebpf.MapSpec `ebpf:"conns"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 }
@@ -120,6 +142,8 @@ type trackerMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerVariableSpecs struct {
 	UnusedConn    *ebpf.VariableSpec `ebpf:"unused_conn"`
+	UnusedConnRec *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
+	UnusedReadRun *ebpf.VariableSpec `ebpf:"unused_read_run"`
 	UnusedSockRec *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
 }
 
@@ -143,12 +167,14 @@ func (o *trackerObjects) Close() error {
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerMaps struct {
+	Changes  *ebpf.Map `ebpf:"changes"`
 	Conns    *ebpf.Map `ebpf:"conns"`
 	Counters *ebpf.Map `ebpf:"counters"`
 }
 
 func (m *trackerMaps) Close() error {
 	return _TrackerClose(
+		m.Changes,
 		m.Conns,
 		m.Counters,
 	)
@@ -159,6 +185,8 @@ func (m *trackerMaps) Close() error {
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerVariables struct {
 	UnusedConn    *ebpf.Variable `ebpf:"unused_conn"`
+	UnusedConnRec *ebpf.Variable `ebpf:"unused_conn_rec"`
+	UnusedReadRun *ebpf.Variable `ebpf:"unused_read_run"`
 	UnusedSockRec *ebpf.Variable `ebpf:"unused_sock_rec"`
 }
 
@@ -170,6 +198,7 @@ type trackerPrograms struct {
 	OnReset      *ebpf.Program `ebpf:"on_reset"`
 	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
 	OnState      *ebpf.Program `ebpf:"on_state"`
+	ReadChanges  *ebpf.Program `ebpf:"read_changes"`
 }
 
 func (p *trackerPrograms) Close() error {
@@ -178,6 +207,7 @@ func (p *trackerPrograms) Close() error {
 		p.OnReset,
 		p.OnRetransmit,
 		p.OnState,
+		p.ReadChanges,
 	)
 }
 

@@ -1,0 +1,130 @@
+package bpf
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// readOurs reads the map and returns the states of the connections whose
+// local address is in srcs, failing on a connection reported twice.
+func readOurs(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, int) {
+	t.Helper()
+	got := make(map[netip.AddrPort]State)
+	cookies := make(map[uint64]bool)
+	total, err := tr.Read(func(c *Conn) {
+		if cookies[c.Cookie] {
+			t.Errorf("connection %d reported twice in one read", c.Cookie)
+		}
+		cookies[c.Cookie] = true
+		if srcs[c.Src] {
+			got[c.Src] = c.State
+		}
+	})
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return got, total
+}
+
+func TestTrackerReadsChanges(t *testing.T) {
+	const runSize = 1000
+	tr := newTracker(t, Config{MaxConnections: 16384, changes: runSize})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+
+	// More connections than one run of the reader copies out: the next run
+	// must go on with the rest and report none twice.
+	const n = 2*runSize + 500
+	srcs := make(map[netip.AddrPort]bool, n)
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		srcs[addrPort(c.LocalAddr())] = true
+	}
+
+	got, total := readOurs(t, tr, srcs)
+	if len(got) != n {
+		t.Fatalf("first read reported %d of %d new connections", len(got), n)
+	}
+	for src, st := range got {
+		if st != StateEstablished {
+			t.Fatalf("%v: state %v, want established", src, st)
+		}
+	}
+	snap, err := tr.Snapshot(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other processes of the host may connect meanwhile.
+	if total < n || total > len(snap)+50 || len(snap) > total+50 {
+		t.Errorf("total = %d, want about the %d entries of a batch read, at least %d", total, len(snap), n)
+	}
+
+	if got, total2 := readOurs(t, tr, srcs); len(got) != 0 || total2 < n {
+		t.Errorf("read without changes reported %d connections (total %d), want 0 (total at least %d)", len(got), total2, n)
+	}
+
+	// Closing changes the state: those connections, and only those, are
+	// reported again. A reset closes a socket at once, even one whose
+	// peer has not accepted it yet.
+	closed := make(map[netip.AddrPort]bool)
+	for _, c := range conns[:n/3] {
+		closed[addrPort(c.LocalAddr())] = true
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	conns = conns[n/3:]
+	var last map[netip.AddrPort]State
+	deadline := time.Now().Add(5 * time.Second)
+	seen := make(map[netip.AddrPort]State)
+	for len(seen) < len(closed) && time.Now().Before(deadline) {
+		last, _ = readOurs(t, tr, srcs)
+		for src, st := range last {
+			if !closed[src] {
+				t.Fatalf("%v reported although it did not change (state %v)", src, st)
+			}
+			if st != StateClosed {
+				t.Fatalf("%v: state %v, want closed", src, st)
+			}
+			if _, dup := seen[src]; dup {
+				t.Fatalf("%v reported again without a change", src)
+			}
+			seen[src] = st
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(seen) != len(closed) {
+		t.Errorf("reported %d of %d closed connections", len(seen), len(closed))
+	}
+}
+
+func TestTrackerGet(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	k, ok := find(t, tr, addrPort(c.LocalAddr()))
+	if !ok {
+		t.Fatal("connection not recorded")
+	}
+	var got []Conn
+	if err := tr.Get([]uint64{k.Cookie, 1<<63 + 5}, func(c *Conn) { got = append(got, *c) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != k {
+		t.Errorf("Get = %+v, want only %+v", got, k)
+	}
+}
