@@ -314,15 +314,25 @@ type trackerSource struct {
 	t *bpf.Tracker
 }
 
-func (s *trackerSource) Connections(fn func(*collector.Conn)) error {
+func (s *trackerSource) Connections(fn func(*collector.Conn)) (int, error) {
+	return s.t.Read(adaptConn(fn))
+}
+
+func (s *trackerSource) Get(cookies []uint64, fn func(*collector.Conn)) error {
+	return s.t.Get(cookies, adaptConn(fn))
+}
+
+// adaptConn turns a function of collector connections into one of bpf
+// connections, with one collector.Conn for all calls.
+func adaptConn(fn func(*collector.Conn)) func(*bpf.Conn) {
 	var k collector.Conn
-	return s.t.Walk(func(c *bpf.Conn) {
+	return func(c *bpf.Conn) {
 		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
 			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
 		}
 		fn(&k)
-	})
+	}
 }
 
 func (s *trackerSource) Release(cookies []uint64) error { return s.t.Release(cookies) }

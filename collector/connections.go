@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -56,13 +57,21 @@ func (k *Conn) Command() string {
 	return string(k.Comm[:n])
 }
 
-// Source gives snapshots of the connections the kernel recorded.
+// Source gives the connections the kernel recorded, as they change.
 type Source interface {
-	// Connections calls fn once for every recorded connection; the Conn is
-	// only valid during the call. It must not block on anything slower than
-	// reading kernel memory.
-	Connections(fn func(*Conn)) error
+	// Connections calls fn once for every recorded connection whose state
+	// changed since a call reported it: a connection is reported when it is
+	// established or fails, and again when it closes. The Conn is only
+	// valid during the call. It returns how many connections are recorded
+	// in all. It must not block on anything slower than reading kernel
+	// memory.
+	Connections(fn func(*Conn)) (int, error)
+	// Get calls fn for each of cookies that is still recorded, whether it
+	// changed or not.
+	Get(cookies []uint64, fn func(*Conn)) error
 	// Release forgets connections in a final state once they are counted.
+	// Only the collector releases connections: those it tracks stay
+	// recorded until it does.
 	Release(cookies []uint64) error
 	// Lost returns how many connections could not be recorded since start.
 	Lost() (uint64, error)
@@ -194,8 +203,8 @@ type series struct {
 
 // retry counts the failed resolution attempts of an open connection.
 type retry struct {
-	n   int
-	gen uint64
+	n    int
+	read uint64 // the scrape that last read it
 }
 
 // Resolvers that can fail, reported with zero errors from the start.
@@ -205,7 +214,7 @@ var resolvers = []string{"conntrack", "conntrack_netns", "swarm_lb", "cilium"}
 type tracked struct {
 	s       *series
 	counted bool // counted in opened
-	gen     uint64
+	open    bool // counted in active
 }
 
 // Connections is the collector of the connection metrics. It is safe for
@@ -231,8 +240,8 @@ type Connections struct {
 	recorded      uint64 // Source.Recorded at the last scrape
 
 	// Per-scrape state.
-	seen    int                     // connections in the last snapshot
-	kept    int                     // connections of it still tracked after accounting
+	seen    int                     // connections recorded at the last scrape
+	again   []uint64                // postponed connections that did not change
 	fresh   []freshConn             // connections seen for the first time
 	lookups []Lookup                // and what to resolve of them, index for index
 	release []uint64                // connections to release
@@ -311,7 +320,7 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 	return c, nil
 }
 
-// Update reads a snapshot, accounts for it and sends the metrics.
+// Update reads what changed, accounts for it and sends the metrics.
 func (c *Connections) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -329,32 +338,42 @@ const scratchKeep = 4096
 // scrape's garbage is returned to the operating system at once.
 const freeAfter = 20000
 
-// account folds one snapshot into the label sets. Connections already known
-// are accounted as they are read, with no copy; new ones are set aside,
-// resolved together (starting while the snapshot is still read when many
-// are expected), then admitted.
+// account folds what changed since the last scrape into the label sets.
+// Connections already known are accounted as they are read, with no copy;
+// new ones are set aside, resolved together (starting while the changes
+// are still read when many are expected), then admitted. A scrape with
+// nothing new costs the source's walk of its map and nothing per
+// connection.
 func (c *Connections) account(ctx context.Context) error {
 	now := c.now()
 	c.gen++
 	for _, s := range c.series {
-		s.active, s.touched = 0, false
+		s.touched = false
 	}
 	if c.overflow != nil {
-		c.overflow.active, c.overflow.touched = 0, false
+		c.overflow.touched = false
 	}
-	c.release, c.fresh, c.lookups, c.seen, c.kept = c.release[:0], c.fresh[:0], c.lookups[:0], 0, 0
+	c.fresh, c.lookups = c.fresh[:0], c.lookups[:0]
 
 	begin := time.Now()
 	resolver, pipe := c.prepare(ctx)
-	err := c.read(pipe, now)
-	readAll := err == nil
+	prepared := time.Since(begin)
+	postponedRead, err := c.read(pipe, now)
 	read := time.Since(begin)
 	c.admitFresh(ctx, resolver, pipe, now)
-	if rerr := c.src.Release(c.release); rerr != nil && err == nil {
-		err = fmt.Errorf("release connections: %w", rerr)
+	admitted := time.Since(begin)
+	// Releases that fail are tried again at the next scrape: the source
+	// does not report a connection again without a change.
+	released := len(c.release)
+	if rerr := c.src.Release(c.release); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("release connections: %w", rerr))
+	} else {
+		c.release = c.release[:0]
 	}
-	c.tidy(readAll, now)
-	c.logger.Debug("accounted snapshot", "connections", c.seen, "read_seconds", read.Seconds(),
+	releasedAt := time.Since(begin)
+	c.tidy(now, postponedRead)
+	c.logger.Debug("accounted changes", "connections", c.seen, "prepared_seconds", prepared.Seconds(), "read_seconds", read.Seconds(),
+		"admitted_seconds", admitted.Seconds(), "released", released, "released_seconds", releasedAt.Seconds(),
 		"total_seconds", time.Since(begin).Seconds())
 	return err
 }
@@ -381,11 +400,13 @@ func (c *Connections) prepare(ctx context.Context) (Resolver, *pipeline) {
 	return resolver, nil
 }
 
-// read walks the snapshot: known connections are accounted, new ones set
-// aside (and handed to the pipeline, if any).
-func (c *Connections) read(pipe *pipeline, now time.Time) error {
-	err := c.src.Connections(func(k *Conn) {
-		c.seen++
+// read reads what changed: known connections are accounted, new ones set
+// aside (and handed to the pipeline, if any). Postponed connections are
+// read too, changed or not, for another attempt; postponedRead says whether
+// that read succeeded. A failed read of the changes keeps going with what
+// was read: counters stay where they were.
+func (c *Connections) read(pipe *pipeline, now time.Time) (postponedRead bool, err error) {
+	fn := func(k *Conn) {
 		if k.State == StateConnecting {
 			return
 		}
@@ -393,17 +414,34 @@ func (c *Connections) read(pipe *pipeline, now time.Time) error {
 			c.apply(t, k, now)
 			return
 		}
+		if r, ok := c.attempts[k.Cookie]; ok {
+			if r.read == c.gen {
+				return // changed and fetched again in the same scrape
+			}
+			r.read = c.gen
+			c.attempts[k.Cookie] = r
+		}
 		c.fresh = append(c.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State})
 		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
 		if pipe != nil {
 			pipe.offer(c.lookups)
 		}
-	})
-	if err != nil {
-		// Keep going with what was read: counters stay where they were.
-		return fmt.Errorf("read connections: %w", err)
 	}
-	return nil
+	if n, rerr := c.src.Connections(fn); rerr != nil {
+		err = fmt.Errorf("read connections: %w", rerr)
+	} else {
+		c.seen = n
+	}
+	c.again = c.again[:0]
+	for cookie, r := range c.attempts {
+		if r.read != c.gen {
+			c.again = append(c.again, cookie)
+		}
+	}
+	if gerr := c.src.Get(c.again, fn); gerr != nil {
+		return false, errors.Join(err, fmt.Errorf("read postponed connections: %w", gerr))
+	}
+	return true, err
 }
 
 // admitFresh resolves the new connections and admits them.
@@ -449,10 +487,10 @@ func (c *Connections) admitFresh(ctx context.Context, resolver Resolver, pipe *p
 		"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(start) - resolved).Seconds())
 }
 
-// tidy returns large scratch buffers, forgets what left the map, and drops
-// idle label sets. readAll is false when the snapshot could not be read
-// whole: then nothing unseen is forgotten.
-func (c *Connections) tidy(readAll bool, now time.Time) {
+// tidy returns large scratch buffers, forgets postponed connections that
+// left the map (when postponedRead says they were looked for), and drops
+// idle label sets.
+func (c *Connections) tidy(now time.Time, postponedRead bool) {
 	if len(c.fresh) > freeAfter {
 		// A cold scrape of tens of thousands of connections leaves tens of
 		// megabytes of garbage that the runtime would otherwise keep for
@@ -463,34 +501,30 @@ func (c *Connections) tidy(readAll bool, now time.Time) {
 	if cap(c.fresh) > scratchKeep {
 		c.fresh, c.lookups = nil, nil
 	}
-	if cap(c.release) > scratchKeep {
+	if len(c.release) == 0 && cap(c.release) > scratchKeep {
 		c.release = nil
 	}
 
-	// Forget connections that left the map without a final state. Only
-	// the exporter deletes entries, so there are none unless something
-	// else did: look for them only when fewer were kept than are known.
-	if readAll && c.kept != len(c.conns) {
-		for cookie, t := range c.conns {
-			if t.gen != c.gen {
-				delete(c.conns, cookie)
-			}
-		}
-	}
-	if readAll {
-		for cookie, r := range c.attempts {
-			if r.gen != c.gen {
-				delete(c.attempts, cookie)
-			}
+	// A postponed connection not read again (neither changed nor found)
+	// has left the map.
+	for cookie, r := range c.attempts {
+		if postponedRead && r.read != c.gen {
+			delete(c.attempts, cookie)
 		}
 	}
 	for key, s := range c.series {
-		if s.active == 0 && now.Sub(s.lastSeen) > c.cfg.SeriesIdle {
+		if s.active > 0 {
+			s.lastSeen = now
+		} else if now.Sub(s.lastSeen) > c.cfg.SeriesIdle {
 			delete(c.series, key)
 		}
 	}
-	if o := c.overflow; o != nil && o.active == 0 && now.Sub(o.lastSeen) > c.cfg.SeriesIdle {
-		c.overflow = nil
+	if o := c.overflow; o != nil {
+		if o.active > 0 {
+			o.lastSeen = now
+		} else if now.Sub(o.lastSeen) > c.cfg.SeriesIdle {
+			c.overflow = nil
+		}
 	}
 }
 
@@ -568,14 +602,16 @@ func (c *Connections) expected() int {
 	return int(min(n, uint64(c.src.Capacity()))) + len(c.attempts)
 }
 
-// apply accounts for one known connection in this scrape.
+// apply accounts for a known connection's state. Applying the same state
+// twice changes nothing.
 func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
-	t.gen = c.gen
 	s := t.s
-	s.lastSeen, s.touched = now, true
 	switch k.State {
 	case StateEstablished:
-		s.active++
+		if !t.open {
+			s.active++
+			t.open = true
+		}
 		if !t.counted {
 			s.opened++
 			t.counted = true
@@ -584,16 +620,20 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 		if !t.counted {
 			s.opened++ // opened and closed between two scrapes
 		}
-		c.release = append(c.release, k.Cookie)
-		delete(c.conns, k.Cookie)
-		return
 	case StateFailed:
 		s.failed++
-		c.release = append(c.release, k.Cookie)
-		delete(c.conns, k.Cookie)
+	default:
 		return
 	}
-	c.kept++
+	s.lastSeen, s.touched = now, true
+	if k.State == StateEstablished {
+		return
+	}
+	if t.open {
+		s.active--
+	}
+	c.release = append(c.release, k.Cookie)
+	delete(c.conns, k.Cookie)
 }
 
 // admit records the destination of a connection seen for the first time,
@@ -660,7 +700,7 @@ func (c *Connections) track(k *Conn, d *Destination, s *series, t *tracked) *tra
 // retry counts an attempt to admit an open connection and reports whether
 // attempts are left, so that the connection should wait for a later scrape.
 func (c *Connections) retry(k *Conn) bool {
-	r := retry{n: c.attempts[k.Cookie].n + 1, gen: c.gen}
+	r := retry{n: c.attempts[k.Cookie].n + 1, read: c.gen}
 	if r.n < c.cfg.ResolveAttempts {
 		c.attempts[k.Cookie] = r
 		return true

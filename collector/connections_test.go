@@ -25,24 +25,59 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
-// fakeSource serves a scripted snapshot and records releases.
+// fakeSource serves scripted connections as the kernel map does: each
+// read reports those whose state changed since a read reported them. It
+// records releases.
 type fakeSource struct {
 	conns    []Conn
 	released []uint64
 	err      error
 	recorded uint64
+	reported map[uint64]State // the state last reported of each connection
+
+	releaseErr, getErr error
 }
 
-func (s *fakeSource) Connections(fn func(*Conn)) error {
+func (s *fakeSource) Connections(fn func(*Conn)) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.reported == nil {
+		s.reported = make(map[uint64]State)
+	}
 	var c Conn // one copy reused, as the real source does: it must not be kept
 	for i := range s.conns {
+		// The kernel marks a change when a connection is established,
+		// fails or closes, not when it starts connecting.
+		st := s.conns[i].State
+		if st == StateConnecting || s.reported[s.conns[i].Cookie] == st {
+			continue
+		}
+		s.reported[s.conns[i].Cookie] = st
 		c = s.conns[i]
 		fn(&c)
 	}
-	return s.err
+	return len(s.conns), nil
+}
+
+func (s *fakeSource) Get(cookies []uint64, fn func(*Conn)) error {
+	if s.getErr != nil {
+		return s.getErr
+	}
+	var c Conn
+	for i := range s.conns {
+		if slices.Contains(cookies, s.conns[i].Cookie) {
+			c = s.conns[i]
+			fn(&c)
+		}
+	}
+	return nil
 }
 
 func (s *fakeSource) Release(cookies []uint64) error {
+	if s.releaseErr != nil {
+		return s.releaseErr
+	}
 	s.released = append(s.released, cookies...)
 	// Released entries leave the map, as the kernel map does.
 	s.conns = slices.DeleteFunc(s.conns, func(c Conn) bool { return slices.Contains(cookies, c.Cookie) })
@@ -446,29 +481,69 @@ func TestConnectionsPipelined(t *testing.T) {
 	}
 }
 
-// A connection that leaves the map without a final state (something other
-// than the exporter deleted it) is forgotten, and resolved anew if it
-// comes back.
-func TestConnectionsForgetsVanished(t *testing.T) {
+// Only what changed is read, yet every scrape counts every open
+// connection; releases that fail are made again at the next scrape.
+func TestConnectionsAccountsChanges(t *testing.T) {
 	src := &fakeSource{conns: []Conn{
 		conn(1, "a", "10.0.0.5:40001", vip.String(), StateEstablished),
 		conn(2, "a", "10.0.0.5:40002", vip.String(), StateEstablished),
+		conn(3, "a", "10.0.0.5:40003", vip.String(), StateEstablished),
 	}}
 	res := &fakeResolver{}
 	c := newTestCollector(t, ConnectionsConfig{}, src, res)
-	collect(t, c)
-	gone := src.conns[1]
-	src.conns = src.conns[:1]
-	reg := collect(t, c)
-	if got := value(t, reg, "connection_active", "process", "a"); got != 1 {
-		t.Errorf("active = %v after one vanished, want 1", got)
+	// tracked is what the map held when it was read, before releases.
+	check := func(reg prometheus.Gatherer, active, opened, tracked float64) {
+		t.Helper()
+		if got := value(t, reg, "connection_active", "process", "a"); got != active {
+			t.Errorf("active = %v, want %v", got, active)
+		}
+		if got := value(t, reg, "connection_opened_total", "process", "a"); got != opened {
+			t.Errorf("opened = %v, want %v", got, opened)
+		}
+		if got := value(t, reg, "connection_exporter_tracked_connections"); got != tracked {
+			t.Errorf("tracked = %v, want %v", got, tracked)
+		}
 	}
-	if len(c.conns) != 1 {
-		t.Errorf("%d connections remembered, want 1", len(c.conns))
-	}
-	src.conns = append(src.conns, gone)
-	collect(t, c)
+	check(collect(t, c), 3, 3, 3)
+	check(collect(t, c), 3, 3, 3) // nothing changed, nothing read
 	if res.lookups != 3 {
-		t.Errorf("%d lookups, want the returning connection resolved again (3)", res.lookups)
+		t.Errorf("%d lookups, want 3", res.lookups)
+	}
+
+	src.conns[1].State = StateClosed
+	check(collect(t, c), 2, 3, 3)
+	if !slices.Equal(src.released, []uint64{2}) {
+		t.Errorf("released %v, want [2]", src.released)
+	}
+
+	src.conns[0].State = StateClosed
+	src.releaseErr = errors.New("map busy")
+	reg := collect(t, c)
+	check(reg, 1, 3, 2)
+	if got := value(t, reg, "connection_exporter_scrape_collector_success"); got != 0 {
+		t.Errorf("success = %v after a failed release", got)
+	}
+	src.releaseErr = nil
+	check(collect(t, c), 1, 3, 2)
+	if !slices.Equal(src.released, []uint64{2, 1}) {
+		t.Errorf("released %v, want [2 1]: the failed release made again", src.released)
+	}
+}
+
+// A postponed connection is read again although it did not change, and
+// kept postponed while the source cannot be read.
+func TestConnectionsPostponedSurvivesFailedRead(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	namer := &lateNamer{}
+	c, err := NewConnections(ConnectionsConfig{MaxSeries: 10, SeriesIdle: time.Minute, ResolveAttempts: 5}, src, &fakeResolver{}, namer, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect(t, c)
+	src.getErr = errors.New("map gone")
+	collect(t, c)
+	src.getErr = nil
+	if got := value(t, collect(t, c), "connection_active", "container", "web-1", "workload", "web"); got != 1 {
+		t.Errorf("postponed connection: active = %v, want 1", got)
 	}
 }
