@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +46,9 @@ type Conn struct {
 	Src, Dst netip.AddrPort
 	// State is the connection's state when the snapshot was taken.
 	State State
+	// Reported says whether the source reported the connection before: a
+	// connection it reports for the first time is new to the collector.
+	Reported bool
 }
 
 // Command returns the connecting process's command name.
@@ -100,12 +103,13 @@ type Resolver interface {
 }
 
 // Preparer is a Resolver that can start reading its tables while the
-// collector reads the snapshot, when many new connections are coming.
+// collector reads the changes, when many new connections are coming.
 type Preparer interface {
-	// Prepare returns the Resolver for the next Resolve call, about n
-	// connections, with its reading started, and whether it reads a whole
-	// table: then it answers best when asked about all of them at once,
-	// rather than in chunks while the snapshot is read.
+	// Prepare returns the Resolver for the Resolve calls of the coming
+	// scrape, about n connections in all, with its reading started, and
+	// whether it reads a whole table: then it answers best when asked
+	// about all of them in one call, rather than in batches while the
+	// changes are read.
 	Prepare(ctx context.Context, n int) (r Resolver, whole bool)
 }
 
@@ -239,15 +243,16 @@ type Connections struct {
 	warned        map[string]bool
 	recorded      uint64 // Source.Recorded at the last scrape
 
+	free []*batch // batches to reuse, kept between scrapes
+	seen int      // connections recorded at the last scrape
+
 	// Per-scrape state.
-	seen    int                     // connections recorded at the last scrape
 	again   []uint64                // postponed connections that did not change
-	fresh   []freshConn             // connections seen for the first time
-	lookups []Lookup                // and what to resolve of them, index for index
 	release []uint64                // connections to release
 	named   map[nameKey]named       // label sets of this scrape's new connections
 	owners  map[ownerKey]owned      // owners of this scrape's new connections
 	dests   map[netip.AddrPort]dest // destinations of this scrape's new connections
+	fresh   int                     // new connections
 	unnamed int                     // new connections postponed for a name
 }
 
@@ -257,11 +262,13 @@ type freshConn struct {
 	cookie, cgroup uint64
 	comm           [16]byte
 	state          State
+	reported       bool
 }
 
 // conn joins the halves of a new connection.
 func (f *freshConn) conn(l *Lookup) Conn {
-	return Conn{Cookie: f.cookie, PID: l.PID, Comm: f.comm, NetNS: l.NetNS, CgroupID: f.cgroup, Src: l.Src, Dst: l.Dst, State: f.state}
+	return Conn{Cookie: f.cookie, PID: l.PID, Comm: f.comm, NetNS: l.NetNS, CgroupID: f.cgroup,
+		Src: l.Src, Dst: l.Dst, State: f.state, Reported: f.reported}
 }
 
 type dest struct {
@@ -329,19 +336,13 @@ func (c *Connections) Update(ctx context.Context, ch chan<- prometheus.Metric) e
 	return err
 }
 
-// scratchKeep bounds the scratch buffers kept between scrapes: a cold
-// scrape's thousands of new connections are rare, and their buffers are
-// better returned to the garbage collector than held for ever.
-const scratchKeep = 4096
-
-// freeAfter is the number of new connections in one scrape after which the
-// scrape's garbage is returned to the operating system at once.
-const freeAfter = 20000
+// releaseKeep bounds the capacity of the release list kept between scrapes.
+const releaseKeep = 4096
 
 // account folds what changed since the last scrape into the label sets.
 // Connections already known are accounted as they are read, with no copy;
-// new ones are set aside, resolved together (starting while the changes
-// are still read when many are expected), then admitted. A scrape with
+// new ones are gathered in batches, each resolved on its own goroutine
+// while the changes are still read, and admitted in order. A scrape with
 // nothing new costs the source's walk of its map and nothing per
 // connection.
 func (c *Connections) account(ctx context.Context) error {
@@ -353,64 +354,48 @@ func (c *Connections) account(ctx context.Context) error {
 	if c.overflow != nil {
 		c.overflow.touched = false
 	}
-	c.fresh, c.lookups = c.fresh[:0], c.lookups[:0]
+	c.fresh, c.unnamed = 0, 0
 
 	begin := time.Now()
-	resolver, pipe := c.prepare(ctx)
-	prepared := time.Since(begin)
-	postponedRead, err := c.read(pipe, now)
+	st := c.newStream(ctx, now)
+	postponedRead, err := c.read(st, now)
 	read := time.Since(begin)
-	c.admitFresh(ctx, resolver, pipe, now)
-	admitted := time.Since(begin)
+	st.finish()
+	c.named, c.owners, c.dests = nil, nil, nil
+	if c.fresh > 0 {
+		c.logger.Debug("admitted new connections", "count", c.fresh, "batches", st.batches,
+			"waiting_for_names", c.unnamed, "waited_seconds", st.waited.Seconds())
+	}
 	// Releases that fail are tried again at the next scrape: the source
 	// does not report a connection again without a change.
-	released := len(c.release)
 	if rerr := c.src.Release(c.release); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("release connections: %w", rerr))
 	} else {
 		c.release = c.release[:0]
 	}
-	releasedAt := time.Since(begin)
 	c.tidy(now, postponedRead)
-	c.logger.Debug("accounted changes", "connections", c.seen, "prepared_seconds", prepared.Seconds(), "read_seconds", read.Seconds(),
-		"admitted_seconds", admitted.Seconds(), "released", released, "released_seconds", releasedAt.Seconds(),
+	c.logger.Debug("accounted changes", "connections", c.seen, "read_seconds", read.Seconds(),
 		"total_seconds", time.Since(begin).Seconds())
 	return err
 }
 
-// prepare sizes the buffers for the new connections the source announces
-// and, when there are many, gets the resolver reading ahead: it returns the
-// resolver for this scrape and the pipeline that resolves while reading,
-// if any.
-func (c *Connections) prepare(ctx context.Context) (Resolver, *pipeline) {
-	n := c.expected()
-	if n == 0 {
-		return c.resolver, nil
-	}
-	if cap(c.fresh) < n {
-		c.fresh, c.lookups = make([]freshConn, 0, n), make([]Lookup, 0, n)
-	}
-	resolver, whole := c.resolver, false
-	if p, ok := resolver.(Preparer); ok {
-		resolver, whole = p.Prepare(ctx, n)
-	}
-	if n >= pipelineMin && !whole {
-		return resolver, startPipeline(ctx, resolver, n)
-	}
-	return resolver, nil
-}
-
-// read reads what changed: known connections are accounted, new ones set
-// aside (and handed to the pipeline, if any). Postponed connections are
-// read too, changed or not, for another attempt; postponedRead says whether
-// that read succeeded. A failed read of the changes keeps going with what
-// was read: counters stay where they were.
-func (c *Connections) read(pipe *pipeline, now time.Time) (postponedRead bool, err error) {
+// read reads what changed: known connections are accounted, new ones handed
+// to st. Postponed connections are read too, changed or not, for another
+// attempt; postponedRead says whether that read succeeded. A failed read of
+// the changes keeps going with what was read: counters stay where they
+// were.
+func (c *Connections) read(st *stream, now time.Time) (postponedRead bool, err error) {
 	fn := func(k *Conn) {
 		if k.State == StateConnecting {
 			return
 		}
-		if t, ok := c.conns[k.Cookie]; ok {
+		if !k.Reported {
+			// New for sure: no need to look for it (on a cold scrape, a
+			// miss in a large map for each connection).
+			st.add(k)
+			return
+		}
+		if t, ok := c.conns[k.Cookie]; ok && t.s != nil { // nil: not admitted yet
 			c.apply(t, k, now)
 			return
 		}
@@ -421,11 +406,7 @@ func (c *Connections) read(pipe *pipeline, now time.Time) (postponedRead bool, e
 			r.read = c.gen
 			c.attempts[k.Cookie] = r
 		}
-		c.fresh = append(c.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State})
-		c.lookups = append(c.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
-		if pipe != nil {
-			pipe.offer(c.lookups)
-		}
+		st.add(k)
 	}
 	if n, rerr := c.src.Connections(fn); rerr != nil {
 		err = fmt.Errorf("read connections: %w", rerr)
@@ -444,67 +425,12 @@ func (c *Connections) read(pipe *pipeline, now time.Time) (postponedRead bool, e
 	return true, err
 }
 
-// admitFresh resolves the new connections and admits them.
-func (c *Connections) admitFresh(ctx context.Context, resolver Resolver, pipe *pipeline, now time.Time) {
-	if len(c.fresh) == 0 {
-		if pipe != nil {
-			pipe.finish(ctx, nil) // nothing was new after all
-		}
-		return
-	}
-	// They are resolved on another goroutine while this one makes room for
-	// them: on a cold scrape, resolving mostly waits for a conntrack dump.
-	start := time.Now()
-	var results []Destination
-	var resolved time.Duration
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if pipe != nil {
-			results = pipe.finish(ctx, c.lookups)
-		} else {
-			results = make([]Destination, len(c.lookups))
-			resolver.Resolve(ctx, c.lookups, results)
-		}
-		resolved = time.Since(start)
-	}()
-	if len(c.conns) == 0 {
-		c.conns = make(map[uint64]*tracked, len(c.fresh))
-	}
-	slots := c.reserve()
-	<-done
-
-	c.named, c.owners, c.dests, c.unnamed = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest), 0
-	var k Conn // one for all: the namer's interface makes it escape
-	for i := range c.fresh {
-		k = c.fresh[i].conn(&c.lookups[i])
-		if t := c.admit(&k, &results[i], slots[i]); t != nil {
-			c.apply(t, &k, now)
-		}
-	}
-	c.named, c.owners, c.dests = nil, nil, nil
-	c.logger.Debug("resolved new connections", "count", len(c.fresh), "waiting_for_names", c.unnamed,
-		"resolve_seconds", resolved.Seconds(), "admit_seconds", (time.Since(start) - resolved).Seconds())
-}
-
-// tidy returns large scratch buffers, forgets postponed connections that
-// left the map (when postponedRead says they were looked for), and drops
-// idle label sets.
+// tidy forgets postponed connections that left the map (when postponedRead
+// says they were looked for) and drops idle label sets.
 func (c *Connections) tidy(now time.Time, postponedRead bool) {
-	if len(c.fresh) > freeAfter {
-		// A cold scrape of tens of thousands of connections leaves tens of
-		// megabytes of garbage that the runtime would otherwise keep for
-		// minutes: return it now, once, while the scrape is rare.
-		c.fresh, c.lookups = nil, nil
-		go debug.FreeOSMemory() // after the answer, not before it
-	}
-	if cap(c.fresh) > scratchKeep {
-		c.fresh, c.lookups = nil, nil
-	}
-	if len(c.release) == 0 && cap(c.release) > scratchKeep {
+	if len(c.release) == 0 && cap(c.release) > releaseKeep {
 		c.release = nil
 	}
-
 	// A postponed connection not read again (neither changed nor found)
 	// has left the map.
 	for cookie, r := range c.attempts {
@@ -528,65 +454,186 @@ func (c *Connections) tidy(now time.Time, postponedRead bool) {
 	}
 }
 
-// pipelineMin is the number of expected new connections from which they are
-// resolved in chunks while the snapshot is still being read.
-const pipelineMin = 1024
+// batchSize is the number of new connections resolved by one Resolve call
+// and admitted together.
+const batchSize = 4096
 
-// pipeline resolves new connections in chunks on other goroutines while
-// the snapshot is being read, so that looking them up overlaps reading, and
-// chunks overlap each other once it is read.
-type pipeline struct {
-	size    int // lookups per chunk
-	sent    int // lookups handed over so far
+// maxInFlight bounds the batches being resolved at once. The memory a
+// scrape takes for new connections is then at most maxInFlight+1 batches
+// (about 1 MB each) however many there are, and it is kept for the next
+// scrape: fresh memory costs a page fault per 4 kB, 14 µs each on the
+// development VM, which made a third of a cold scrape at 50,000
+// connections when it was taken for all of them at once.
+const maxInFlight = 3
+
+// batch is a run of new connections: the halves of each, and where
+// resolving them says they go, index for index.
+type batch struct {
+	fresh   []freshConn
+	lookups []Lookup
 	results []Destination
-	work    chan chunk
-	done    chan struct{}
-	r       Resolver
+	slots   []*tracked    // each one's record in conns, reserved
+	done    chan struct{} // closed when results are filled
 }
 
-// chunk is a run of lookups starting at lookups[off].
-type chunk struct {
-	off int
-	in  []Lookup
+// stream gathers the new connections of one scrape into batches, has each
+// resolved on its own goroutine as it fills, and admits them in order.
+type stream struct {
+	c        *Connections
+	ctx      context.Context
+	r        Resolver
+	now      time.Time
+	limit    int      // connections per batch
+	cur      *batch   // filling
+	inflight []*batch // being resolved, oldest first
+	batches  int
+	waited   time.Duration // for resolving to finish
 }
 
-func startPipeline(ctx context.Context, r Resolver, n int) *pipeline {
-	// A few large chunks: each Resolve call has a fixed cost per table.
-	p := &pipeline{size: max(n/3, pipelineMin), results: make([]Destination, n), r: r}
-	p.work, p.done = make(chan chunk, n/p.size+1), make(chan struct{})
-	go func() {
-		defer close(p.done)
-		var wg sync.WaitGroup
-		for c := range p.work {
-			wg.Go(func() { r.Resolve(ctx, c.in, p.results[c.off:c.off+len(c.in)]) })
+// newStream starts a scrape's stream. The resolver is prepared for the
+// number of new connections the source announces: it may start reading a
+// whole table ahead of the first batch, and then the new connections make
+// one batch, however many, resolved once the changes are read.
+func (c *Connections) newStream(ctx context.Context, now time.Time) *stream {
+	st := &stream{c: c, ctx: ctx, r: c.resolver, now: now, limit: batchSize}
+	if n := c.expected(); n > 0 {
+		if p, ok := c.resolver.(Preparer); ok {
+			var whole bool
+			if st.r, whole = p.Prepare(ctx, n); whole {
+				st.limit = math.MaxInt
+			}
 		}
-		wg.Wait()
+		if len(c.conns) == 0 {
+			c.conns = make(map[uint64]*tracked, n) // no growth on a cold scrape
+		}
+	}
+	return st
+}
+
+// add copies a new connection into the filling batch, and sends the batch
+// to be resolved when it is full.
+func (st *stream) add(k *Conn) {
+	if st.cur == nil {
+		st.cur = st.c.newBatch()
+	}
+	b := st.cur
+	b.fresh = append(b.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State, reported: k.Reported})
+	b.lookups = append(b.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
+	if len(b.lookups) == st.limit {
+		st.dispatch()
+	}
+}
+
+// dispatch resolves the filling batch on a goroutine of its own, first
+// admitting the oldest batch if maxInFlight are being resolved.
+func (st *stream) dispatch() {
+	b := st.cur
+	st.cur = nil
+	if len(st.inflight) == maxInFlight {
+		st.admitOldest()
+	}
+	b.done = make(chan struct{})
+	if len(b.lookups) > len(b.results) {
+		b.results = make([]Destination, len(b.lookups))
+	}
+	in, out := b.lookups, b.results[:len(b.lookups)]
+	go func() {
+		defer close(b.done)
+		st.r.Resolve(st.ctx, in, out)
 	}()
-	return p
+	st.c.reserve(b)
+	st.inflight = append(st.inflight, b)
+	st.batches++
 }
 
-// offer hands the lookups not handed over yet to the resolving goroutine
-// once there are a chunk of them. Those beyond the expected number wait
-// for finish.
-func (p *pipeline) offer(lookups []Lookup) {
-	if n := len(lookups); n-p.sent >= p.size && n <= len(p.results) {
-		p.work <- chunk{p.sent, lookups[p.sent:n]}
-		p.sent = n
+// reserve gives each connection of b its record in conns while b is
+// resolved: inserting into a large map costs a cache miss or two per
+// connection, better spent while this goroutine would otherwise wait. A
+// connection reported again in this scrape gets no record of its own
+// (slot nil): it has one from its first report.
+func (c *Connections) reserve(b *batch) {
+	b.slots = b.slots[:0]
+	for i := range b.fresh {
+		f := &b.fresh[i]
+		if f.reported {
+			if _, ok := c.conns[f.cookie]; ok {
+				b.slots = append(b.slots, nil)
+				continue
+			}
+		}
+		t := &tracked{}
+		c.conns[f.cookie] = t
+		b.slots = append(b.slots, t)
 	}
 }
 
-// finish resolves what is left once the snapshot is read and returns the
-// destinations of all lookups.
-func (p *pipeline) finish(ctx context.Context, lookups []Lookup) []Destination {
-	close(p.work)
-	<-p.done
-	if len(lookups) > len(p.results) {
-		p.results = append(p.results, make([]Destination, len(lookups)-len(p.results))...)
+// admitOldest waits for the oldest batch being resolved, admits its
+// connections and keeps it for reuse.
+func (st *stream) admitOldest() {
+	b := st.inflight[0]
+	st.inflight = append(st.inflight[:0], st.inflight[1:]...)
+	start := time.Now()
+	<-b.done
+	st.waited += time.Since(start)
+	st.c.admitBatch(b, st.now)
+	if cap(b.lookups) > batchSize {
+		return // grown for a whole table's resolver: not kept
 	}
-	if p.sent < len(lookups) {
-		p.r.Resolve(ctx, lookups[p.sent:], p.results[p.sent:len(lookups)])
+	b.fresh, b.lookups = b.fresh[:0], b.lookups[:0]
+	clear(b.results)
+	clear(b.slots)
+	st.c.free = append(st.c.free, b)
+}
+
+// finish resolves the last batch and admits every batch still out.
+func (st *stream) finish() {
+	if st.cur != nil {
+		st.dispatch()
 	}
-	return p.results[:len(lookups)]
+	for len(st.inflight) > 0 {
+		st.admitOldest()
+	}
+}
+
+// newBatch returns a batch kept from earlier, or a new one.
+func (c *Connections) newBatch() *batch {
+	if n := len(c.free); n > 0 {
+		b := c.free[n-1]
+		c.free = c.free[:n-1]
+		return b
+	}
+	return &batch{
+		fresh:   make([]freshConn, 0, batchSize),
+		lookups: make([]Lookup, 0, batchSize),
+		results: make([]Destination, batchSize),
+		slots:   make([]*tracked, 0, batchSize),
+	}
+}
+
+// admitBatch admits the resolved connections of b.
+func (c *Connections) admitBatch(b *batch, now time.Time) {
+	if c.named == nil {
+		c.named, c.owners, c.dests = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest)
+	}
+	var k Conn // one for all: the namer's interface makes it escape
+	for i := range b.fresh {
+		k = b.fresh[i].conn(&b.lookups[i])
+		t := b.slots[i]
+		if t == nil {
+			// Reported again in this scrape after a change: an earlier
+			// batch admitted its first report by now, or postponed it.
+			if t, ok := c.conns[k.Cookie]; ok && t.s != nil {
+				c.apply(t, &k, now)
+				continue
+			}
+			t = &tracked{}
+			c.conns[k.Cookie] = t
+		}
+		c.fresh++
+		if c.admit(&k, &b.results[i], t) {
+			c.apply(t, &k, now)
+		}
+	}
 }
 
 // expected returns how many new connections the coming snapshot holds at
@@ -636,15 +683,17 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 	delete(c.conns, k.Cookie)
 }
 
-// admit records the destination of a connection seen for the first time,
-// or postpones it (returning nil) when a table could not be read and
-// attempts are left.
-func (c *Connections) admit(k *Conn, d *Destination, t *tracked) *tracked {
+// admit records the destination of a connection seen for the first time
+// in its reserved record t and reports true, or postpones it (false,
+// giving up the record) when it could not be named or a table could not be
+// read, and attempts are left.
+func (c *Connections) admit(k *Conn, d *Destination, t *tracked) bool {
 	nk := nameKeyOf(k, d)
 	if n, ok := c.named[nk]; ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
 		// destinations, all named: nothing to ask again.
-		return c.track(k, d, n.s, t)
+		c.track(k, d, n.s, t)
+		return true
 	}
 	ok := c.owner(k).known
 	if ok && d.Err == nil {
@@ -652,7 +701,8 @@ func (c *Connections) admit(k *Conn, d *Destination, t *tracked) *tracked {
 	}
 	if !ok && k.State == StateEstablished && c.retry(k) {
 		c.unnamed++
-		return c.postpone(k)
+		delete(c.conns, k.Cookie)
+		return false
 	}
 	if d.Err != nil {
 		c.errors[d.ErrResolver]++
@@ -663,38 +713,20 @@ func (c *Connections) admit(k *Conn, d *Destination, t *tracked) *tracked {
 			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
 		}
 		if k.State == StateEstablished && c.retry(k) {
-			return c.postpone(k)
+			delete(c.conns, k.Cookie)
+			return false
 		}
 	}
-	return c.track(k, d, c.seriesFor(nk, k, d, ok && d.Err == nil), t)
+	c.track(k, d, c.seriesFor(nk, k, d, ok && d.Err == nil), t)
+	return true
 }
 
-// postpone gives up the reservation of a connection that waits for a
-// later scrape.
-func (c *Connections) postpone(k *Conn) *tracked {
-	delete(c.conns, k.Cookie)
-	return nil
-}
-
-// reserve makes room for this scrape's new connections before they are
-// resolved: each gets its record in conns, without a label set yet.
-func (c *Connections) reserve() []*tracked {
-	slots := make([]*tracked, len(c.fresh))
-	for i := range c.fresh {
-		t := &tracked{}
-		slots[i] = t
-		c.conns[c.fresh[i].cookie] = t
-	}
-	return slots
-}
-
-// track starts accounting for an admitted connection, reserved as t, in
-// label set s.
-func (c *Connections) track(k *Conn, d *Destination, s *series, t *tracked) *tracked {
+// track starts accounting for an admitted connection, whose record is t,
+// in label set s.
+func (c *Connections) track(k *Conn, d *Destination, s *series, t *tracked) {
 	delete(c.attempts, k.Cookie)
 	c.resolved[d.Resolver]++
 	t.s = s
-	return t
 }
 
 // retry counts an attempt to admit an open connection and reports whether

@@ -50,11 +50,13 @@ func (s *fakeSource) Connections(fn func(*Conn)) (int, error) {
 		// The kernel marks a change when a connection is established,
 		// fails or closes, not when it starts connecting.
 		st := s.conns[i].State
-		if st == StateConnecting || s.reported[s.conns[i].Cookie] == st {
+		last, reported := s.reported[s.conns[i].Cookie]
+		if st == StateConnecting || last == st {
 			continue
 		}
 		s.reported[s.conns[i].Cookie] = st
 		c = s.conns[i]
+		c.Reported = reported
 		fn(&c)
 	}
 	return len(s.conns), nil
@@ -68,6 +70,7 @@ func (s *fakeSource) Get(cookies []uint64, fn func(*Conn)) error {
 	for i := range s.conns {
 		if slices.Contains(cookies, s.conns[i].Cookie) {
 			c = s.conns[i]
+			_, c.Reported = s.reported[c.Cookie]
 			fn(&c)
 		}
 	}
@@ -437,13 +440,21 @@ func (r *chunkResolver) Resolve(_ context.Context, in []Lookup, out []Destinatio
 	}
 }
 
-// Many new connections are resolved in chunks while the snapshot is read,
-// including more than the source announced, and each one exactly once.
-func TestConnectionsPipelined(t *testing.T) {
-	src := &fakeSource{}
-	for i := range 5000 {
-		src.conns = append(src.conns, conn(uint64(i+1), "app", fmt.Sprintf("10.0.0.5:%d", 10000+i), vip.String(), StateEstablished))
+// newConns returns n established connections from one process to the
+// service address, cookies from first on.
+func newConns(first uint64, n int) []Conn {
+	conns := make([]Conn, n)
+	for i := range conns {
+		conns[i] = conn(first+uint64(i), "app", fmt.Sprintf("10.0.%d.5:%d", i/50000, 10000+i%50000), vip.String(), StateEstablished)
 	}
+	return conns
+}
+
+// Many new connections are resolved in batches while the changes are read,
+// each exactly once, and the memory they take is bounded and reused.
+func TestConnectionsBatched(t *testing.T) {
+	const n = 5*batchSize + 100
+	src := &fakeSource{conns: newConns(1, n)}
 	res := &chunkResolver{}
 	c := newTestCollector(t, ConnectionsConfig{}, src, res)
 	reg := collect(t, c)
@@ -451,8 +462,8 @@ func TestConnectionsPipelined(t *testing.T) {
 	for b := range 3 {
 		got := value(t, reg, "connection_active", "actual_destination", fmt.Sprintf("10.0.1.%d:8080", b))
 		want := 0
-		for i := range 5000 {
-			if (10000+i)%3 == b {
+		for i := range n {
+			if (10000+i%50000)%3 == b {
 				want++
 			}
 		}
@@ -461,23 +472,106 @@ func TestConnectionsPipelined(t *testing.T) {
 		}
 		total += int(got)
 	}
-	if total != 5000 {
-		t.Errorf("%d active in all, want 5000", total)
+	if total != n {
+		t.Errorf("%d active in all, want %d", total, n)
 	}
-	sum := 0
-	for _, n := range res.chunks {
-		sum += n
+	want := []int{batchSize, batchSize, batchSize, batchSize, batchSize, 100}
+	if !slices.Equal(res.chunks, want) {
+		t.Errorf("resolved in batches %v, want %v", res.chunks, want)
 	}
-	// The source's capacity (1024) caps what it announces: the first chunk
-	// goes while reading, the other connections after it.
-	if sum != 5000 || len(res.chunks) != 2 || res.chunks[0] != 1024 {
-		t.Errorf("resolved in chunks %v, want 1024 while reading and the rest after", res.chunks)
+	if len(c.free) > maxInFlight+1 {
+		t.Errorf("%d batches kept, want at most %d", len(c.free), maxInFlight+1)
 	}
+	kept := slices.Clone(c.free)
+
 	// Nothing new: nothing resolved again.
 	res.chunks = nil
 	collect(t, c)
 	if len(res.chunks) != 0 {
 		t.Errorf("second scrape resolved %v", res.chunks)
+	}
+	// New ones again: the kept batches are reused.
+	src.conns = append(src.conns, newConns(n+1, 2*batchSize)...)
+	collect(t, c)
+	if !slices.Equal(res.chunks, []int{batchSize, batchSize}) {
+		t.Errorf("third scrape resolved in batches %v", res.chunks)
+	}
+	for _, b := range c.free {
+		if !slices.Contains(kept, b) {
+			t.Errorf("a batch was allocated although %d were kept", len(kept))
+		}
+	}
+}
+
+// wholeResolver is a Preparer that reads a whole table ahead.
+type wholeResolver struct{ chunkResolver }
+
+func (r *wholeResolver) Prepare(context.Context, int) (Resolver, bool) { return r, true }
+
+// A resolver that reads a whole table is asked about all new connections
+// in one call.
+func TestConnectionsWholeTable(t *testing.T) {
+	const n = 2*batchSize + 7
+	src := &fakeSource{conns: newConns(1, n)}
+	res := &wholeResolver{}
+	c := newTestCollector(t, ConnectionsConfig{}, src, res)
+	if got := value(t, collect(t, c), "connection_opened_total", "actual_destination", "10.0.1.0:8080"); got == 0 {
+		t.Error("nothing opened to the first backend")
+	}
+	if !slices.Equal(res.chunks, []int{n}) {
+		t.Errorf("resolved in calls of %v, want one of %d", res.chunks, n)
+	}
+	if len(c.free) != 0 {
+		t.Errorf("kept %d grown batches", len(c.free))
+	}
+}
+
+// twiceSource reports a connection established and, further on in the
+// same read, closed, as the kernel does when it changes between two runs
+// of its reader.
+type twiceSource struct {
+	fakeSource
+	first, again int // positions of the two reports
+}
+
+func (s *twiceSource) Connections(fn func(*Conn)) (int, error) {
+	if s.first < 0 {
+		return s.fakeSource.Connections(fn)
+	}
+	var c Conn
+	for i := range s.conns {
+		c = s.conns[i]
+		if i == s.first {
+			c.State = StateEstablished
+		}
+		fn(&c)
+		if i == s.again {
+			c = s.conns[s.first]
+			c.Reported = true
+			fn(&c)
+		}
+	}
+	s.first = -1
+	return len(s.conns), nil
+}
+
+// A connection reported twice in one scrape, after its first report went
+// out in an earlier batch, is counted once and closed.
+func TestConnectionsReportedTwice(t *testing.T) {
+	src := &twiceSource{fakeSource: fakeSource{conns: newConns(1, batchSize+10)}, first: 3, again: batchSize + 5}
+	src.conns[3].State = StateClosed
+	c := newTestCollector(t, ConnectionsConfig{}, src, &chunkResolver{})
+	reg := collect(t, c)
+	var active, opened float64
+	for b := range 3 {
+		active += value(t, reg, "connection_active", "actual_destination", fmt.Sprintf("10.0.1.%d:8080", b))
+		opened += value(t, reg, "connection_opened_total", "actual_destination", fmt.Sprintf("10.0.1.%d:8080", b))
+	}
+	if active != batchSize+9 || opened != batchSize+10 {
+		t.Errorf("active %v, opened %v; want %d and %d", active, opened, batchSize+9, batchSize+10)
+	}
+	if !slices.Equal(src.released, []uint64{4}) {
+		t.Errorf("released %v, want [4]", src.released)
 	}
 }
 
