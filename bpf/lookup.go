@@ -74,6 +74,7 @@ func newConntrackLookup(run, slots int) (*ConntrackLookup, error) {
 		l.objs.Close()
 		return nil, fmt.Errorf("%w: map the lookups: %w", ErrNoKernelLookup, err)
 	}
+	prefault(l.mem)
 	for i := range slots {
 		l.slots <- &lookupSlot{start: i * run, buf: make([]lookupCtLookup, min(lookupChunk, run))}
 	}

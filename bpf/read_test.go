@@ -11,7 +11,16 @@ import (
 // local address is in srcs, failing on a connection reported twice.
 func readOurs(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, int) {
 	t.Helper()
+	got, _, total := readReported(t, tr, srcs)
+	return got, total
+}
+
+// readReported is readOurs that also returns which of the connections
+// were reported before.
+func readReported(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
+	t.Helper()
 	got := make(map[netip.AddrPort]State)
+	reported := make(map[netip.AddrPort]bool)
 	cookies := make(map[uint64]bool)
 	total, err := tr.Read(func(c *Conn) {
 		if cookies[c.Cookie] {
@@ -20,12 +29,13 @@ func readOurs(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool) (map[neti
 		cookies[c.Cookie] = true
 		if srcs[c.Src] {
 			got[c.Src] = c.State
+			reported[c.Src] = c.Reported
 		}
 	})
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
-	return got, total
+	return got, reported, total
 }
 
 func TestTrackerReadsChanges(t *testing.T) {
@@ -52,13 +62,13 @@ func TestTrackerReadsChanges(t *testing.T) {
 		srcs[addrPort(c.LocalAddr())] = true
 	}
 
-	got, total := readOurs(t, tr, srcs)
+	got, reported, total := readReported(t, tr, srcs)
 	if len(got) != n {
 		t.Fatalf("first read reported %d of %d new connections", len(got), n)
 	}
 	for src, st := range got {
-		if st != StateEstablished {
-			t.Fatalf("%v: state %v, want established", src, st)
+		if st != StateEstablished || reported[src] {
+			t.Fatalf("%v: state %v, reported before %v; want established, new", src, st, reported[src])
 		}
 	}
 	snap, err := tr.Snapshot(nil)
@@ -88,8 +98,12 @@ func TestTrackerReadsChanges(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	seen := make(map[netip.AddrPort]State)
 	for len(seen) < len(closed) && time.Now().Before(deadline) {
-		last, _ = readOurs(t, tr, srcs)
+		var again map[netip.AddrPort]bool
+		last, again, _ = readReported(t, tr, srcs)
 		for src, st := range last {
+			if !again[src] {
+				t.Fatalf("%v reported as new when it closed", src)
+			}
 			if !closed[src] {
 				t.Fatalf("%v reported although it did not change (state %v)", src, st)
 			}
