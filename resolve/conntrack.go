@@ -482,6 +482,11 @@ func dumpCheaper(n int, entries uint32) bool {
 // lookup resolves the queries idx in the namespace open as fd and returns the
 // ones it did not translate.
 func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Query, idx []int, out []Result, resolver string) (rest []int) {
+	if c.cfg.Kernel != nil {
+		if rest, done := c.lookupKernel(fd, ino, qs, idx, out, resolver); done {
+			return rest
+		}
+	}
 	sock, err := openCT(fd)
 	if err != nil {
 		fail(out, idx, resolver, err)
@@ -498,16 +503,6 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		return idx
 	}
 	begin := time.Now()
-	if c.cfg.Kernel != nil {
-		rest, err := c.lookupKernel(fd, qs, idx, out, resolver)
-		if err == nil {
-			c.looked[methodKernel].Add(uint64(len(idx)))
-			c.logger.Debug("looked up conntrack", "netns", ino, "method", "kernel", "entries", entries,
-				"queries", len(idx), "seconds", time.Since(begin).Seconds())
-			return rest
-		}
-		c.logger.Debug("cannot look conntrack up from the kernel", "netns", ino, "err", err)
-	}
 	if dumpCheaper(len(idx), entries) {
 		// One pass over the table. The queries were read before it
 		// started, so each one's entry is in it if it exists at all.
@@ -539,9 +534,12 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 	return rest
 }
 
-// lookupKernel looks the queries idx up from inside the kernel, on a thread
-// in the namespace open as fd, and returns the ones it did not translate.
-func (c *Conntrack) lookupKernel(fd *os.File, qs []Query, idx []int, out []Result, resolver string) ([]int, error) {
+// lookupKernel looks the queries idx up from inside the kernel, on one
+// thread in the namespace open as fd that first counts the table's entries
+// (an empty table is not looked at), and returns the ones it did not
+// translate. done is false when the kernel's lookup failed and netlink
+// should be tried instead.
+func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, qs []Query, idx []int, out []Result, resolver string) (rest []int, done bool) {
 	translated := make([]bool, len(idx))
 	orig := func(n int) Tuple {
 		t := tupleOf(qs[idx[n]].Src, qs[idx[n]].Dst)
@@ -551,16 +549,56 @@ func (c *Conntrack) lookupKernel(fd *os.File, qs []Query, idx []int, out []Resul
 		i := idx[n]
 		translated[n] = translate(&out[i], qs[i].Dst, tuple{r.Src, r.Dst, r.SrcPort, r.DstPort}, resolver)
 	}
-	if err := inNamespace(fd, func() error { return c.cfg.Kernel.Lookup(len(idx), orig, found) }); err != nil {
-		return idx, err
+	var entries uint32
+	var tableErr, lookupErr error
+	begin := time.Now()
+	err := inNamespace(fd, func() error {
+		sock, err := openCTHere()
+		if err != nil {
+			tableErr = err
+			return nil
+		}
+		entries, err = sock.count()
+		sock.close()
+		if err != nil {
+			tableErr = fmt.Errorf("conntrack stats in netns %d: %w", ino, err)
+			return nil
+		}
+		if entries > 0 {
+			lookupErr = c.cfg.Kernel.Lookup(len(idx), orig, found)
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		tableErr = err
+	case tableErr == nil && entries == 0:
+		// No entries: conntrack is not even enabled in many pod namespaces.
+		return idx, true
+	case lookupErr != nil:
+		c.logger.Debug("cannot look conntrack up from the kernel", "netns", ino, "err", lookupErr)
+		return nil, false
 	}
+	if tableErr != nil {
+		fail(out, idx, resolver, tableErr)
+		return idx, true
+	}
+	c.looked[methodKernel].Add(uint64(len(idx)))
+	c.logger.Debug("looked up conntrack", "netns", ino, "method", "kernel", "entries", entries,
+		"queries", len(idx), "seconds", time.Since(begin).Seconds())
+	return keepUntranslated(idx, translated), true
+}
+
+// keepUntranslated returns the queries of idx whose position is not marked
+// translated, in idx's own storage.
+func keepUntranslated(idx []int, translated []bool) []int {
 	rest := idx[:0] // written behind the reading
 	for n, i := range idx {
 		if !translated[n] {
 			rest = append(rest, i)
 		}
 	}
-	return rest, nil
+	return rest
 }
 
 // resolve looks the queries idx up one by one and returns the ones it did
@@ -570,13 +608,13 @@ func (s *ctSocket) resolve(qs []Query, idx []int, out []Result, resolver string)
 	if err := s.get(qs, idx, replies); err != nil {
 		return idx, err
 	}
-	rest = idx[:0] // written behind the reading
+	translated := make([]bool, len(idx))
 	for n, i := range idx {
-		if r := replies[n]; r == (tuple{}) || !translate(&out[i], qs[i].Dst, r, resolver) {
-			rest = append(rest, i)
+		if r := replies[n]; r != (tuple{}) {
+			translated[n] = translate(&out[i], qs[i].Dst, r, resolver)
 		}
 	}
-	return rest, nil
+	return keepUntranslated(idx, translated), nil
 }
 
 // tuple is one direction of a conntrack entry, kept without pointers so

@@ -56,16 +56,6 @@ type ctEntry struct {
 	reply tuple
 }
 
-// netlinkSocketIn opens a NETLINK_NETFILTER socket inside the namespace ns.
-// A socket belongs to the namespace of the thread that creates it.
-func netlinkSocketIn(ns *os.File) (fd int, err error) {
-	err = inNamespace(ns, func() (err error) {
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	})
-	return fd, err
-}
-
 // inNamespace runs fn on a throwaway OS thread moved into the network
 // namespace ns; the calling goroutine's thread is never touched.
 func inNamespace(ns *os.File, fn func() error) error {
@@ -91,8 +81,18 @@ type ctSocket struct {
 }
 
 // openCT opens a conntrack socket in the namespace ns.
-func openCT(ns *os.File) (*ctSocket, error) {
-	fd, err := netlinkSocketIn(ns)
+func openCT(ns *os.File) (s *ctSocket, err error) {
+	err = inNamespace(ns, func() (err error) {
+		s, err = openCTHere()
+		return err
+	})
+	return s, err
+}
+
+// openCTHere opens a conntrack socket in the calling thread's namespace: a
+// socket belongs to the namespace of the thread that creates it.
+func openCTHere() (*ctSocket, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
 	}
