@@ -370,12 +370,14 @@ func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
 func (r *runner) compare(bins []string, n, rounds int) {
 	defer r.cleanupTo(len(r.cleanups))
 	cl, clients := r.kubeProxyLab(n)
-	type figures struct{ cold, warm, churn []float64 }
+	type figures struct{ cold, coldCPU, warm, churn []float64 }
 	got := make([]figures, len(bins))
 	for range rounds {
 		for b, bin := range bins {
 			exp := r.startExporter(bin, cl.Node)
+			cpu0 := exp.cpu(r)
 			cold, _ := exp.scrape(r)
+			got[b].coldCPU = append(got[b].coldCPU, exp.cpu(r)-cpu0)
 			warm := median(repeat(5, func() float64 { d, _ := exp.scrape(r); return d }))
 			churnAll(r, clients)
 			churn, _ := exp.scrape(r)
@@ -385,12 +387,12 @@ func (r *runner) compare(bins []string, n, rounds int) {
 			got[b].churn = append(got[b].churn, churn)
 		}
 	}
-	fmt.Println("| build | cold p50 | warm p50 | churn p50 | churn / cold |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: |")
+	fmt.Println("| build | cold p50 | cold CPU p50 | warm p50 | churn p50 | churn / cold |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
 	for b, bin := range bins {
 		f := got[b]
-		fmt.Printf("| %s | %s | %s | %s | %.2fx |\n", bin, format(median(f.cold), "s"), format(median(f.warm), "s"),
-			format(median(f.churn), "s"), median(f.churn)/median(f.cold))
+		fmt.Printf("| %s | %s | %s | %s | %s | %.2fx |\n", bin, format(median(f.cold), "s"), format(median(f.coldCPU), "s"),
+			format(median(f.warm), "s"), format(median(f.churn), "s"), median(f.churn)/median(f.cold))
 	}
 }
 
@@ -756,15 +758,29 @@ func (e *exporterProc) scrape(r *runner) (float64, []byte) {
 	return d, body
 }
 
-// faults returns the exporter's minor page faults so far.
-func (e *exporterProc) faults(r *runner) float64 {
+// cpu returns the CPU time the exporter used so far, user and system, in
+// seconds (to the kernel's clock tick, 10 ms).
+func (e *exporterProc) cpu(r *runner) float64 {
+	f := e.stat(r)
+	utime, _ := strconv.ParseFloat(f[11], 64) // fields 14 and 15 of stat
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
+
+// stat returns the fields of the exporter's /proc/<pid>/stat after the
+// command name, the first being the state (field 3).
+func (e *exporterProc) stat(r *runner) []string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.cmd.Process.Pid))
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
-	// Fields after the command name, which ends with the last ')'.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	v, _ := strconv.ParseFloat(f[7], 64) // minflt is field 10 of stat
+	// The command name ends with the last ')'.
+	return strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+}
+
+// faults returns the exporter's minor page faults so far.
+func (e *exporterProc) faults(r *runner) float64 {
+	v, _ := strconv.ParseFloat(e.stat(r)[7], 64) // minflt is field 10 of stat
 	return v
 }
 
