@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -145,10 +144,6 @@ func run() int {
 			logger.Error("cannot detach the kernel programs", "err", err)
 		}
 	}()
-	// Finding the connections that predate the exporter leaves garbage in
-	// proportion to the host's sockets: return it now, rather than have the
-	// runtime's scavenger return it during the first scrape.
-	debug.FreeOSMemory()
 
 	hostNetNS := cfg.hostNetNS
 	if hostNetNS == "" {
@@ -334,7 +329,7 @@ func adaptConn(fn func(*collector.Conn)) func(*bpf.Conn) {
 	return func(c *bpf.Conn) {
 		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
-			Src: c.Src, Dst: c.Dst, State: collector.State(c.State), Reported: c.Reported,
+			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
 		}
 		fn(&k)
 	}
