@@ -84,6 +84,29 @@ func TestTrackerReadsChanges(t *testing.T) {
 		t.Errorf("read without changes reported %d connections (total %d), want 0 (total at least %d)", len(got), total2, n)
 	}
 
+	// With nothing counted since the last walk, a read does not walk and
+	// gives the same total. Other processes of the host may connect
+	// meanwhile: then it walks, and that is checked no further.
+	counters := func() [2]uint64 {
+		ch, err1 := tr.counter(counterChanged)
+		rec, err2 := tr.counter(counterRecorded)
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		return [2]uint64{ch, rec}
+	}
+	quiet := false
+	for try := 0; try < 20 && !quiet; try++ {
+		before, walks, total := counters(), tr.walks, tr.total
+		_, got := readOurs(t, tr, srcs)
+		if quiet = before == tr.last && counters() == before; quiet && (tr.walks != walks || got != total) {
+			t.Errorf("read with nothing changed walked %d times, total %d, want %d", tr.walks-walks, got, total)
+		}
+	}
+	if !quiet {
+		t.Error("no read without a change elsewhere on the host in 20 tries")
+	}
+
 	// Closing changes the state: those connections, and only those, are
 	// reported again. A reset closes a socket at once, even one whose
 	// peer has not accepted it yet.

@@ -85,6 +85,7 @@ struct {
 enum counter {
 	COUNTER_CONNS_FULL = 0, // an insert into conns failed: the attempt is lost
 	COUNTER_RECORDED = 1,   // an attempt was inserted into conns
+	COUNTER_CHANGED = 2,    // an entry's version was bumped
 	COUNTER_MAX = 4,
 };
 
@@ -107,11 +108,14 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-// changed publishes the fields just written: the iterators read the version
-// before the fields, so the atomic add, a full barrier, orders them.
+// changed publishes the fields just written: read_changes reads the version
+// before the fields, so the atomic add, a full barrier, orders them. The
+// counter, bumped after, tells user space whether anything changed at all
+// since it last walked the map.
 static __always_inline void changed(struct conn *c)
 {
 	__sync_fetch_and_add(&c->version, 1);
+	count(COUNTER_CHANGED);
 }
 
 static __always_inline void read_tuple(struct conn *c, const struct sock *sk)

@@ -122,11 +122,15 @@ type Tracker struct {
 	changes *ebpf.Memory // the changes array, mapped
 
 	// mu serialises reads, which share the changes array and the scratch
-	// buffers below.
+	// buffers below, and guards what the last walk left.
 	mu     sync.Mutex
 	keys   []uint64
 	values []trackerConn
 	recs   []trackerConnRec // a chunk of the changes array, copied out
+	walked bool             // a Read walked the map
+	walks  int              // for tests
+	last   [2]uint64        // counters changed and recorded before that walk
+	total  int              // entries the walk found, less those released since
 }
 
 // changesSize is the number of changed entries one run of the reader copies
@@ -240,10 +244,24 @@ func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 //
 // The kernel walks the map and copies out only the changed entries, up to
 // the size of its buffer per run, so a Read costs a walk of the map (about
-// 20 ns an entry) plus what changed.
+// 13 ns a bucket of its hash table, sized by Config.MaxConnections, and 40
+// ns an entry) plus what changed. When the kernel counted no change and no
+// new entry since the last walk, Read does not walk at all.
 func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// The counters are read before the walk: a change counted after this
+	// point is either seen by the walk or makes the next Read walk.
+	var now [2]uint64
+	var err error
+	for i, idx := range []uint32{counterChanged, counterRecorded} {
+		if now[i], err = t.counter(idx); err != nil {
+			return 0, err
+		}
+	}
+	if t.walked && now == t.last {
+		return t.total, nil
+	}
 	var run trackerReadRun
 	// The run's packet, at least an Ethernet header long as XDP wants;
 	// the program leaves its result at the start.
@@ -269,7 +287,8 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 			}
 		}
 		if run.More == 0 {
-			return int(run.Total), nil
+			t.walked, t.walks, t.last, t.total = true, t.walks+1, now, int(run.Total)
+			return t.total, nil
 		}
 	}
 }
@@ -379,17 +398,22 @@ func (t *Tracker) Release(cookies []uint64) error {
 	if len(cookies) == 0 {
 		return nil
 	}
-	_, err := t.objs.Conns.BatchDelete(cookies, nil)
+	n, err := t.objs.Conns.BatchDelete(cookies, nil)
+	t.released(n)
 	if err == nil || !errors.Is(err, ebpf.ErrKeyNotExist) {
 		if err != nil {
 			return fmt.Errorf("delete released connections: %w", err)
 		}
 		return nil
 	}
-	// A batch delete stops at the first missing key: delete one by one.
+	// A batch delete stops at the first missing key: delete the rest one
+	// by one.
 	var errs []error
-	for _, c := range cookies {
-		if err := t.objs.Conns.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	for _, c := range cookies[n:] {
+		err := t.objs.Conns.Delete(c)
+		if err == nil {
+			t.released(1)
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
@@ -397,6 +421,14 @@ func (t *Tracker) Release(cookies []uint64) error {
 		return fmt.Errorf("delete released connections: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// released takes n deleted entries off the total that Read reports without
+// walking.
+func (t *Tracker) released(n int) {
+	t.mu.Lock()
+	t.total -= n
+	t.mu.Unlock()
 }
 
 // RunTime returns how long the programs have run in all and how many times,
@@ -420,6 +452,7 @@ func (t *Tracker) RunTime() (time.Duration, uint64, error) {
 const (
 	counterConnsFull = 0
 	counterRecorded  = 1
+	counterChanged   = 2
 )
 
 // Lost returns how many connection attempts the kernel could not record
