@@ -475,9 +475,10 @@ func TestConnectionsBatched(t *testing.T) {
 	if total != n {
 		t.Errorf("%d active in all, want %d", total, n)
 	}
-	want := []int{batchSize, batchSize, batchSize, batchSize, batchSize, 100}
-	if !slices.Equal(res.chunks, want) {
-		t.Errorf("resolved in batches %v, want %v", res.chunks, want)
+	// Batches are resolved at once: they may finish in any order.
+	want := []int{100, batchSize, batchSize, batchSize, batchSize, batchSize}
+	if got := slices.Sorted(slices.Values(res.chunks)); !slices.Equal(got, want) {
+		t.Errorf("resolved in batches %v, want %v in some order", res.chunks, want)
 	}
 	if len(c.free) > maxInFlight+1 {
 		t.Errorf("%d batches kept, want at most %d", len(c.free), maxInFlight+1)
