@@ -1,9 +1,10 @@
 // Package bpf owns the kernel side of connection_exporter: the eBPF programs
 // that record every actively opened TCP connection of every process in every
 // network namespace, their loading and attachment, the seeding of connections
-// that predate the exporter, snapshots of the recorded connections as plain
-// Go values, and a program that looks connections up in a conntrack table
-// from inside the kernel.
+// that predate the exporter, reads of the recorded connections that changed
+// since the last read (a program walks the map in the kernel) as plain Go
+// values, and a program that looks connections up in a conntrack table from
+// inside the kernel.
 //
 // The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
 // tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
@@ -227,9 +228,11 @@ func (t *Tracker) Close() error {
 // Capacity returns the size of the connection map.
 func (t *Tracker) Capacity() uint32 { return t.max }
 
-// Snapshot appends every recorded connection to dst and returns it. The
-// order is unspecified. Entries updated while the snapshot is taken may show
-// either their old or new state.
+// Snapshot appends every recorded connection to dst and returns it, with a
+// batch read of the map that marks nothing reported (tests and the
+// benchmark's floor use it; scrapes use Read). The order is unspecified.
+// Entries updated while the snapshot is taken may show either their old or
+// new state.
 func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 	err := t.Walk(func(c *Conn) { dst = append(dst, *c) })
 	return dst, err

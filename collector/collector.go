@@ -1,6 +1,6 @@
 // Package collector owns turning what the other packages know into
-// Prometheus metrics: each scrape reads a snapshot of connections, has the
-// new ones resolved and named, keeps the per-label-set counters, and reports
+// Prometheus metrics: each scrape reads the connections that changed, has
+// the new ones resolved and named, keeps the per-label-set counters, and reports
 // its own health. It depends only on the small interfaces it defines; the
 // main package wires the concrete capture, resolution and naming in.
 package collector

@@ -44,7 +44,7 @@ type Conn struct {
 	// Src is the local address; Dst the address the application dialled.
 	// Neither is valid while State is StateConnecting.
 	Src, Dst netip.AddrPort
-	// State is the connection's state when the snapshot was taken.
+	// State is the connection's state when the source read it.
 	State State
 	// Reported says whether the source reported the connection before: a
 	// connection it reports for the first time is new to the collector.
@@ -82,7 +82,7 @@ type Source interface {
 	Capacity() uint32
 	// Recorded returns how many connections were recorded since start:
 	// the difference between two calls bounds how many new connections the
-	// next snapshot holds, known before reading it.
+	// next read holds, known before reading it.
 	Recorded() (uint64, error)
 }
 
@@ -98,7 +98,7 @@ type Destination = resolve.Result
 type Resolver interface {
 	// Resolve fills out[i] for in[i]; out is as long as in. It returns when
 	// ctx is done, marking what it did not resolve with ctx's error. It is
-	// called from several goroutines at once for the chunks of one scrape.
+	// called from several goroutines at once for the batches of one scrape.
 	Resolve(ctx context.Context, in []Lookup, out []Destination)
 }
 
@@ -636,7 +636,7 @@ func (c *Connections) admitBatch(b *batch, now time.Time) {
 	}
 }
 
-// expected returns how many new connections the coming snapshot holds at
+// expected returns how many new connections the coming read holds at
 // most: those recorded since the last scrape and those waiting for another
 // attempt. It is 0 when the source cannot tell.
 func (c *Connections) expected() int {
