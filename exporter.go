@@ -329,7 +329,7 @@ func adaptConn(fn func(*collector.Conn)) func(*bpf.Conn) {
 	return func(c *bpf.Conn) {
 		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
-			Src: c.Src, Dst: c.Dst, State: collector.State(c.State),
+			Src: c.Src, Dst: c.Dst, State: collector.State(c.State), Reported: c.Reported,
 		}
 		fn(&k)
 	}

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/collector"
 )
 
@@ -163,5 +166,53 @@ func TestMaxRequests(t *testing.T) {
 	close(b.release)
 	if code := <-first; code != http.StatusOK {
 		t.Errorf("first scrape: %d", code)
+	}
+}
+
+// adaptConn must carry every field of a recorded connection: a field it
+// drops silently changes what the collector does (Reported, once dropped,
+// made every closing connection look new and left it counted open).
+func TestAdaptConnCarriesEveryField(t *testing.T) {
+	var in bpf.Conn
+	v := reflect.ValueOf(&in).Elem()
+	for i := range v.NumField() {
+		fillNonZero(t, v.Field(i), v.Type().Field(i).Name)
+	}
+	var out collector.Conn
+	adaptConn(func(k *collector.Conn) { out = *k })(&in)
+	got := reflect.ValueOf(out)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		f := got.FieldByName(name)
+		if !f.IsValid() {
+			t.Errorf("collector.Conn has no field %s", name)
+			continue
+		}
+		want := v.Field(i)
+		if f.Type() != want.Type() {
+			f = f.Convert(want.Type()) // State: the same values in both packages
+		}
+		if !reflect.DeepEqual(f.Interface(), want.Interface()) {
+			t.Errorf("%s: got %v, want %v", name, f.Interface(), want.Interface())
+		}
+	}
+}
+
+// fillNonZero sets f to a value other than its zero value.
+func fillNonZero(t *testing.T, f reflect.Value, name string) {
+	t.Helper()
+	switch f.Kind() {
+	case reflect.Bool:
+		f.SetBool(true)
+	case reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		f.SetUint(3)
+	case reflect.Array:
+		for j := range f.Len() {
+			f.Index(j).SetUint(uint64('a' + j))
+		}
+	case reflect.Struct: // netip.AddrPort
+		f.Set(reflect.ValueOf(netip.MustParseAddrPort("10.1.2.3:4567")))
+	default:
+		t.Fatalf("field %s of kind %v: teach the test to fill it", name, f.Kind())
 	}
 }

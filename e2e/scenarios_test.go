@@ -166,6 +166,42 @@ func TestShortLived(t *testing.T) {
 	}
 }
 
+// TestClosedAfterSeen: connections a scrape saw open and that closed before
+// the next one are counted open, then closed, and opened once. The scrape in
+// between reads only what changed, so the close must reach the collector as
+// a change of a known connection.
+func TestClosedAfterSeen(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	proc := process(t)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	exp.scrape()
+
+	conns := dialAll(t, cl.Client, dst, 25)
+	want := truth(t, cl, sources(conns))
+	match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
+	s := exp.scrape()
+	if got := s.byActual("connection_active", match); !equal(got, want) {
+		t.Fatalf("connection_active = %v, backends saw %v", got, want)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	time.Sleep(200 * time.Millisecond) // let the closes reach the kernel map
+	for range 2 { // and a scrape with nothing new after it
+		s = exp.scrape()
+		for _, smp := range s.samples("connection_active", match) {
+			if smp.value != 0 {
+				t.Errorf("closed connections still active: %v", smp)
+			}
+		}
+		if got := s.byActual("connection_opened_total", match); !equal(got, want) {
+			t.Errorf("connection_opened_total = %v, want %v", got, want)
+		}
+	}
+}
+
 // TestPreexisting: connections opened before the exporter started are
 // exported after it starts.
 func TestPreexisting(t *testing.T) {
