@@ -19,8 +19,9 @@ import (
 
 // soak churns connections at full speed from two client namespaces (one
 // behind the service address, one behind an Istio-style sidecar), scrapes
-// every second, and prints the exporter's RSS, open files, goroutines and
-// netlink sockets every 30 seconds: they must stay flat.
+// every second, and prints the exporter's RSS, Go heap, open files,
+// goroutines, netlink sockets, connections in the kernel map and connections
+// counted open every 30 seconds: they must stay flat.
 func (r *runner) soak(bin string, d time.Duration) {
 	defer r.cleanupTo(len(r.cleanups))
 	lab := netlab.New(r)
@@ -85,14 +86,16 @@ func (r *runner) soak(bin string, d time.Duration) {
 	}()
 
 	pid := exp.cmd.Process.Pid
-	fmt.Println("| elapsed | connections | scrapes (failed) | RSS | open fds | goroutines | netlink sockets |")
-	fmt.Println("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Println("| elapsed | connections | scrapes (failed) | RSS | Go heap | open fds | goroutines | netlink sockets | tracked | active |")
+	fmt.Println("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	start := time.Now()
 	for {
 		elapsed := time.Since(start)
 		_, body := exp.scrape(r)
-		fmt.Printf("| %s | %d | %d (%d) | %.1f MiB | %d | %.0f | %d |\n", elapsed.Round(time.Second), conns.Load(), scrapes.Load(),
-			failures.Load(), exp.rss(r), countFDs(pid), metric(body, "go_goroutines"), netlinkSockets(pid))
+		fmt.Printf("| %s | %d | %d (%d) | %.1f MiB | %.1f MiB | %d | %.0f | %d | %.0f | %.0f |\n", elapsed.Round(time.Second), conns.Load(), scrapes.Load(),
+			failures.Load(), exp.rss(r), metric(body, "go_memstats_heap_inuse_bytes")/(1<<20), countFDs(pid),
+			metric(body, "go_goroutines"), netlinkSockets(pid),
+			metric(body, "connection_exporter_tracked_connections"), metric(body, "connection_active"))
 		if elapsed >= d {
 			break
 		}
