@@ -189,7 +189,8 @@ func TestClosedAfterSeen(t *testing.T) {
 		c.Close()
 	}
 	time.Sleep(200 * time.Millisecond) // let the closes reach the kernel map
-	for range 2 { // and a scrape with nothing new after it
+	// The scrape after the closes, and one with nothing new after it.
+	for range 2 {
 		s = exp.scrape()
 		for _, smp := range s.samples("connection_active", match) {
 			if smp.value != 0 {
