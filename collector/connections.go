@@ -400,10 +400,7 @@ func (c *Connections) read(st *stream, now time.Time) (postponedRead bool, err e
 			return
 		}
 		if r, ok := c.attempts[k.Cookie]; ok {
-			if r.read == c.gen {
-				return // changed and fetched again in the same scrape
-			}
-			r.read = c.gen
+			r.read = c.gen // read: not to be fetched below
 			c.attempts[k.Cookie] = r
 		}
 		st.add(k)

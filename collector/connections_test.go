@@ -101,15 +101,19 @@ func (s *fakeSource) Recorded() (uint64, error) {
 func (s *fakeSource) Capacity() uint32 { return 1024 }
 
 // fakeResolver translates by a table and counts the lookups it was asked.
+// Like the real one it may be called for several batches at once.
 type fakeResolver struct {
 	nat     map[netip.AddrPort]Destination
-	lookups int
 	err     error
+	mu      sync.Mutex
+	lookups int
 }
 
 func (r *fakeResolver) Resolve(_ context.Context, in []Lookup, out []Destination) {
+	r.mu.Lock()
+	r.lookups += len(in)
+	r.mu.Unlock()
 	for i, l := range in {
-		r.lookups++
 		d, ok := r.nat[l.Dst]
 		if !ok {
 			d = Destination{Actual: l.Dst, Resolver: "none"}
@@ -573,6 +577,30 @@ func TestConnectionsReportedTwice(t *testing.T) {
 	}
 	if !slices.Equal(src.released, []uint64{4}) {
 		t.Errorf("released %v, want [4]", src.released)
+	}
+}
+
+// A connection postponed for a name at its first report, and reported
+// again, closed, in the same scrape after its first batch was admitted, is
+// counted from its second report (a closed connection waits for no name).
+func TestConnectionsPostponedReportedTwice(t *testing.T) {
+	n := (maxInFlight+1)*batchSize + 10
+	conns := append([]Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateClosed)}, newConns(2, n-1)...)
+	src := &twiceSource{fakeSource: fakeSource{conns: conns}, first: 0, again: n - 1}
+	c, err := NewConnections(ConnectionsConfig{MaxSeries: 10, SeriesIdle: time.Minute, ResolveAttempts: 3}, src, &fakeResolver{}, &lateNamer{}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect(t, c)
+	if !slices.Equal(src.released, []uint64{1}) {
+		t.Errorf("released %v, want [1]: the closed report of connection 1 was dropped", src.released)
+	}
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_opened_total", "process", "nginx"); got != 1 {
+		t.Errorf("closed connection opened = %v, want 1", got)
+	}
+	if got := value(t, reg, "connection_active", "process", "nginx"); got != 0 {
+		t.Errorf("closed connection active = %v, want 0", got)
 	}
 }
 
