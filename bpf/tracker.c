@@ -69,10 +69,12 @@ struct conn {
 
 // conns: key u64 socket cookie (unique for the kernel's lifetime), value
 // struct conn. The tracepoint inserts at CLOSE -> SYN_SENT and updates the
-// entry afterwards; user space deletes entries in state CLOSED or FAILED once
-// a scrape has read them. max_entries is set by user space at load time;
-// entries are allocated as they are used, so a large bound costs nothing
-// until connections fill it.
+// entry afterwards, bumping version after each change; read_changes writes
+// reported; user space deletes entries in state CLOSED or FAILED once a
+// scrape has read them. max_entries is set by user space at load time;
+// entries are allocated as they are used, so a large bound costs little
+// until connections fill it (its hash table's buckets are allocated at load,
+// and a walk visits every one).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -290,9 +292,11 @@ struct conn_rec {
 
 const struct conn_rec *unused_conn_rec __attribute__((unused));
 
-// changes: the entries one run of read_changes copied out, from index 0.
-// max_entries is set by user space at load time; user space reads the array
-// through a memory mapping.
+// changes: key u32 index, value struct conn_rec (host byte order, as struct
+// conn). read_changes writes the entries it copies out from index 0 on and
+// tells user space how many in its result; user space reads them through a
+// memory mapping before it runs the program again, which overwrites them.
+// max_entries is set by user space at load time.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
