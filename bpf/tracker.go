@@ -246,10 +246,13 @@ func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 // read methods.
 //
 // The kernel walks the map and copies out only the changed entries, up to
-// the size of its buffer per run, so a Read costs a walk of the map (about
-// 13 ns a bucket of its hash table, sized by Config.MaxConnections, and 40
-// ns an entry) plus what changed. When the kernel counted no change and no
-// new entry since the last walk, Read does not walk at all.
+// the size of its buffer per run, so a Read costs a walk of the map, which
+// visits every bucket of its hash table (3.4 ms with 50,000 entries at the
+// default capacity, 1.5 ms at a capacity of 65,536), plus what changed.
+// When the kernel counted no change and no new entry since the last walk,
+// Read does not walk at all. Changes a run copied out count as reported
+// even if the Read then fails, which reading the mapping within its bounds
+// rules out.
 func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
