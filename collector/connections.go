@@ -343,7 +343,7 @@ const releaseKeep = 4096
 // Connections already known are accounted as they are read, with no copy;
 // new ones are gathered in batches, each resolved on its own goroutine
 // while the changes are still read, and admitted in order. A scrape with
-// nothing new costs the source's walk of its map and nothing per
+// nothing new costs what the source's read costs and nothing per
 // connection.
 func (c *Connections) account(ctx context.Context) error {
 	now := c.now()
