@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -129,25 +130,34 @@ func TestDirect(t *testing.T) {
 	}
 }
 
-// TestShortLived: connections opened and closed between two scrapes are
-// counted and resolved.
-func TestShortLived(t *testing.T) {
+// closingLab starts the exporter on a kube-proxy lab, scrapes once, and
+// opens 25 connections to the service address. It returns the exporter,
+// the connections, how many each backend accepted, and the labels that
+// select the connections' series.
+func closingLab(t *testing.T) (*exporter, []net.Conn, map[string]float64, map[string]string) {
+	t.Helper()
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
 	exp := startExporter(t, cl.Node)
-	proc := process(t)
 	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
 	exp.scrape()
-
 	conns := dialAll(t, cl.Client, dst, 25)
-	want := truth(t, cl, sources(conns))
+	match := map[string]string{"process": process(t), "destination": dst.String(), "resolver": "conntrack"}
+	return exp, conns, truth(t, cl, sources(conns)), match
+}
+
+// closeAll closes conns and waits for the closes to reach the kernel map.
+func closeAll(conns []net.Conn) {
 	for _, c := range conns {
 		c.Close()
 	}
-	time.Sleep(200 * time.Millisecond) // let the closes reach the kernel map
+	time.Sleep(200 * time.Millisecond)
+}
 
-	s := exp.scrape()
-	match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
+// checkClosed checks that a scrape counts the closed connections of match
+// opened as the backends saw them, and none of them active.
+func checkClosed(t *testing.T, s scraped, match map[string]string, want map[string]float64) {
+	t.Helper()
 	if got := s.byActual("connection_opened_total", match); !equal(got, want) {
 		t.Errorf("connection_opened_total = %v, backends saw %v", got, want)
 	}
@@ -156,6 +166,15 @@ func TestShortLived(t *testing.T) {
 			t.Errorf("closed connections still active: %v", smp)
 		}
 	}
+}
+
+// TestShortLived: connections opened and closed between two scrapes are
+// counted and resolved.
+func TestShortLived(t *testing.T) {
+	exp, conns, want, match := closingLab(t)
+	closeAll(conns)
+	s := exp.scrape()
+	checkClosed(t, s, match, want)
 	if got := s.byActual("connection_destination_info", match); len(got) != len(want) {
 		t.Errorf("connection_destination_info for closed connections: %v, want %v", got, want)
 	}
@@ -171,35 +190,14 @@ func TestShortLived(t *testing.T) {
 // between reads only what changed, so the close must reach the collector as
 // a change of a known connection.
 func TestClosedAfterSeen(t *testing.T) {
-	lab := netlab.New(t)
-	cl := lab.KubeProxy()
-	exp := startExporter(t, cl.Node)
-	proc := process(t)
-	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
-	exp.scrape()
-
-	conns := dialAll(t, cl.Client, dst, 25)
-	want := truth(t, cl, sources(conns))
-	match := map[string]string{"process": proc, "destination": dst.String(), "resolver": "conntrack"}
-	s := exp.scrape()
-	if got := s.byActual("connection_active", match); !equal(got, want) {
+	exp, conns, want, match := closingLab(t)
+	if got := exp.scrape().byActual("connection_active", match); !equal(got, want) {
 		t.Fatalf("connection_active = %v, backends saw %v", got, want)
 	}
-	for _, c := range conns {
-		c.Close()
-	}
-	time.Sleep(200 * time.Millisecond) // let the closes reach the kernel map
+	closeAll(conns)
 	// The scrape after the closes, and one with nothing new after it.
 	for range 2 {
-		s = exp.scrape()
-		for _, smp := range s.samples("connection_active", match) {
-			if smp.value != 0 {
-				t.Errorf("closed connections still active: %v", smp)
-			}
-		}
-		if got := s.byActual("connection_opened_total", match); !equal(got, want) {
-			t.Errorf("connection_opened_total = %v, want %v", got, want)
-		}
+		checkClosed(t, exp.scrape(), match, want)
 	}
 }
 
