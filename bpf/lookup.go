@@ -121,17 +121,14 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 		if ret != xdpPass {
 			return fmt.Errorf("conntrack lookup returned %d", ret)
 		}
-		for off := 0; off < k; off += len(s.buf) {
-			chunk := s.buf[:min(len(s.buf), k-off)]
-			if _, err := l.mem.ReadAt(raw[:len(chunk)*size], int64((s.start+off)*size)); err != nil {
-				return fmt.Errorf("read conntrack lookups: %w", err)
+		err = eachMapped(l.mem, s.start, k, s.buf, func(i int, q *lookupCtLookup) {
+			if q.Found != 0 {
+				r := &q.Reply
+				found(start+i, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
 			}
-			for i := range chunk {
-				if chunk[i].Found != 0 {
-					r := &chunk[i].Reply
-					found(start+off+i, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
-				}
-			}
+		})
+		if err != nil {
+			return fmt.Errorf("read conntrack lookups: %w", err)
 		}
 	}
 	return nil

@@ -135,7 +135,8 @@ type Tracker struct {
 }
 
 // changesSize is the number of changed entries one run of the reader copies
-// out (768 kB). A cold scrape of 50,000 connections takes 7 runs.
+// out (3 MB of 96-byte records). A cold scrape of 50,000 connections takes
+// 2 runs.
 const changesSize = 32768
 
 // changesChunk is the number of changed entries copied out of the mapping at
@@ -282,15 +283,12 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 			return 0, fmt.Errorf("connection reader returned %d", ret)
 		}
 		run = *(*trackerReadRun)(unsafe.Pointer(&packet[0]))
-		for off := 0; off < int(run.Count); off += len(t.recs) {
-			chunk := t.recs[:min(len(t.recs), int(run.Count)-off)]
-			if _, err := t.changes.ReadAt(bytesOf(chunk), int64(off*connRecSize)); err != nil {
-				return 0, fmt.Errorf("read changed connections: %w", err)
-			}
-			for i := range chunk {
-				convert(&c, chunk[i].Cookie, &chunk[i].Conn)
-				fn(&c)
-			}
+		err = eachMapped(t.changes, 0, int(run.Count), t.recs, func(_ int, r *trackerConnRec) {
+			convert(&c, r.Cookie, &r.Conn)
+			fn(&c)
+		})
+		if err != nil {
+			return 0, fmt.Errorf("read changed connections: %w", err)
 		}
 		if run.More == 0 {
 			t.walked, t.walks, t.last, t.total = true, t.walks+1, now, int(run.Total)
@@ -310,9 +308,23 @@ func prefault(m *ebpf.Memory) {
 	}
 }
 
-// connRecSize is the size of an element of the changes array, a multiple
-// of 8 as array elements are in the mapping.
-const connRecSize = int(unsafe.Sizeof(trackerConnRec{}))
+// eachMapped copies elements start to start+n-1 of a mapped array out in
+// chunks of len(buf) and calls fn with each, and its position from start.
+// T is the array's element type, whose size is a multiple of 8 as elements
+// are in the mapping.
+func eachMapped[T any](m *ebpf.Memory, start, n int, buf []T, fn func(i int, v *T)) error {
+	size := int(unsafe.Sizeof(buf[0]))
+	for off := 0; off < n; off += len(buf) {
+		chunk := buf[:min(len(buf), n-off)]
+		if _, err := m.ReadAt(bytesOf(chunk), int64((start+off)*size)); err != nil {
+			return err
+		}
+		for i := range chunk {
+			fn(off+i, &chunk[i])
+		}
+	}
+	return nil
+}
 
 // bytesOf views s's memory as bytes.
 func bytesOf[T any](s []T) []byte {
