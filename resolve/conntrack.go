@@ -549,20 +549,20 @@ func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, qs []Query, idx []int,
 		i := idx[n]
 		translated[n] = translate(&out[i], qs[i].Dst, tuple{r.Src, r.Dst, r.SrcPort, r.DstPort}, resolver)
 	}
+	// The table's errors fail the queries, as on the netlink path; a
+	// failed kernel lookup leaves them to that path.
 	var entries uint32
-	var tableErr, lookupErr error
+	var lookupErr error
 	begin := time.Now()
 	err := inNamespace(fd, func() error {
 		sock, err := openCTHere()
 		if err != nil {
-			tableErr = err
-			return nil
+			return err
 		}
 		entries, err = sock.count()
 		sock.close()
 		if err != nil {
-			tableErr = fmt.Errorf("conntrack stats in netns %d: %w", ino, err)
-			return nil
+			return fmt.Errorf("conntrack stats in netns %d: %w", ino, err)
 		}
 		if entries > 0 {
 			lookupErr = c.cfg.Kernel.Lookup(len(idx), orig, found)
@@ -571,17 +571,14 @@ func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, qs []Query, idx []int,
 	})
 	switch {
 	case err != nil:
-		tableErr = err
-	case tableErr == nil && entries == 0:
+		fail(out, idx, resolver, err)
+		return idx, true
+	case entries == 0:
 		// No entries: conntrack is not even enabled in many pod namespaces.
 		return idx, true
 	case lookupErr != nil:
 		c.logger.Debug("cannot look conntrack up from the kernel", "netns", ino, "err", lookupErr)
 		return nil, false
-	}
-	if tableErr != nil {
-		fail(out, idx, resolver, tableErr)
-		return idx, true
 	}
 	c.looked[methodKernel].Add(uint64(len(idx)))
 	c.logger.Debug("looked up conntrack", "netns", ino, "method", "kernel", "entries", entries,
