@@ -430,9 +430,11 @@ func (c *Connections) tidy(now time.Time, postponedRead bool) {
 	}
 	// A postponed connection not read again (neither changed nor found)
 	// has left the map.
-	for cookie, r := range c.attempts {
-		if postponedRead && r.read != c.gen {
-			delete(c.attempts, cookie)
+	if postponedRead {
+		for cookie, r := range c.attempts {
+			if r.read != c.gen {
+				delete(c.attempts, cookie)
+			}
 		}
 	}
 	for key, s := range c.series {
