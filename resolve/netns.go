@@ -2,9 +2,10 @@
 // steps that look a connection's original tuple up in the conntrack table of
 // its own network namespace (sidecar redirects), in a Swarm load balancer's,
 // in Cilium's maps and in the host namespace's table (kube-proxy, Docker
-// DNAT). Conntrack tables are read through netlink sockets opened in their
-// namespaces; the host table, for many new connections, also by lookups from
-// inside the kernel (KernelLookup).
+// DNAT). Conntrack tables are read by lookups from inside the kernel
+// (KernelLookup) where the kernel offers them, else through netlink sockets
+// opened in their namespaces; either way an empty table is skipped after a
+// netlink count of its entries.
 package resolve
 
 import (
