@@ -309,9 +309,9 @@ struct {
 // leaves there for user space.
 struct read_run {
 	__u32 count; // entries copied into changes
-	__u32 more;  // 1 when changes filled up before the walk ended
+	__u32 more;  // 1 when the run stopped copying before the walk ended
 	__u32 total; // entries in conns, when more is 0
-	__u32 pad;
+	__u32 limit; // set by user space: entries to copy at most (at least 1)
 };
 
 const struct read_run *unused_read_run __attribute__((unused));
@@ -319,6 +319,7 @@ const struct read_run *unused_read_run __attribute__((unused));
 struct walk {
 	__u32 count;
 	__u32 more;
+	__u32 limit;
 };
 
 // copy_changed copies an entry of conns that changed since it was last
@@ -330,7 +331,9 @@ static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, 
 	__u32 v = __sync_fetch_and_add(&c->version, 0);
 	if (v == c->reported)
 		return 0;
-	struct conn_rec *r = bpf_map_lookup_elem(&changes, &w->count);
+	struct conn_rec *r = NULL;
+	if (w->count < w->limit)
+		r = bpf_map_lookup_elem(&changes, &w->count);
 	if (!r) {
 		w->more = 1;
 		return 1;
@@ -343,7 +346,8 @@ static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, 
 }
 
 // read_changes walks conns and copies out the entries that changed since
-// a run last copied them, as many as changes holds (Linux 5.13 or later).
+// a run last copied them, as many as changes holds or as the run's limit
+// says (Linux 5.13 or later).
 // It is an XDP program only because XDP programs can be run on demand
 // with BPF_PROG_TEST_RUN and may walk a map: it never sees a packet. User
 // space runs it on a scrape, again while it reports more, so that a scrape
@@ -354,7 +358,7 @@ int read_changes(struct xdp_md *ctx)
 	struct read_run *run = (void *)(long)ctx->data;
 	if ((void *)(run + 1) > (void *)(long)ctx->data_end)
 		return XDP_ABORTED;
-	struct walk w = {};
+	struct walk w = {.limit = run->limit};
 	long visited = bpf_for_each_map_elem(&conns, copy_changed, &w, 0);
 	run->count = w.count;
 	run->more = w.more;

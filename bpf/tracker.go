@@ -15,6 +15,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -104,8 +105,9 @@ type Config struct {
 	// existing connections are seeded too.
 	NetNSDirs []string
 
-	// changes overrides changesSize: tests make runs of the reader short.
-	changes uint32
+	// changes and firstRun override changesSize and firstRunSize: tests
+	// make runs of the reader short.
+	changes, firstRun uint32
 }
 
 // DefaultMaxConnections is the default size of the connection map.
@@ -121,6 +123,9 @@ type Tracker struct {
 	seeded uint64 // connections inserted at start-up
 
 	changes *ebpf.Memory // the changes array, mapped
+	runSize uint32       // its length: the entries one run copies out at most
+	// firstRun bounds the first run of a Read that expects many changes.
+	firstRun uint32
 
 	// mu serialises reads, which share the changes array and the scratch
 	// buffers below, and guards what the last walk left.
@@ -130,6 +135,7 @@ type Tracker struct {
 	recs   []trackerConnRec // a chunk of the changes array, copied out
 	walked bool             // a Read walked the map
 	walks  int              // for tests
+	runs   int              // for tests: runs of the reader in the last walk
 	last   [2]uint64        // counters changed and recorded before that walk
 	total  int              // entries the walk found, less those released since
 }
@@ -138,6 +144,13 @@ type Tracker struct {
 // out (3 MB of 96-byte records). A cold scrape of 50,000 connections takes
 // 2 runs.
 const changesSize = 32768
+
+// firstRunSize bounds the first run of the reader when more changes than
+// twice that are expected: the caller gets the first changes after a short
+// part of the walk and can start working on them (resolving new
+// connections, on another CPU) while the next run walks the map again.
+// Walking again the part the first run walked costs a few percent.
+const firstRunSize = 4096
 
 // changesChunk is the number of changed entries copied out of the mapping at
 // once.
@@ -169,9 +182,13 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	if cfg.changes == 0 {
 		cfg.changes = changesSize
 	}
-	spec.Maps[trackerMapChanges].MaxEntries = min(cfg.MaxConnections, cfg.changes)
+	runSize := min(cfg.MaxConnections, cfg.changes)
+	spec.Maps[trackerMapChanges].MaxEntries = runSize
 
-	t := &Tracker{logger: logger, max: cfg.MaxConnections}
+	if cfg.firstRun == 0 {
+		cfg.firstRun = firstRunSize
+	}
+	t := &Tracker{logger: logger, max: cfg.MaxConnections, runSize: runSize, firstRun: min(runSize, cfg.firstRun)}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -273,8 +290,14 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	// The run's packet, at least an Ethernet header long as XDP wants;
 	// the program leaves its result at the start.
 	packet := make([]byte, 64)
+	limit := t.runSize
+	if !t.walked || (now[0]-t.last[0])+(now[1]-t.last[1]) > 4*uint64(t.firstRun) {
+		limit = t.firstRun
+	}
+	t.runs = 0
 	var c Conn
 	for {
+		binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Limit):], limit)
 		ret, err := t.objs.ReadChanges.Run(&ebpf.RunOptions{Data: packet, DataOut: packet})
 		if err != nil {
 			return 0, fmt.Errorf("run connection reader: %w", err)
@@ -283,6 +306,7 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 			return 0, fmt.Errorf("connection reader returned %d", ret)
 		}
 		run = *(*trackerReadRun)(unsafe.Pointer(&packet[0]))
+		t.runs++
 		err = eachMapped(t.changes, 0, int(run.Count), t.recs, func(_ int, r *trackerConnRec) {
 			convert(&c, r.Cookie, &r.Conn)
 			fn(&c)
@@ -294,6 +318,7 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 			t.walked, t.walks, t.last, t.total = true, t.walks+1, now, int(run.Total)
 			return t.total, nil
 		}
+		limit = t.runSize
 	}
 }
 

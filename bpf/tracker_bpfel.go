@@ -42,7 +42,7 @@ type trackerReadRun struct {
 	Count uint32
 	More  uint32
 	Total uint32
-	Pad   uint32
+	Limit uint32
 }
 
 type trackerSockRec struct {
