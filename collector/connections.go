@@ -324,6 +324,18 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 	for _, r := range resolvers {
 		c.errors[r] = 0
 	}
+	// The batches a scrape can use at once are taken now, and their pages
+	// touched: fresh memory costs a page fault per 4 kB, which on the
+	// development VM made a fifth of a cold scrape's time. They are kept
+	// between scrapes anyway.
+	for range maxInFlight + 1 {
+		b := c.newBatch()
+		clear(b.fresh[:cap(b.fresh)])
+		clear(b.lookups[:cap(b.lookups)])
+		clear(b.results)
+		clear(b.slots[:cap(b.slots)])
+		c.free = append(c.free, b)
+	}
 	return c, nil
 }
 
