@@ -1,6 +1,9 @@
 package resolve
 
-import "context"
+import (
+	"context"
+	"sync"
+)
 
 // Step is one table that can answer where connections go.
 type Step interface {
@@ -32,7 +35,12 @@ type Chain []Step
 // as long as qs. A connection no step translates goes to its dialled
 // address with ResolverNone.
 func (ch Chain) Resolve(ctx context.Context, qs []Query, out []Result) {
-	idx := make([]int, len(qs))
+	p := indexes.Get().(*[]int)
+	defer indexes.Put(p)
+	if cap(*p) < len(qs) {
+		*p = make([]int, len(qs))
+	}
+	idx := (*p)[:len(qs)]
 	for i, q := range qs {
 		out[i] = Result{Actual: q.Dst, Resolver: ResolverNone}
 		idx[i] = i
@@ -49,6 +57,10 @@ func (ch Chain) Resolve(ctx context.Context, qs []Query, out []Result) {
 		}
 	}
 }
+
+// indexes holds the index lists of Resolve calls for reuse: memory the
+// process has not touched yet costs a page fault per 4 kB.
+var indexes = sync.Pool{New: func() any { return new([]int) }}
 
 // Prepare returns the chain to use for resolving about n connections that
 // are still being read: its steps that are Preparers have started reading

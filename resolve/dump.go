@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -100,10 +101,24 @@ func openCTHere() (*ctSocket, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind netlink socket: %w", err)
 	}
-	return &ctSocket{fd: fd, buf: make([]byte, datagramSize)}, nil
+	return &ctSocket{fd: fd, buf: *buffers.Get().(*[]byte)}, nil
 }
 
-func (s *ctSocket) close() { unix.Close(s.fd) }
+// buffers holds receive buffers for reuse: a scrape may open a socket per
+// namespace for each batch of new connections, and memory the process
+// has not touched yet costs a page fault per 4 kB.
+var buffers = sync.Pool{New: func() any {
+	b := make([]byte, datagramSize)
+	return &b
+}}
+
+func (s *ctSocket) close() {
+	unix.Close(s.fd)
+	if b := s.buf; b != nil {
+		s.buf = nil
+		buffers.Put(&b)
+	}
+}
 
 // putHeader writes a netlink and netfilter header for a conntrack message
 // of length l at the start of b.
