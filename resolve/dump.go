@@ -57,22 +57,33 @@ type ctEntry struct {
 	reply tuple
 }
 
-// inNamespace runs fn on a throwaway OS thread moved into the network
-// namespace ns; the calling goroutine's thread is never touched.
+// inNamespace runs fn on an OS thread of its own moved into the network
+// namespace ns; the calling goroutine's thread is never touched. The thread
+// then goes back to the process's own namespace and serves other
+// goroutines: a scrape may enter namespaces for every batch of new
+// connections, and creating a thread and ending it cost more than two
+// setns calls. If it cannot go back, it exits with the goroutine.
 func inNamespace(ns *os.File, fn func() error) error {
 	done := make(chan error, 1)
 	go func() {
-		// Never unlocked: the thread exits with this goroutine rather than
-		// return to the pool in another namespace.
 		runtime.LockOSThread()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
 			done <- fmt.Errorf("enter netns: %w", err)
 			return
 		}
-		done <- fn()
+		err := fn()
+		if ownNetNS != nil && unix.Setns(int(ownNetNS.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- err
 	}()
 	return <-done
 }
+
+// ownNetNS is the network namespace the process's threads are in, opened
+// while the process starts, before any thread leaves it; nil if it cannot
+// be opened, and then threads that left never come back.
+var ownNetNS, _ = os.Open("/proc/thread-self/ns/net")
 
 // ctSocket is a netfilter netlink socket inside one namespace, with its
 // receive buffer. It is not safe for concurrent use.

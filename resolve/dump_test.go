@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -293,4 +294,66 @@ func BenchmarkDump(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestInNamespaceReturnsThreads runs functions in another namespace and
+// checks that each ran there, that threads were reused rather than made
+// for each call, and that no thread was left in that namespace.
+func TestInNamespaceReturnsThreads(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("entering namespaces needs root")
+	}
+	lab := netlab.New(t)
+	other := lab.NetNS("other")
+	fd, err := os.Open(other.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	own := nsInode(t, "/proc/thread-self/ns/net")
+
+	tids := make(map[int]bool)
+	const calls = 20
+	for range calls {
+		err := inNamespace(fd, func() error {
+			tids[unix.Gettid()] = true
+			got, err := inode("/proc/thread-self/ns/net")
+			if err == nil && got != other.Inode() {
+				err = fmt.Errorf("ran in netns %d, want %d", got, other.Inode())
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(tids) == calls {
+		t.Errorf("%d calls ran on %d threads: none was reused", calls, len(tids))
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		// Threads of other tests may be elsewhere; none may be left in
+		// the namespace only this test entered.
+		if ino, err := inode(filepath.Join("/proc/self/task", task.Name(), "ns/net")); err == nil && ino == other.Inode() {
+			t.Errorf("thread %s is still in netns %d, want the process's own %d", task.Name(), ino, own)
+		}
+	}
+}
+
+func nsInode(t *testing.T, path string) uint32 {
+	t.Helper()
+	ino, err := inode(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ino
+}
+
+func inode(path string) (uint32, error) {
+	var st unix.Stat_t
+	err := unix.Stat(path, &st)
+	return uint32(st.Ino), err
 }
