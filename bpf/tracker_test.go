@@ -34,7 +34,7 @@ func newTracker(t testing.TB, cfg Config) *Tracker {
 	return tr
 }
 
-func listen(t *testing.T, network, address string) net.Listener {
+func listen(t testing.TB, network, address string) net.Listener {
 	t.Helper()
 	ln, err := net.Listen(network, address)
 	if err != nil {
