@@ -150,6 +150,11 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
+	// A socket this program never saw open has no cookie yet (asking for
+	// one would make it one): the server side of every connection, which
+	// closes too, leaves here without a lookup.
+	if (!opening && !sk->__sk_common.skc_cookie.counter)
+		return 0;
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 
 	if (opening) {
@@ -201,6 +206,8 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 // fail: after the transition to CLOSE the source port is gone.
 static __always_inline void record_attempt(const struct sock *sk)
 {
+	if (!sk->__sk_common.skc_cookie.counter)
+		return; // not opened while the program ran: see on_state
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
 	if (c && c->state == CONN_CONNECTING)
