@@ -62,8 +62,15 @@ type ctEntry struct {
 // then goes back to the process's own namespace and serves other
 // goroutines: a scrape may enter namespaces for every batch of new
 // connections, and creating a thread and ending it cost more than two
-// setns calls. If it cannot go back, it exits with the goroutine.
+// setns calls. If it cannot go back, it exits with the goroutine. For the
+// process's own namespace fn runs on the calling goroutine, which must then
+// not be locked into another namespace itself.
 func inNamespace(ns *os.File, fn func() error) error {
+	if isOwnNetNS(ns) {
+		// Every thread not locked elsewhere is in it already: the
+		// exporter usually runs in the host's namespace.
+		return fn()
+	}
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -84,6 +91,18 @@ func inNamespace(ns *os.File, fn func() error) error {
 // while the process starts, before any thread leaves it; nil if it cannot
 // be opened, and then threads that left never come back.
 var ownNetNS, _ = os.Open("/proc/thread-self/ns/net")
+
+// isOwnNetNS reports whether ns is the process's own network namespace.
+func isOwnNetNS(ns *os.File) bool {
+	if ownNetNS == nil {
+		return false
+	}
+	var a, b unix.Stat_t
+	if unix.Fstat(int(ns.Fd()), &a) != nil || unix.Fstat(int(ownNetNS.Fd()), &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
+}
 
 // ctSocket is a netfilter netlink socket inside one namespace, with its
 // receive buffer. It is not safe for concurrent use.

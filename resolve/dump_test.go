@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -356,4 +357,26 @@ func inode(path string) (uint32, error) {
 	var st unix.Stat_t
 	err := unix.Stat(path, &st)
 	return uint32(st.Ino), err
+}
+
+// A function for the process's own namespace runs on the calling goroutine,
+// with no thread of its own.
+func TestInNamespaceOwnRunsHere(t *testing.T) {
+	// This thread's namespace: the main thread, which /proc/self shows,
+	// may be wedged in another test's namespace.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	own, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	here := unix.Gettid()
+	var ran int
+	if err := inNamespace(own, func() error { ran = unix.Gettid(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if ran != here {
+		t.Errorf("ran on thread %d, want the caller's %d", ran, here)
+	}
 }
