@@ -458,15 +458,7 @@ func (r *runner) throughput(cycles int) []row {
 	lab := netlab.New(r)
 	ns := lab.NetNS("loop")
 	ln := ns.Listen("tcp4", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	netlab.CloseAccepted(ln)
 	addr := ln.Addr().String()
 	round := func() float64 {
 		var rate float64

@@ -159,15 +159,7 @@ func BenchmarkConnectClose(b *testing.B) {
 	defer stats.Close()
 	tr := newTracker(b, Config{})
 	ln := listen(b, "tcp4", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	netlab.CloseAccepted(ln)
 	run0, runs0, err := tr.RunTime()
 	if err != nil {
 		b.Fatal(err)

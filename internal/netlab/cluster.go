@@ -38,6 +38,20 @@ func Serve(ln net.Listener) *Server {
 	return s
 }
 
+// CloseAccepted accepts on ln until it is closed and closes each connection
+// at once: the far end of connect/close loops.
+func CloseAccepted(ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
 // Accepted returns the accepting address of the connection from client.
 func (s *Server) Accepted(client netip.AddrPort) (netip.AddrPort, bool) {
 	s.mu.Lock()
