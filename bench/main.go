@@ -785,8 +785,6 @@ func (e *exporterProc) scrape(r *runner) (float64, []byte) {
 	return d, body
 }
 
-// cpu returns the CPU time the exporter used so far, user and system, in
-// seconds (to the kernel's clock tick, 10 ms).
 // cpu returns the CPU time the exporter has used, in seconds: from its
 // cgroup's cpu.stat, or else the sum of its threads' scheduler run times;
 // stat counts whole clock ticks (10 ms, a sixth of a cold scrape). The
