@@ -145,8 +145,8 @@ type Tracker struct {
 // 2 runs.
 const changesSize = 32768
 
-// firstRunSize bounds the first run of the reader when more changes than
-// twice that are expected: the caller gets the first changes after a short
+// firstRunSize bounds the first run of the reader when more than four times
+// that many changes are counted (or on the first read): the caller gets the first changes after a short
 // part of the walk and can start working on them (resolving new
 // connections, on another CPU) while the next run walks the map again.
 // Walking again the part the first run walked costs a few percent.
