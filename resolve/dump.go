@@ -92,16 +92,20 @@ func inNamespace(ns *os.File, fn func() error) error {
 // be opened, and then threads that left never come back.
 var ownNetNS, _ = os.Open("/proc/thread-self/ns/net")
 
+// ownNetNSStat identifies ownNetNS; its zero value matches no namespace.
+var ownNetNSStat = statOf(ownNetNS)
+
+func statOf(f *os.File) (st unix.Stat_t) {
+	if f != nil {
+		unix.Fstat(int(f.Fd()), &st)
+	}
+	return st
+}
+
 // isOwnNetNS reports whether ns is the process's own network namespace.
 func isOwnNetNS(ns *os.File) bool {
-	if ownNetNS == nil {
-		return false
-	}
-	var a, b unix.Stat_t
-	if unix.Fstat(int(ns.Fd()), &a) != nil || unix.Fstat(int(ownNetNS.Fd()), &b) != nil {
-		return false
-	}
-	return a.Dev == b.Dev && a.Ino == b.Ino
+	st := statOf(ns)
+	return st.Ino != 0 && st.Dev == ownNetNSStat.Dev && st.Ino == ownNetNSStat.Ino
 }
 
 // ctSocket is a netfilter netlink socket inside one namespace, with its

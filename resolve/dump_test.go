@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // attr encodes one netlink attribute; nested payloads are built by
@@ -318,7 +319,7 @@ func TestInNamespaceReturnsThreads(t *testing.T) {
 	for range calls {
 		err := inNamespace(fd, func() error {
 			tids[unix.Gettid()] = true
-			got, err := inode("/proc/thread-self/ns/net")
+			got, err := netns.Inode("/proc/thread-self/ns/net")
 			if err == nil && got != other.Inode() {
 				err = fmt.Errorf("ran in netns %d, want %d", got, other.Inode())
 			}
@@ -338,7 +339,7 @@ func TestInNamespaceReturnsThreads(t *testing.T) {
 	for _, task := range tasks {
 		// Threads of other tests may be elsewhere; none may be left in
 		// the namespace only this test entered.
-		if ino, err := inode(filepath.Join("/proc/self/task", task.Name(), "ns/net")); err == nil && ino == other.Inode() {
+		if ino, err := netns.Inode(filepath.Join("/proc/self/task", task.Name(), "ns/net")); err == nil && ino == other.Inode() {
 			t.Errorf("thread %s is still in netns %d, want the process's own %d", task.Name(), ino, own)
 		}
 	}
@@ -346,17 +347,11 @@ func TestInNamespaceReturnsThreads(t *testing.T) {
 
 func nsInode(t *testing.T, path string) uint32 {
 	t.Helper()
-	ino, err := inode(path)
+	ino, err := netns.Inode(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ino
-}
-
-func inode(path string) (uint32, error) {
-	var st unix.Stat_t
-	err := unix.Stat(path, &st)
-	return uint32(st.Ino), err
 }
 
 // A function for the process's own namespace runs on the calling goroutine,
