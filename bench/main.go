@@ -213,13 +213,14 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 	// The cold scrape is the one figure a run measures only once per
 	// exporter: start several and take the median.
 	var exp *exporterProc
-	var coldTimes, faults []float64
+	var coldTimes, faults, startups []float64
 	var body []byte
 	for i := range max(colds, 1) {
 		if exp != nil {
 			exp.stop(r)
 		}
 		exp = r.startExporter(bin, cl.Node)
+		startups = append(startups, exp.startup.Seconds())
 		stopProfile := exp.profile(r, profiles, fmt.Sprintf("cold-%d-%d", n, i))
 		var d float64
 		f0 := exp.faults(r)
@@ -243,7 +244,7 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 	}
 	allocs := (mallocs[len(mallocs)-1] - mallocs[0]) / float64(len(mallocs)-1)
 	heap := metric(body, "go_memstats_heap_alloc_bytes")
-	rss := exp.rss(r)
+	rss, peak := exp.rss(r), exp.peakRSS(r)
 	// Replace 10% of the connections, a few times: one scrape after each.
 	var churns []float64
 	for i := range churnRounds {
@@ -291,6 +292,8 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 		{n, "10% churn scrape", churn, "s", cold, "≤ 0.5x cold scrape"},
 		{n, "page faults in the cold scrape", coldFaults, "", 0, ""},
 		{n, "RSS", rss, "MiB", 0, "≤ 64 MiB at 50k"},
+		{n, "peak RSS (start-up included)", peak, "MiB", 0, ""},
+		{n, "start-up, existing connections listed", median(startups), "s", 0, ""},
 		{n, "Go heap", heap / (1 << 20), "MiB", 0, ""},
 		{n, "allocations per warm scrape", allocs, "", 0, ""},
 		{n, "floor: BPF batch read", batch, "s", 0, ""},
@@ -664,10 +667,11 @@ func raiseNoFile() {
 
 // exporterProc is the exporter binary under measurement.
 type exporterProc struct {
-	cmd    *exec.Cmd
-	url    string
-	logs   bytes.Buffer
-	cgroup string // a cgroup v2 directory of its own, or ""
+	cmd     *exec.Cmd
+	url     string
+	logs    bytes.Buffer
+	cgroup  string        // a cgroup v2 directory of its own, or ""
+	startup time.Duration // from start to answering HTTP, within 10 ms
 }
 
 // ownCgroup moves the exporter into a cgroup v2 group of its own, whose
@@ -711,17 +715,19 @@ func (r *runner) startExporter(bin string, node *netlab.NS) *exporterProc {
 	e.cmd = exec.Command(bin, "--web.listen-address="+addr, "--path.host-netns="+node.Path(), "--log.level=debug", "--debug.pprof")
 	e.cmd.Env = append(os.Environ(), exporterEnv...)
 	e.cmd.Stdout, e.cmd.Stderr = &e.logs, &e.logs
+	start := time.Now()
 	if err := e.cmd.Start(); err != nil {
 		r.Fatalf("start exporter: %v", err)
 	}
 	e.cgroup = ownCgroup(e.cmd.Process.Pid)
 	r.Cleanup(func() { e.stop(r) })
-	for range 200 {
+	for range 1000 {
 		if resp, err := http.Get("http://" + addr + "/"); err == nil {
 			resp.Body.Close()
+			e.startup = time.Since(start)
 			return e
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	r.Fatalf("exporter did not start:\n%s", e.logs.String())
 	return nil
@@ -837,18 +843,26 @@ func (e *exporterProc) faults(r *runner) float64 {
 	return v
 }
 
-func (e *exporterProc) rss(r *runner) float64 {
+// rss returns the exporter's resident set now, in MiB.
+func (e *exporterProc) rss(r *runner) float64 { return e.status(r, "VmRSS") }
+
+// peakRSS returns the exporter's largest resident set since it started,
+// in MiB: what start-up took at most.
+func (e *exporterProc) peakRSS(r *runner) float64 { return e.status(r, "VmHWM") }
+
+// status returns a memory figure of /proc/<pid>/status, in MiB.
+func (e *exporterProc) status(r *runner, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.cmd.Process.Pid))
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
 			return kb / 1024
 		}
 	}
-	r.Fatalf("no VmRSS")
+	r.Fatalf("no %s", field)
 	return 0
 }
 

@@ -1,16 +1,13 @@
 package bpf
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
+	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -31,108 +28,153 @@ const (
 	tcpClosing     = 11
 )
 
-// sockRecSize is sizeof(struct sock_rec) in tracker.c.
-var sockRecSize = binary.Size(trackerSockRec{})
-
 // listenKey identifies a listening port within a network namespace.
 type listenKey struct {
 	netns uint32
 	port  uint16
 }
 
+// seedChunk is the number of records read from an iterator, or inserted
+// into the map, at once.
+const seedChunk = 4096
+
 // seed finds the outbound connections that existed before the tracepoint
 // was attached and inserts them into the connection map. The tracepoint is
-// already attached, so every state change after the first iteration is seen
+// already attached, so every state change after the first listing is seen
 // by it, except for sockets that close before their entry is inserted: a
-// second iteration finds those and marks them closed.
+// second listing finds those and marks them closed.
+//
+// Every socket of every namespace is listed, both ends of each connection
+// on the host: the records are read in chunks and only connections are
+// kept, so that memory follows the connections, not the sockets.
 func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 	namespaces := netns.Scan(procfs, dirs)
-	recs, partial := t.iterate(namespaces)
-	if recs == nil && partial != nil {
-		return 0, partial
-	}
 	listening := make(map[listenKey]bool)
-	for i := range recs {
-		if recs[i].State == tcpListen {
-			listening[listenKey{recs[i].Netns, recs[i].Sport}] = true
-		}
-	}
-	candidates := make(map[uint64]*trackerSockRec) // by socket inode
-	for i := range recs {
-		r := &recs[i]
-		if r.Cookie == 0 || !openState(r.State) || listening[listenKey{r.Netns, r.Sport}] {
-			continue
-		}
-		candidates[r.SockIno] = r
-	}
-	if len(candidates) == 0 {
-		return 0, partial
-	}
-	owners := findOwners(procfs, candidates)
-
-	inserted := make(map[uint64]State)
-	for ino, r := range candidates {
-		c := trackerConn{
-			CgroupId: r.CgroupId,
-			SockIno:  ino,
-			Netns:    r.Netns,
-			Family:   r.Family,
-			State:    uint8(StateEstablished),
-			Seeded:   1,
-			Version:  1, // to be read like any changed entry
-			Sport:    r.Sport,
-			Dport:    r.Dport,
-			Saddr:    r.Saddr,
-			Daddr:    r.Daddr,
-		}
-		if r.State == tcpSynSent {
-			c.State = uint8(StateConnecting)
-		}
-		if o, ok := owners[ino]; ok {
-			c.Pid = o.pid
-			for i := range min(len(o.comm), len(c.Comm)-1) {
-				c.Comm[i] = int8(o.comm[i])
+	var conns []trackerSockRec
+	_, partial := iterate(namespaces, t.objs.DumpTcp, make([]trackerSockRec, seedChunk), func(recs []trackerSockRec) {
+		for i := range recs {
+			r := &recs[i]
+			switch {
+			case r.State == tcpListen:
+				listening[listenKey{r.Netns, r.Sport}] = true
+			case r.Cookie != 0 && openState(r.State) && !listening[listenKey{r.Netns, r.Sport}]:
+				conns = append(conns, *r)
 			}
 		}
-		err := t.objs.Conns.Update(r.Cookie, &c, ebpf.UpdateNoExist)
-		if errors.Is(err, ebpf.ErrKeyExist) {
-			continue // the tracepoint saw it first
-		}
-		if err != nil {
-			return len(inserted), fmt.Errorf("insert existing connection: %w", err)
-		}
-		inserted[r.Cookie] = State(c.State)
+	})
+	// The kernel lists a namespace's listening sockets before its
+	// connections; accepted sockets slip through should it not.
+	conns = slices.DeleteFunc(conns, func(r trackerSockRec) bool { return listening[listenKey{r.Netns, r.Sport}] })
+	if len(conns) == 0 {
+		return 0, partial
+	}
+	owners, err := t.findOwners(conns)
+	if err != nil {
+		t.logger.Warn("cannot name the processes of existing connections", "err", err)
 	}
 
-	// Sockets that closed between the first iteration and their insertion.
-	again, err := t.iterate(namespaces)
-	if again == nil && err != nil {
-		return len(inserted), err
-	}
-	alive := make(map[uint64]bool, len(again))
-	for i := range again {
-		if again[i].Cookie != 0 {
-			alive[again[i].Cookie] = true
+	inserted := make(map[uint64]seeded, len(conns))
+	chunk := min(seedChunk, int(t.runSize))
+	recs := make([]trackerConnRec, 0, chunk)
+	for start := 0; start < len(conns); start += chunk {
+		recs = recs[:0]
+		for i := start; i < min(start+chunk, len(conns)); i++ {
+			r := &conns[i]
+			c := trackerConn{
+				CgroupId: r.CgroupId,
+				SockIno:  r.SockIno,
+				Netns:    r.Netns,
+				Family:   r.Family,
+				State:    uint8(StateEstablished),
+				Seeded:   1,
+				Version:  1, // to be read like any changed entry
+				Sport:    r.Sport,
+				Dport:    r.Dport,
+				Saddr:    r.Saddr,
+				Daddr:    r.Daddr,
+			}
+			if r.State == tcpSynSent {
+				c.State = uint8(StateConnecting)
+			}
+			if o, ok := owners[r.SockIno]; ok {
+				c.Pid, c.Comm = o.Pid, o.Comm
+			}
+			recs = append(recs, trackerConnRec{Cookie: r.Cookie, Conn: c})
+		}
+		if err := t.insertNew(recs, inserted); err != nil {
+			return len(inserted), err
 		}
 	}
-	for cookie, st := range inserted {
-		if alive[cookie] {
+
+	// Sockets that closed between the first listing and their insertion.
+	failed, err := iterate(namespaces, t.objs.DumpCookies, make([]uint64, seedChunk), func(cookies []uint64) {
+		for _, c := range cookies {
+			if s, ok := inserted[c]; ok {
+				s.alive = true
+				inserted[c] = s
+			}
+		}
+	})
+	for cookie, s := range inserted {
+		// A connection of a namespace not listed again may be open.
+		if s.alive || failed[s.netns] {
 			continue
 		}
 		var c trackerConn
-		if err := t.objs.Conns.Lookup(cookie, &c); err != nil || State(c.State) != st {
+		if err := t.objs.Conns.Lookup(cookie, &c); err != nil || State(c.State) != s.state {
 			continue
 		}
 		c.Version++
 		c.State = uint8(StateClosed)
-		if st == StateConnecting {
+		if s.state == StateConnecting {
 			c.State = uint8(StateFailed)
 		}
 		if err := t.objs.Conns.Update(cookie, &c, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return len(inserted), fmt.Errorf("mark closed connection: %w", err)
 		}
 	}
-	return len(inserted), partial
+	return len(inserted), errors.Join(partial, err)
+}
+
+// seeded is a connection the seed inserted: its state and namespace, and
+// whether the second listing found it.
+type seeded struct {
+	state State
+	netns uint32
+	alive bool
+}
+
+// insertNew inserts entries that are not in the map yet and notes them in
+// inserted; entries the tracepoint inserted first are left as they are. The
+// records are written into the changes array and inserted by a program, in
+// one system call: from user space, each insert is one.
+func (t *Tracker) insertNew(recs []trackerConnRec, inserted map[uint64]seeded) error {
+	if _, err := t.changes.WriteAt(bytesOf(recs), 0); err != nil {
+		return fmt.Errorf("write existing connections: %w", err)
+	}
+	packet := make([]byte, 64) // at least an Ethernet header, as XDP wants
+	binary.NativeEndian.PutUint32(packet, uint32(len(recs)))
+	ret, err := t.objs.InsertSeeded.Run(&ebpf.RunOptions{Data: packet, DataOut: packet})
+	if err != nil {
+		return fmt.Errorf("run connection inserter: %w", err)
+	}
+	if ret != xdpPass {
+		return fmt.Errorf("connection inserter returned %d", ret)
+	}
+	run := *(*trackerInsertRun)(unsafe.Pointer(&packet[0]))
+	if run.Err != 0 {
+		return fmt.Errorf("insert existing connections: %w", unix.Errno(-run.Err))
+	}
+	// The program zeroed the cookies of the records it did not insert.
+	if _, err := t.changes.ReadAt(bytesOf(recs), 0); err != nil {
+		return fmt.Errorf("read inserted connections: %w", err)
+	}
+	for i := range recs {
+		if recs[i].Cookie != 0 {
+			inserted[recs[i].Cookie] = seeded{state: State(recs[i].Conn.State), netns: recs[i].Conn.Netns}
+		}
+	}
+	return nil
 }
 
 // openState reports whether a socket in kernel TCP state st is a connection
@@ -145,135 +187,120 @@ func openState(st uint8) bool {
 	return false
 }
 
-// iterate runs the TCP socket iterator in every namespace of namespaces
-// (inode to namespace file) and decodes the records. A socket iterator lists
-// the sockets of the namespace its creator is in, so each is created on a
-// dedicated OS thread moved into the namespace; that thread is never reused
-// (the goroutine exits locked). Moving a thread into another network
-// namespace needs CAP_SYS_ADMIN: namespaces that cannot be entered are
-// reported in the error, the others are still listed.
-func (t *Tracker) iterate(namespaces map[uint32]string) ([]trackerSockRec, error) {
-	it, err := link.AttachIter(link.IterOptions{Program: t.objs.DumpTcp})
+// iterate runs an iterator program over TCP sockets in every namespace of
+// namespaces (inode to namespace file), reading its records into buf and
+// calling fn with each run of them read. It returns the namespaces that
+// could not be listed, or not wholly. A socket iterator lists the
+// sockets of the namespace its reader is in, so each is read on a dedicated
+// OS thread moved into the namespace; that thread is never reused (the
+// goroutine exits locked), and fn runs on it. Moving a thread into another
+// network namespace needs CAP_SYS_ADMIN: namespaces that cannot be entered
+// are reported in the error, the others are still listed.
+func iterate[T any](namespaces map[uint32]string, prog *ebpf.Program, buf []T, fn func([]T)) (failed map[uint32]bool, err error) {
+	failed = make(map[uint32]bool)
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
 	if err != nil {
-		return nil, fmt.Errorf("attach iter/tcp: %w", err)
+		for ino := range namespaces {
+			failed[ino] = true
+		}
+		return failed, fmt.Errorf("attach iterator %v: %w", prog, err)
 	}
 	defer it.Close()
-
-	type result struct {
-		raw  []byte
-		errs []error
-	}
-	done := make(chan result, 1)
+	var errs []error
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		runtime.LockOSThread() // never unlocked: see above
-		var r result
 		for ino, path := range namespaces {
-			raw, err := iterateIn(it, path, ino)
-			if err != nil {
-				r.errs = append(r.errs, err)
-				continue
+			if err := iterateIn(it, path, ino, buf, fn); err != nil {
+				errs = append(errs, err)
+				failed[ino] = true
 			}
-			r.raw = append(r.raw, raw...)
 		}
-		done <- r
 	}()
-	r := <-done
-	recs, err := decodeSockRecs(r.raw)
-	if err != nil {
-		return nil, err
+	<-done
+	if len(errs) > 0 {
+		return failed, fmt.Errorf("list sockets of %d of %d network namespaces: %w", len(errs), len(namespaces), errors.Join(errs...))
 	}
-	if len(r.errs) > 0 {
-		return recs, fmt.Errorf("list sockets of %d of %d network namespaces: %w", len(r.errs), len(namespaces), errors.Join(r.errs...))
-	}
-	return recs, nil
+	return failed, nil
 }
 
 // iterateIn moves the calling (locked) thread into the namespace and reads
 // the iterator there.
-func iterateIn(it *link.Iter, path string, ino uint32) ([]byte, error) {
+func iterateIn[T any](it *link.Iter, path string, ino uint32, buf []T, fn func([]T)) error {
 	f, err := netns.Open(path, ino)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("enter netns %d: %w", ino, err)
+		return fmt.Errorf("enter netns %d: %w", ino, err)
 	}
+	if err := readIter(it, buf, fn); err != nil {
+		return fmt.Errorf("netns %d: %w", ino, err)
+	}
+	return nil
+}
+
+// readIter opens an iterator and reads its records into buf, calling fn
+// with each run of them read.
+func readIter[T any](it *link.Iter, buf []T, fn func([]T)) error {
 	rd, err := it.Open()
 	if err != nil {
-		return nil, fmt.Errorf("open tcp iterator in netns %d: %w", ino, err)
+		return fmt.Errorf("open iterator: %w", err)
 	}
 	defer rd.Close()
-	raw, err := io.ReadAll(rd)
+	return readRecords(rd, buf, fn)
+}
+
+// readRecords reads records from rd into buf, as they are in memory, and
+// calls fn with the records read each time buf is full or rd ends. Output
+// that ends within a record is an error. T must have no pointers and no
+// padding the writer does not fill: the kernel's records, in host byte
+// order.
+func readRecords[T any](rd io.Reader, buf []T, fn func([]T)) error {
+	size := int(unsafe.Sizeof(buf[0]))
+	raw := bytesOf(buf)
+	for {
+		n, err := io.ReadFull(rd, raw)
+		if n%size != 0 {
+			return fmt.Errorf("iterator output ends within a record: %d bytes, records of %d", n, size)
+		}
+		if n > 0 {
+			fn(buf[:n/size])
+		}
+		switch err {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return nil
+		default:
+			return fmt.Errorf("read iterator: %w", err)
+		}
+	}
+}
+
+// findOwners names the process holding each of the sockets of conns, by
+// inode, from a listing of every process's socket descriptors. Sockets no
+// process of the exporter's PID namespace holds get no owner.
+func (t *Tracker) findOwners(conns []trackerSockRec) (map[uint64]trackerFileRec, error) {
+	want := make(map[uint64]bool, len(conns))
+	for i := range conns {
+		want[conns[i].SockIno] = true
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: t.objs.DumpFiles})
 	if err != nil {
-		return nil, fmt.Errorf("read tcp iterator in netns %d: %w", ino, err)
+		return nil, fmt.Errorf("attach iter/task_file: %w", err)
 	}
-	return raw, nil
-}
-
-// decodeSockRecs decodes the iterator's output: a sequence of struct sock_rec
-// in host (little-endian) byte order.
-func decodeSockRecs(raw []byte) ([]trackerSockRec, error) {
-	if len(raw)%sockRecSize != 0 {
-		return nil, fmt.Errorf("tcp iterator returned %d bytes, not a multiple of %d", len(raw), sockRecSize)
-	}
-	recs := make([]trackerSockRec, len(raw)/sockRecSize)
-	if err := binary.Read(bytes.NewReader(raw), binary.LittleEndian, recs); err != nil {
-		return nil, fmt.Errorf("decode tcp iterator records: %w", err)
-	}
-	return recs, nil
-}
-
-type owner struct {
-	pid  uint32
-	comm string
-}
-
-// findOwners maps socket inodes to the process holding them, by reading the
-// file descriptors of every process. Processes that exit meanwhile or whose
-// files cannot be read are skipped: their connections get no owner.
-func findOwners(procfs string, want map[uint64]*trackerSockRec) map[uint64]owner {
-	found := make(map[uint64]owner)
-	dirs, err := os.ReadDir(procfs)
-	if err != nil {
-		return found
-	}
-	for _, d := range dirs {
-		pid, err := strconv.ParseUint(d.Name(), 10, 32)
-		if err != nil {
-			continue
+	defer it.Close()
+	found := make(map[uint64]trackerFileRec, len(conns))
+	recs := make([]trackerFileRec, seedChunk)
+	err = readIter(it, recs, func(recs []trackerFileRec) {
+		for _, r := range recs {
+			if _, ok := found[r.SockIno]; !ok && want[r.SockIno] {
+				found[r.SockIno] = r
+			}
 		}
-		fdDir := filepath.Join(procfs, d.Name(), "fd")
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
-		}
-		var comm string
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			if err != nil {
-				continue
-			}
-			ino, ok := socketInode(target)
-			if !ok {
-				continue
-			}
-			if _, ok := want[ino]; !ok {
-				continue
-			}
-			if _, ok := found[ino]; ok {
-				continue
-			}
-			if comm == "" {
-				b, _ := os.ReadFile(filepath.Join(procfs, d.Name(), "comm"))
-				comm = strings.TrimSpace(string(b))
-			}
-			found[ino] = owner{pid: uint32(pid), comm: comm}
-		}
-	}
-	return found
+	})
+	return found, err
 }
-
-// socketInode parses a /proc/<pid>/fd link target of the form "socket:[123]".
-func socketInode(target string) (uint64, bool) { return netns.LinkInode(target, "socket") }

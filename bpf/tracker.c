@@ -32,6 +32,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define EEXIST 17
 
 // Kernel TCP states (include/net/tcp_states.h).
 #define TCP_ESTABLISHED 1
@@ -249,9 +250,11 @@ struct sock_rec {
 
 const struct sock_rec *unused_sock_rec __attribute__((unused));
 
-// dump_tcp writes one struct sock_rec per TCP socket of every network
-// namespace (kernel 5.9+). User space reads the records at start-up to find
-// connections opened before the tracepoint was attached.
+// dump_tcp writes one struct sock_rec per TCP socket of the network
+// namespace the reader is in (kernel 5.9+). User space reads the records at
+// start-up to find connections opened before the tracepoint was attached.
+// Fields are loaded directly, not copied by helper calls: the walk visits
+// every socket of every namespace, both ends of each connection.
 SEC("iter/tcp")
 int dump_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -264,15 +267,15 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	if (r.family != AF_INET && r.family != AF_INET6)
 		return 0;
 	r.state = skc->skc_state;
-	r.netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	r.netns = skc->skc_net.net->ns.inum;
 	r.sport = skc->skc_num;
 	r.dport = __builtin_bswap16(skc->skc_dport);
 	if (r.family == AF_INET) {
-		bpf_core_read(r.saddr, 4, &skc->skc_rcv_saddr);
-		bpf_core_read(r.daddr, 4, &skc->skc_daddr);
+		__builtin_memcpy(r.saddr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(r.daddr, &skc->skc_daddr, 4);
 	} else {
-		bpf_core_read(r.saddr, 16, &skc->skc_v6_rcv_saddr);
-		bpf_core_read(r.daddr, 16, &skc->skc_v6_daddr);
+		__builtin_memcpy(r.saddr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(r.daddr, &skc->skc_v6_daddr, 16);
 	}
 
 	// Only full sockets have a cookie worth keeping, an owner and a cgroup;
@@ -281,11 +284,67 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	if (tp) {
 		struct sock *sk = (struct sock *)tp;
 		r.cookie = bpf_get_socket_cookie(sk);
-		r.sock_ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
-		if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
-			r.cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+		struct socket *sock = sk->sk_socket;
+		if (sock && sock->file)
+			r.sock_ino = sock->file->f_inode->i_ino;
+		if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup) && sk->sk_cgrp_data.cgroup)
+			r.cgroup_id = sk->sk_cgrp_data.cgroup->kn->id;
 	}
 
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+// dump_cookies writes the cookie (a __u64) of every full TCP socket of the
+// reader's network namespace: the seed's second look, which only asks which
+// sockets are still there.
+SEC("iter/tcp")
+int dump_cookies(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie((struct sock *)tp);
+	bpf_seq_write(ctx->meta->seq, &cookie, sizeof(cookie));
+	return 0;
+}
+
+// struct file_rec is one record written by the dump_files iterator.
+struct file_rec {
+	__u64 sock_ino; // inode of the socket
+	__u32 pid;      // thread group id of the process holding it
+	__u32 pad;
+	char comm[16]; // command name of its thread group leader
+};
+
+const struct file_rec *unused_file_rec __attribute__((unused));
+
+// dump_files writes one struct file_rec per file descriptor of an IPv4 or
+// IPv6 stream socket, of every process the reader's PID namespace holds
+// (kernel 5.11+). It names the owners of connections opened before start-up,
+// which reading every descriptor's link through procfs did at a system call
+// each. Threads that share their process's descriptors are skipped by the
+// iterator itself.
+SEC("iter/task_file")
+int dump_files(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	if (!task || !file)
+		return 0;
+	struct socket *sock = bpf_sock_from_file(file);
+	if (!sock || sock->type != SOCK_STREAM || !sock->sk)
+		return 0;
+	__u16 family = sock->sk->__sk_common.skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	struct file_rec r = {};
+	r.sock_ino = file->f_inode->i_ino;
+	r.pid = task->tgid;
+	bpf_probe_read_kernel_str(r.comm, sizeof(r.comm), task->group_leader->comm);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
@@ -370,5 +429,52 @@ int read_changes(struct xdp_md *ctx)
 	run->count = w.count;
 	run->more = w.more;
 	run->total = visited;
+	return XDP_PASS;
+}
+
+// struct insert_run is the packet insert_seeded is run with, and what it
+// leaves there for user space.
+struct insert_run {
+	__u32 count;    // set by user space: records of changes to insert
+	__u32 inserted; // records inserted; the others have their cookie zeroed
+	__s32 err;      // the error that stopped the run, 0 if none
+	__u32 pad;
+};
+
+const struct insert_run *unused_insert_run __attribute__((unused));
+
+// insert_one inserts one record of changes. run is a copy of the packet's
+// on the stack: callbacks may not be handed the packet.
+static long insert_one(struct bpf_map *map, const __u32 *idx, struct conn_rec *r, struct insert_run *run)
+{
+	if (*idx >= run->count)
+		return 1;
+	long err = bpf_map_update_elem(&conns, &r->cookie, &r->conn, BPF_NOEXIST);
+	if (err == 0) {
+		run->inserted++;
+		return 0;
+	}
+	r->cookie = 0;
+	if (err == -EEXIST)
+		return 0; // the tracepoint saw this connection first
+	run->err = err;
+	return 1;
+}
+
+// insert_seeded inserts the first count records user space wrote into
+// changes into conns, unless an entry of the same cookie exists: how the
+// seed adds the connections found at start-up, at one system call for
+// thousands where map updates from user space cost one each, without
+// overwriting what the tracepoint recorded meanwhile.
+SEC("xdp")
+int insert_seeded(struct xdp_md *ctx)
+{
+	struct insert_run *run = (void *)(long)ctx->data;
+	if ((void *)(run + 1) > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	struct insert_run r = {.count = run->count};
+	bpf_for_each_map_elem(&changes, insert_one, &r, 0);
+	run->inserted = r.inserted;
+	run->err = r.err;
 	return XDP_PASS;
 }

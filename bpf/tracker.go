@@ -98,7 +98,7 @@ type Config struct {
 	// are counted in Stats.Lost. Zero means DefaultMaxConnections.
 	MaxConnections uint32
 	// ProcFS is the mount point of the host's procfs, used at start-up to
-	// find network namespaces and the owners of existing connections.
+	// find network namespaces.
 	// Empty means /proc.
 	ProcFS string
 	// NetNSDirs are directories of bind-mounted network namespaces whose
@@ -224,13 +224,14 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		return nil, fmt.Errorf("run connection reader: %w", err)
 	}
 	prefault(t.changes)
+	start := time.Now()
 	seeded, err := t.seed(cfg.ProcFS, cfg.NetNSDirs)
 	if err != nil {
 		// Connections opened from now on are still recorded.
 		logger.Warn("cannot seed all existing connections", "err", err)
 	}
 	t.seeded = uint64(seeded)
-	logger.Info("found existing outbound connections", "count", seeded)
+	logger.Info("found existing outbound connections", "count", seeded, "seconds", time.Since(start).Seconds())
 	return t, nil
 }
 

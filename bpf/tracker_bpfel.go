@@ -37,6 +37,22 @@ type trackerConnRec struct {
 	Conn   trackerConn
 }
 
+type trackerFileRec struct {
+	_       structs.HostLayout
+	SockIno uint64
+	Pid     uint32
+	Pad     uint32
+	Comm    [16]int8
+}
+
+type trackerInsertRun struct {
+	_        structs.HostLayout
+	Count    uint32
+	Inserted uint32
+	Err      int32
+	Pad      uint32
+}
+
 type trackerReadRun struct {
 	_     structs.HostLayout
 	Count uint32
@@ -65,18 +81,23 @@ type trackerSockRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	trackerMapChanges       = "changes"
-	trackerMapConns         = "conns"
-	trackerMapCounters      = "counters"
-	trackerProgDumpTcp      = "dump_tcp"
-	trackerProgOnReset      = "on_reset"
-	trackerProgOnRetransmit = "on_retransmit"
-	trackerProgOnState      = "on_state"
-	trackerProgReadChanges  = "read_changes"
-	trackerVarUnusedConn    = "unused_conn"
-	trackerVarUnusedConnRec = "unused_conn_rec"
-	trackerVarUnusedReadRun = "unused_read_run"
-	trackerVarUnusedSockRec = "unused_sock_rec"
+	trackerMapChanges         = "changes"
+	trackerMapConns           = "conns"
+	trackerMapCounters        = "counters"
+	trackerProgDumpCookies    = "dump_cookies"
+	trackerProgDumpFiles      = "dump_files"
+	trackerProgDumpTcp        = "dump_tcp"
+	trackerProgInsertSeeded   = "insert_seeded"
+	trackerProgOnReset        = "on_reset"
+	trackerProgOnRetransmit   = "on_retransmit"
+	trackerProgOnState        = "on_state"
+	trackerProgReadChanges    = "read_changes"
+	trackerVarUnusedConn      = "unused_conn"
+	trackerVarUnusedConnRec   = "unused_conn_rec"
+	trackerVarUnusedFileRec   = "unused_file_rec"
+	trackerVarUnusedInsertRun = "unused_insert_run"
+	trackerVarUnusedReadRun   = "unused_read_run"
+	trackerVarUnusedSockRec   = "unused_sock_rec"
 )
 
 // loadTracker returns the embedded CollectionSpec for tracker.
@@ -121,7 +142,10 @@ type trackerSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerProgramSpecs struct {
+	DumpCookies  *ebpf.ProgramSpec `ebpf:"dump_cookies"`
+	DumpFiles    *ebpf.ProgramSpec `ebpf:"dump_files"`
 	DumpTcp      *ebpf.ProgramSpec `ebpf:"dump_tcp"`
+	InsertSeeded *ebpf.ProgramSpec `ebpf:"insert_seeded"`
 	OnReset      *ebpf.ProgramSpec `ebpf:"on_reset"`
 	OnRetransmit *ebpf.ProgramSpec `ebpf:"on_retransmit"`
 	OnState      *ebpf.ProgramSpec `ebpf:"on_state"`
@@ -141,10 +165,12 @@ type trackerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerVariableSpecs struct {
-	UnusedConn    *ebpf.VariableSpec `ebpf:"unused_conn"`
-	UnusedConnRec *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
-	UnusedReadRun *ebpf.VariableSpec `ebpf:"unused_read_run"`
-	UnusedSockRec *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
+	UnusedConn      *ebpf.VariableSpec `ebpf:"unused_conn"`
+	UnusedConnRec   *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
+	UnusedFileRec   *ebpf.VariableSpec `ebpf:"unused_file_rec"`
+	UnusedInsertRun *ebpf.VariableSpec `ebpf:"unused_insert_run"`
+	UnusedReadRun   *ebpf.VariableSpec `ebpf:"unused_read_run"`
+	UnusedSockRec   *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
 }
 
 // trackerObjects contains all objects after they have been loaded into the kernel.
@@ -184,17 +210,22 @@ func (m *trackerMaps) Close() error {
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerVariables struct {
-	UnusedConn    *ebpf.Variable `ebpf:"unused_conn"`
-	UnusedConnRec *ebpf.Variable `ebpf:"unused_conn_rec"`
-	UnusedReadRun *ebpf.Variable `ebpf:"unused_read_run"`
-	UnusedSockRec *ebpf.Variable `ebpf:"unused_sock_rec"`
+	UnusedConn      *ebpf.Variable `ebpf:"unused_conn"`
+	UnusedConnRec   *ebpf.Variable `ebpf:"unused_conn_rec"`
+	UnusedFileRec   *ebpf.Variable `ebpf:"unused_file_rec"`
+	UnusedInsertRun *ebpf.Variable `ebpf:"unused_insert_run"`
+	UnusedReadRun   *ebpf.Variable `ebpf:"unused_read_run"`
+	UnusedSockRec   *ebpf.Variable `ebpf:"unused_sock_rec"`
 }
 
 // trackerPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerPrograms struct {
+	DumpCookies  *ebpf.Program `ebpf:"dump_cookies"`
+	DumpFiles    *ebpf.Program `ebpf:"dump_files"`
 	DumpTcp      *ebpf.Program `ebpf:"dump_tcp"`
+	InsertSeeded *ebpf.Program `ebpf:"insert_seeded"`
 	OnReset      *ebpf.Program `ebpf:"on_reset"`
 	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
 	OnState      *ebpf.Program `ebpf:"on_state"`
@@ -203,7 +234,10 @@ type trackerPrograms struct {
 
 func (p *trackerPrograms) Close() error {
 	return _TrackerClose(
+		p.DumpCookies,
+		p.DumpFiles,
 		p.DumpTcp,
+		p.InsertSeeded,
 		p.OnReset,
 		p.OnRetransmit,
 		p.OnState,

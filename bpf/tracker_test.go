@@ -1,16 +1,23 @@
 package bpf
 
 import (
+	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
@@ -253,38 +260,37 @@ func TestTrackerSeedsExistingConnections(t *testing.T) {
 	}
 }
 
-func TestDecodeSockRecs(t *testing.T) {
-	if _, err := decodeSockRecs(make([]byte, sockRecSize+1)); err == nil {
-		t.Error("truncated record accepted")
+func TestReadRecords(t *testing.T) {
+	// Five records read through a buffer of two, one byte per read: runs
+	// of 2, 2 and 1, each record whole.
+	var raw []byte
+	for i := range 5 {
+		r := trackerSockRec{Cookie: uint64(i + 1), Family: 10, Sport: uint16(1000 + i)}
+		raw = append(raw, bytesOf([]trackerSockRec{r})...)
 	}
-	raw := make([]byte, 2*sockRecSize)
-	raw[0] = 7                 // cookie
-	raw[sockRecSize+28] = 0x50 // second record's family, at offset 28
-	recs, err := decodeSockRecs(raw)
+	var runs []int
+	var got []trackerSockRec
+	err := readRecords(iotest.OneByteReader(bytes.NewReader(raw)), make([]trackerSockRec, 2), func(recs []trackerSockRec) {
+		runs = append(runs, len(recs))
+		got = append(got, recs...)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 2 || recs[0].Cookie != 7 || recs[1].Family != 0x50 {
-		t.Errorf("decoded %+v", recs)
+	if !slices.Equal(runs, []int{2, 2, 1}) {
+		t.Errorf("runs of %v records, want 2, 2, 1", runs)
 	}
-}
-
-func TestSocketInode(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		ino  uint64
-		isOK bool
-	}{
-		{"socket:[12345]", 12345, true},
-		{"socket:[]", 0, false},
-		{"socket:[12", 0, false},
-		{"pipe:[12]", 0, false},
-		{"/dev/null", 0, false},
-	} {
-		ino, ok := socketInode(tc.in)
-		if ino != tc.ino || ok != tc.isOK {
-			t.Errorf("socketInode(%q) = %d, %v; want %d, %v", tc.in, ino, ok, tc.ino, tc.isOK)
+	for i, r := range got {
+		if r.Cookie != uint64(i+1) || r.Family != 10 || r.Sport != uint16(1000+i) {
+			t.Errorf("record %d = %+v", i, r)
 		}
+	}
+	if err := readRecords(bytes.NewReader(raw[:len(raw)-1]), make([]trackerSockRec, 2), func([]trackerSockRec) {}); err == nil {
+		t.Error("output ending within a record accepted")
+	}
+	failing := iotest.ErrReader(errors.New("broken"))
+	if err := readRecords(failing, make([]uint64, 2), func([]uint64) {}); err == nil || !strings.Contains(err.Error(), "broken") {
+		t.Errorf("read error = %v, want it passed on", err)
 	}
 }
 
@@ -292,23 +298,61 @@ func inode(fi os.FileInfo) uint32 {
 	return uint32(fi.Sys().(*syscall.Stat_t).Ino)
 }
 
-func FuzzDecodeSockRecs(f *testing.F) {
-	f.Add(make([]byte, 2*sockRecSize))
+func FuzzReadRecords(f *testing.F) {
+	size := int(unsafe.Sizeof(trackerSockRec{}))
+	f.Add(make([]byte, 2*size))
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		recs, err := decodeSockRecs(raw)
-		if err == nil && len(recs)*sockRecSize != len(raw) {
-			t.Errorf("%d bytes decoded into %d records", len(raw), len(recs))
+		n := 0
+		err := readRecords(bytes.NewReader(raw), make([]trackerSockRec, 3), func(recs []trackerSockRec) { n += len(recs) })
+		if (err == nil) != (len(raw)%size == 0) {
+			t.Errorf("%d bytes: err = %v", len(raw), err)
+		}
+		if err == nil && n*size != len(raw) {
+			t.Errorf("%d bytes read as %d records", len(raw), n)
 		}
 	})
 }
 
-func FuzzSocketInode(f *testing.F) {
-	f.Add("socket:[12345]")
-	f.Add("anon_inode:[eventpoll]")
-	f.Fuzz(func(t *testing.T, s string) {
-		if ino, ok := socketInode(s); ok && !strings.HasPrefix(s, "socket:[") {
-			t.Errorf("socketInode(%q) = %d", s, ino)
-		}
-	})
+func TestInsertNewKeepsExisting(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 4})
+	// Room for the test: the seed may have filled the map with the host's
+	// connections.
+	var key uint64
+	var keys []uint64
+	for it := tr.objs.Conns.Iterate(); it.Next(&key, new(trackerConn)); {
+		keys = append(keys, key)
+	}
+	for _, k := range keys {
+		tr.objs.Conns.Delete(k)
+	}
+	// Cookies far above any the kernel handed out in this test's life.
+	const first = 1 << 62
+	recorded := trackerConn{State: uint8(StateClosed), Version: 7, Pid: 42}
+	if err := tr.objs.Conns.Update(uint64(first), &recorded, ebpf.UpdateNoExist); err != nil {
+		t.Fatal(err)
+	}
+	recs := []trackerConnRec{
+		{Cookie: first, Conn: trackerConn{State: uint8(StateEstablished), Version: 1}},
+		{Cookie: first + 1, Conn: trackerConn{State: uint8(StateConnecting), Version: 1}},
+	}
+	inserted := make(map[uint64]seeded)
+	if err := tr.insertNew(recs, inserted); err != nil {
+		t.Fatal(err)
+	}
+	if len(inserted) != 1 || inserted[first+1] != (seeded{state: StateConnecting}) {
+		t.Errorf("inserted %v, want only the new cookie, connecting", inserted)
+	}
+	var got trackerConn
+	if err := tr.objs.Conns.Lookup(uint64(first), &got); err != nil || got != recorded {
+		t.Errorf("existing entry = %+v, %v; want it as the tracepoint left it", got, err)
+	}
+	if err := tr.objs.Conns.Lookup(uint64(first+1), &got); err != nil || got.State != uint8(StateConnecting) {
+		t.Errorf("new entry = %+v, %v", got, err)
+	}
+	// The map holds 4: inserting 3 more fails with the kernel's error.
+	more := []trackerConnRec{{Cookie: first + 2}, {Cookie: first + 3}, {Cookie: first + 4}}
+	if err := tr.insertNew(more, inserted); err == nil || !strings.Contains(err.Error(), "argument list too long") {
+		t.Errorf("insert into a full map: err = %v, want E2BIG", err)
+	}
 }

@@ -24,6 +24,25 @@ func TestParseLink(t *testing.T) {
 	}
 }
 
+func TestLinkInode(t *testing.T) {
+	for _, tc := range []struct {
+		in  string
+		ino uint64
+		ok  bool
+	}{
+		{"socket:[12345]", 12345, true},
+		{"socket:[]", 0, false},
+		{"socket:[12", 0, false},
+		{"pipe:[12]", 0, false},
+		{"/dev/null", 0, false},
+	} {
+		ino, ok := LinkInode(tc.in, "socket")
+		if ino != tc.ino || ok != tc.ok {
+			t.Errorf("LinkInode(%q, socket) = %d, %v; want %d, %v", tc.in, ino, ok, tc.ino, tc.ok)
+		}
+	}
+}
+
 func FuzzParseLink(f *testing.F) {
 	f.Add("net:[4026531840]")
 	f.Add("net:[")
