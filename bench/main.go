@@ -454,6 +454,9 @@ func (w *discardWriter) Header() http.Header         { return w.header }
 func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (w *discardWriter) WriteHeader(int)             {}
 
+// throughputPairs is the number of paired rounds of throughput.
+const throughputPairs = 12
+
 // throughput measures loopback connect/close cycles per second in a
 // throwaway namespace, alternating rounds without and with the programs.
 func (r *runner) throughput(cycles int) []row {
@@ -484,16 +487,29 @@ func (r *runner) throughput(cycles int) []row {
 		return rate
 	}
 	// Rounds alternate, and each pair is compared: the machine's speed
-	// drifts more between minutes than the programs cost.
-	var without, with, ratios []float64
-	for range 9 {
-		wo := round()
+	// drifts more between minutes than the programs cost. Which round of a
+	// pair goes first alternates too, so that a drift within pairs favours
+	// neither side, and a first round, slower as caches and the port range
+	// warm up, is not counted.
+	withPrograms := func() float64 {
 		tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {
 			r.Fatalf("load programs: %v", err)
 		}
-		w := round()
-		tr.Close()
+		defer tr.Close()
+		return round()
+	}
+	round()
+	var without, with, ratios []float64
+	for i := range throughputPairs {
+		var wo, w float64
+		if i%2 == 0 {
+			wo = round()
+			w = withPrograms()
+		} else {
+			w = withPrograms()
+			wo = round()
+		}
 		without, with, ratios = append(without, wo), append(with, w), append(ratios, w/wo)
 	}
 	w, wo := median(with), median(without)
