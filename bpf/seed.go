@@ -264,18 +264,17 @@ func readRecords[T any](rd io.Reader, buf []T, fn func([]T)) error {
 	raw := bytesOf(buf)
 	for {
 		n, err := io.ReadFull(rd, raw)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return fmt.Errorf("read iterator: %w", err)
+		}
 		if n%size != 0 {
 			return fmt.Errorf("iterator output ends within a record: %d bytes, records of %d", n, size)
 		}
 		if n > 0 {
 			fn(buf[:n/size])
 		}
-		switch err {
-		case nil:
-		case io.EOF, io.ErrUnexpectedEOF:
-			return nil
-		default:
-			return fmt.Errorf("read iterator: %w", err)
+		if err != nil {
+			return nil // the end of the output
 		}
 	}
 }
