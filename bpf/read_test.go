@@ -170,3 +170,25 @@ func TestTrackerGet(t *testing.T) {
 		t.Errorf("Get = %+v, want only %+v", got, k)
 	}
 }
+
+func TestTrackerSplitsOnlyLongWalks(t *testing.T) {
+	// 500 changes on the first read, fewer than four short runs of 300:
+	// one run of the whole array, not a short one and the rest.
+	tr := newTracker(t, Config{MaxConnections: 16384, changes: 1000, firstRun: 300})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	srcs := make(map[netip.AddrPort]bool)
+	for range 500 {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		srcs[addrPort(c.LocalAddr())] = true
+	}
+	if got, _ := readOurs(t, tr, srcs); len(got) != len(srcs) {
+		t.Fatalf("read %d of %d new connections", len(got), len(srcs))
+	}
+	if tr.runs != 1 {
+		t.Errorf("first read of 500 changes took %d runs, want 1", tr.runs)
+	}
+}

@@ -146,10 +146,11 @@ type Tracker struct {
 const changesSize = 32768
 
 // firstRunSize bounds the first run of the reader when more than four times
-// that many changes are counted (or on the first read): the caller gets the first changes after a short
-// part of the walk and can start working on them (resolving new
+// that many changes are counted: the caller gets the first changes after a
+// short part of the walk and can start working on them (resolving new
 // connections, on another CPU) while the next run walks the map again.
-// Walking again the part the first run walked costs a few percent.
+// Walking again the part the first run walked costs a few percent; a walk
+// of fewer changes is not split, as each walk visits every bucket.
 const firstRunSize = 4096
 
 // changesChunk is the number of changed entries copied out of the mapping at
@@ -291,8 +292,14 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	// The run's packet, at least an Ethernet header long as XDP wants;
 	// the program leaves its result at the start.
 	packet := make([]byte, 64)
+	// The changes the walk finds are at most those counted since the last
+	// walk (since start for the first, and the connections seeded).
+	expected := (now[0] - t.last[0]) + (now[1] - t.last[1])
+	if !t.walked {
+		expected += t.seeded
+	}
 	limit := t.runSize
-	if !t.walked || (now[0]-t.last[0])+(now[1]-t.last[1]) > 4*uint64(t.firstRun) {
+	if expected > 4*uint64(t.firstRun) {
 		limit = t.firstRun
 	}
 	t.runs = 0
