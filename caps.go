@@ -9,10 +9,9 @@ import (
 
 // Capability numbers (include/uapi/linux/capability.h).
 const (
-	capDacReadSearch = 2
-	capNetAdmin      = 12
-	capSysPtrace     = 19
-	capSysAdmin      = 21
+	capNetAdmin  = 12
+	capSysPtrace = 19
+	capSysAdmin  = 21
 )
 
 // requiredCapabilities is the exporter's least privilege, each with why.
@@ -27,11 +26,10 @@ var requiredCapabilities = []struct {
 	{capSysAdmin, "CAP_SYS_ADMIN"},
 	// Query and dump conntrack tables.
 	{capNetAdmin, "CAP_NET_ADMIN"},
-	// Open /proc/<pid>/ns/net of processes of other users.
+	// Open /proc/<pid>/ns/net of processes of other users. (The owners of
+	// connections that predate the exporter come from a BPF iterator over
+	// every process's files, not from /proc/<pid>/fd, so no DAC override.)
 	{capSysPtrace, "CAP_SYS_PTRACE"},
-	// List /proc/<pid>/fd of processes of other users to find the owners
-	// of connections that predate the exporter.
-	{capDacReadSearch, "CAP_DAC_READ_SEARCH"},
 }
 
 // missingCapabilities names the required capabilities that the exporter's

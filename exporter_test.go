@@ -56,7 +56,7 @@ func FuzzScrapeTimeout(f *testing.F) {
 }
 
 func TestMissingCapabilities(t *testing.T) {
-	all := uint64(1)<<capNetAdmin | 1<<capSysPtrace | 1<<capSysAdmin | 1<<capDacReadSearch
+	all := uint64(1)<<capNetAdmin | 1<<capSysPtrace | 1<<capSysAdmin
 	for _, tc := range []struct {
 		name string
 		eff  uint64
@@ -64,7 +64,7 @@ func TestMissingCapabilities(t *testing.T) {
 	}{
 		{"root", ^uint64(0), nil},
 		{"exact set", all, nil},
-		{"none", 0, []string{"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}},
+		{"none", 0, []string{"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"}},
 		{"no ptrace", all &^ (1 << capSysPtrace), []string{"CAP_SYS_PTRACE"}},
 		{"bpf and perfmon instead of sys_admin", all&^(1<<capSysAdmin) | 1<<39 | 1<<38, []string{"CAP_SYS_ADMIN"}},
 	} {

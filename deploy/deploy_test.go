@@ -18,7 +18,7 @@ import (
 
 // leastPrivilege is the capability set the exporter checks at start
 // (caps.go) and README documents.
-var leastPrivilege = []string{"DAC_READ_SEARCH", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
+var leastPrivilege = []string{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 
 func docs(t *testing.T, path string) []map[string]any {
 	t.Helper()

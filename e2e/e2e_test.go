@@ -29,8 +29,11 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("E2E_HELPER") == "sidecar" {
+	switch os.Getenv("E2E_HELPER") {
+	case "sidecar":
 		os.Exit(sidecarHelper())
+	case "hold":
+		os.Exit(holdHelper())
 	}
 	dir, err := os.MkdirTemp("", "connection_exporter-e2e")
 	if err != nil {

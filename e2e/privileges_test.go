@@ -1,8 +1,14 @@
 package e2e
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -10,7 +16,7 @@ import (
 )
 
 // leastPrivilege is the capability set README documents.
-var leastPrivilege = []string{"sys_admin", "net_admin", "sys_ptrace", "dac_read_search"}
+var leastPrivilege = []string{"sys_admin", "net_admin", "sys_ptrace"}
 
 // setpriv returns a wrapper that runs a command with only caps in its
 // bounding set (and so in its effective set, since it runs as root).
@@ -44,6 +50,78 @@ func TestLeastPrivilege(t *testing.T) {
 	if strings.Contains(exp.logs.String(), "level=WARN") {
 		t.Errorf("warnings with the documented capabilities:\n%s", exp.logs)
 	}
+}
+
+// TestOwnersOfOtherUsers: connections that predate the exporter, held by a
+// process of another user, are named after that process with the
+// documented capabilities, which do not let the exporter list that
+// process's descriptors in procfs.
+func TestOwnersOfOtherUsers(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	srcs := holdAs(t, cl.Client, netlab.SidecarUID, dst, 3)
+	exp := startWrapped(t, cl.Node, setpriv(t, leastPrivilege))
+	want := truth(t, cl, srcs)
+	s := exp.scrape()
+	match := map[string]string{"process": "holder", "destination": dst.String(), "resolver": "conntrack"}
+	if got := s.byActual("connection_active", match); !equal(got, want) {
+		t.Errorf("connection_active of process holder = %v, backends saw %v\n%s", got, want, s.text)
+	}
+}
+
+// holdAs runs this test binary, named holder, as uid in ns: it opens n
+// connections to dst and holds them until cleanup. It returns their
+// source addresses.
+func holdAs(t *testing.T, ns *netlab.NS, uid int, dst netip.AddrPort, n int) []netip.AddrPort {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := filepath.Join(filepath.Dir(binary), "holder")
+	if err := copyFile(self, holder); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "setpriv", fmt.Sprintf("--reuid=%d", uid),
+		fmt.Sprintf("--regid=%d", uid), "--clear-groups", holder, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "E2E_HELPER=hold", "E2E_HOLD_DST="+dst.String(), fmt.Sprintf("E2E_HOLD_N=%d", n))
+	_, out := waitReady(t, cmd, "holder")
+	var srcs []netip.AddrPort
+	for range n {
+		line, err := out.ReadString('\n')
+		if err != nil {
+			t.Fatalf("holder: %v", err)
+		}
+		srcs = append(srcs, netip.MustParseAddrPort(strings.TrimSpace(line)))
+	}
+	return srcs
+}
+
+// holdHelper is the body of the holder process (E2E_HELPER=hold): it
+// dials E2E_HOLD_DST E2E_HOLD_N times, says ready, prints each source
+// address, and holds the connections until its input closes.
+func holdHelper() int {
+	n, err := strconv.Atoi(os.Getenv("E2E_HOLD_N"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "holder:", err)
+		return 1
+	}
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("tcp4", os.Getenv("E2E_HOLD_DST"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "holder:", err)
+			return 1
+		}
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	for _, c := range conns {
+		fmt.Println(c.LocalAddr())
+	}
+	io.Copy(io.Discard, os.Stdin) // until the test closes stdin
+	return 0
 }
 
 // TestMissingPrivilege: without any one of the capabilities, or as an
