@@ -8,8 +8,9 @@
 // the exporter binary, and measures the cold scrape (every connection new;
 // the median of several freshly started exporters, with the page faults it
 // took), warm scrapes (nothing new), scrapes after 10% of the connections
-// were replaced (the median of three), memory, and allocations per warm
-// scrape. On the same data it
+// were replaced (the median of three), memory (with the peak that start-up
+// reached), start-up time, and allocations per warm scrape. On the same
+// data it
 // measures the floors: one batch read of a BPF map holding the same
 // connections, one raw conntrack dump of the same table, and client_golang
 // rendering the same number of series. It then measures loopback
