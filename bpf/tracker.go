@@ -108,6 +108,9 @@ type Config struct {
 	// changes and firstRun override changesSize and firstRunSize: tests
 	// make runs of the reader short.
 	changes, firstRun uint32
+	// keepStartup keeps the start-up programs loaded, for tests that run
+	// them again.
+	keepStartup bool
 }
 
 // DefaultMaxConnections is the default size of the connection map.
@@ -232,8 +235,21 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		logger.Warn("cannot seed all existing connections", "err", err)
 	}
 	t.seeded = uint64(seeded)
+	// The programs that only start-up runs are unloaded: their file
+	// descriptors and the kernel's copies of them are not kept for the
+	// exporter's life. (Closing is idempotent: Close closes all again.)
+	if !cfg.keepStartup {
+		for _, p := range t.startupPrograms() {
+			p.Close()
+		}
+	}
 	logger.Info("found existing outbound connections", "count", seeded, "seconds", time.Since(start).Seconds())
 	return t, nil
+}
+
+// startupPrograms returns the programs that only New runs.
+func (t *Tracker) startupPrograms() []*ebpf.Program {
+	return []*ebpf.Program{t.objs.DumpTcp, t.objs.DumpCookies, t.objs.DumpFiles, t.objs.InsertSeeded}
 }
 
 // Close detaches the programs and frees the maps.

@@ -315,7 +315,7 @@ func FuzzReadRecords(f *testing.F) {
 }
 
 func TestInsertNewKeepsExisting(t *testing.T) {
-	tr := newTracker(t, Config{MaxConnections: 4})
+	tr := newTracker(t, Config{MaxConnections: 4, keepStartup: true})
 	// Room for the test: the seed may have filled the map with the host's
 	// connections.
 	var key uint64
@@ -354,5 +354,17 @@ func TestInsertNewKeepsExisting(t *testing.T) {
 	more := []trackerConnRec{{Cookie: first + 2}, {Cookie: first + 3}, {Cookie: first + 4}}
 	if err := tr.insertNew(more, inserted); err == nil || !strings.Contains(err.Error(), "argument list too long") {
 		t.Errorf("insert into a full map: err = %v, want E2BIG", err)
+	}
+}
+
+func TestTrackerUnloadsStartupPrograms(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	for _, p := range tr.startupPrograms() {
+		if p.FD() >= 0 {
+			t.Errorf("program %v still loaded after start-up", p)
+		}
+	}
+	if tr.objs.ReadChanges.FD() < 0 {
+		t.Error("the reader was unloaded too")
 	}
 }
