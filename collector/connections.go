@@ -330,7 +330,7 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 	// scrape with many new connections. They are kept between scrapes
 	// anyway.
 	for range maxInFlight + 1 {
-		b := c.newBatch()
+		b := allocBatch()
 		clear(b.fresh[:cap(b.fresh)])
 		clear(b.lookups[:cap(b.lookups)])
 		clear(b.results)
@@ -614,6 +614,11 @@ func (c *Connections) newBatch() *batch {
 		c.free = c.free[:n-1]
 		return b
 	}
+	return allocBatch()
+}
+
+// allocBatch allocates a batch.
+func allocBatch() *batch {
 	return &batch{
 		fresh:   make([]freshConn, 0, batchSize),
 		lookups: make([]Lookup, 0, batchSize),

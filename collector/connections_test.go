@@ -461,7 +461,22 @@ func TestConnectionsBatched(t *testing.T) {
 	src := &fakeSource{conns: newConns(1, n)}
 	res := &chunkResolver{}
 	c := newTestCollector(t, ConnectionsConfig{}, src, res)
+	// The batches a scrape can use at once are taken at start, so that
+	// the first scrape with many new connections allocates none.
+	initial := slices.Clone(c.free)
+	distinct := make(map[*batch]bool)
+	for _, b := range initial {
+		distinct[b] = true
+	}
+	if len(distinct) != maxInFlight+1 {
+		t.Fatalf("%d distinct batches taken at start, want %d", len(distinct), maxInFlight+1)
+	}
 	reg := collect(t, c)
+	for _, b := range c.free {
+		if !slices.Contains(initial, b) {
+			t.Error("the first scrape allocated a batch although enough were taken at start")
+		}
+	}
 	total := 0
 	for b := range 3 {
 		got := value(t, reg, "connection_active", "actual_destination", fmt.Sprintf("10.0.1.%d:8080", b))
