@@ -114,14 +114,10 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 			}
 		}
 		binary.NativeEndian.PutUint32(packet[4:], uint32(k))
-		ret, err := l.objs.LookupCt.Run(&ebpf.RunOptions{Data: packet})
-		if err != nil {
-			return fmt.Errorf("run conntrack lookup: %w", err)
+		if err := runXDP(l.objs.LookupCt, "conntrack lookup", packet, nil); err != nil {
+			return err
 		}
-		if ret != xdpPass {
-			return fmt.Errorf("conntrack lookup returned %d", ret)
-		}
-		err = eachMapped(l.mem, s.start, k, s.buf, func(i int, q *lookupCtLookup) {
+		err := eachMapped(l.mem, s.start, k, s.buf, func(i int, q *lookupCtLookup) {
 			if q.Found != 0 {
 				r := &q.Reply
 				found(start+i, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
@@ -134,5 +130,20 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 	return nil
 }
 
-// xdpPass is XDP_PASS, what lookup_ct and read_changes return when they ran.
+// xdpPass is XDP_PASS, what the XDP programs return when they ran.
 const xdpPass = 2
+
+// runXDP runs one of the XDP programs that never see a packet, with packet
+// as its data and, when out is not nil, what the program left there copied
+// into out. It fails unless the program returned XDP_PASS; what names it in
+// errors.
+func runXDP(prog *ebpf.Program, what string, packet, out []byte) error {
+	ret, err := prog.Run(&ebpf.RunOptions{Data: packet, DataOut: out})
+	if err != nil {
+		return fmt.Errorf("run %s: %w", what, err)
+	}
+	if ret != xdpPass {
+		return fmt.Errorf("%s returned %d", what, ret)
+	}
+	return nil
+}

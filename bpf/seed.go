@@ -154,12 +154,8 @@ func (t *Tracker) insertNew(recs []trackerConnRec, inserted map[uint64]seeded) e
 	}
 	packet := make([]byte, 64) // at least an Ethernet header, as XDP wants
 	binary.NativeEndian.PutUint32(packet, uint32(len(recs)))
-	ret, err := t.objs.InsertSeeded.Run(&ebpf.RunOptions{Data: packet, DataOut: packet})
-	if err != nil {
-		return fmt.Errorf("run connection inserter: %w", err)
-	}
-	if ret != xdpPass {
-		return fmt.Errorf("connection inserter returned %d", ret)
+	if err := runXDP(t.objs.InsertSeeded, "connection inserter", packet, packet); err != nil {
+		return err
 	}
 	run := *(*trackerInsertRun)(unsafe.Pointer(&packet[0]))
 	if run.Err != 0 {

@@ -322,12 +322,8 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	var c Conn
 	for {
 		binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Limit):], limit)
-		ret, err := t.objs.ReadChanges.Run(&ebpf.RunOptions{Data: packet, DataOut: packet})
-		if err != nil {
-			return 0, fmt.Errorf("run connection reader: %w", err)
-		}
-		if ret != xdpPass {
-			return 0, fmt.Errorf("connection reader returned %d", ret)
+		if err := runXDP(t.objs.ReadChanges, "connection reader", packet, packet); err != nil {
+			return 0, err
 		}
 		run = *(*trackerReadRun)(unsafe.Pointer(&packet[0]))
 		t.runs++
