@@ -144,8 +144,8 @@ type Tracker struct {
 }
 
 // changesSize is the number of changed entries one run of the reader copies
-// out (3 MB of 96-byte records). A cold scrape of 50,000 connections takes
-// 2 runs.
+// out (3 MB of 96-byte records). A cold scrape of 50,000 connections
+// takes 3 runs: 4,096 first (firstRunSize), then up to this many.
 const changesSize = 32768
 
 // firstRunSize bounds the first run of the reader when more than four times
