@@ -208,23 +208,33 @@ func (k *kubeCluster) app(t *testing.T, n int, dst netip.AddrPort) {
 func (k *kubeCluster) sidecar(t *testing.T) {
 	t.Helper()
 	cg := containerCgroup(t, k.client.uid, k.proxyID)
+	k.Client.Run("iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "!", "-d", "127.0.0.0/8",
+		"-m", "owner", "!", "--uid-owner", fmt.Sprint(netlab.SidecarUID), "-j", "REDIRECT", "--to-ports", "15001")
+	cmd, _ := startHelperAs(t, k.Client, netlab.SidecarUID, "envoy", "sidecar")
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0o644); err != nil {
+		t.Fatalf("move the sidecar into its cgroup: %v", err)
+	}
+}
+
+// startHelperAs runs this test binary as uid in ns, copied under name so
+// that its process is called that, with E2E_HELPER=helper and env added to
+// its environment. It waits for the helper to say ready (see waitReady) and
+// returns the command and the helper's further output.
+func startHelperAs(t *testing.T, ns *netlab.NS, uid int, name, helper string, env ...string) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	envoy := filepath.Join(filepath.Dir(binary), "envoy")
-	if err := copyFile(self, envoy); err != nil {
+	path := filepath.Join(filepath.Dir(binary), name)
+	if err := copyFile(self, path); err != nil {
 		t.Fatal(err)
 	}
-	k.Client.Run("iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "!", "-d", "127.0.0.0/8",
-		"-m", "owner", "!", "--uid-owner", fmt.Sprint(netlab.SidecarUID), "-j", "REDIRECT", "--to-ports", "15001")
-	cmd := exec.Command("ip", "netns", "exec", k.Client.Name, "setpriv", fmt.Sprintf("--reuid=%d", netlab.SidecarUID),
-		fmt.Sprintf("--regid=%d", netlab.SidecarUID), "--clear-groups", envoy, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "E2E_HELPER=sidecar")
-	waitReady(t, cmd, "sidecar")
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0o644); err != nil {
-		t.Fatalf("move the sidecar into its cgroup: %v", err)
-	}
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "setpriv", fmt.Sprintf("--reuid=%d", uid),
+		fmt.Sprintf("--regid=%d", uid), "--clear-groups", path, "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), "E2E_HELPER="+helper), env...)
+	_, out := waitReady(t, cmd, name)
+	return cmd, out
 }
 
 func copyFile(src, dst string) error {

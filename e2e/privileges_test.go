@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,18 +74,7 @@ func TestOwnersOfOtherUsers(t *testing.T) {
 // source addresses.
 func holdAs(t *testing.T, ns *netlab.NS, uid int, dst netip.AddrPort, n int) []netip.AddrPort {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	holder := filepath.Join(filepath.Dir(binary), "holder")
-	if err := copyFile(self, holder); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, "setpriv", fmt.Sprintf("--reuid=%d", uid),
-		fmt.Sprintf("--regid=%d", uid), "--clear-groups", holder, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "E2E_HELPER=hold", "E2E_HOLD_DST="+dst.String(), fmt.Sprintf("E2E_HOLD_N=%d", n))
-	_, out := waitReady(t, cmd, "holder")
+	_, out := startHelperAs(t, ns, uid, "holder", "hold", "E2E_HOLD_DST="+dst.String(), fmt.Sprintf("E2E_HOLD_N=%d", n))
 	var srcs []netip.AddrPort
 	for range n {
 		line, err := out.ReadString('\n')
