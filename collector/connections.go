@@ -214,7 +214,9 @@ type retry struct {
 // Resolvers that can fail, reported with zero errors from the start.
 var resolvers = []string{"conntrack", "conntrack_netns", "swarm_lb", "cilium"}
 
-// tracked is what the collector remembers of a connection it accounted for.
+// tracked is what the collector remembers of a connection it admitted. It
+// is held by value in a map: no allocation per connection, and nothing for
+// the garbage collector to find one by one.
 type tracked struct {
 	s       *series
 	counted bool // counted in opened
@@ -235,8 +237,8 @@ type Connections struct {
 	gen           uint64
 	series        map[string]*series
 	overflow      *series
-	conns         map[uint64]*tracked
-	attempts      map[uint64]retry // open connections whose resolution is retried
+	conns         map[uint64]tracked // admitted open connections
+	attempts      map[uint64]retry   // open connections whose resolution is retried
 	errors        map[string]float64
 	resolved      map[string]float64
 	overflowConns float64
@@ -315,7 +317,7 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 	c := &Connections{
 		cfg: cfg, src: src, resolver: resolver, namer: namer, logger: logger, now: time.Now,
 		series:   make(map[string]*series),
-		conns:    make(map[uint64]*tracked),
+		conns:    make(map[uint64]tracked),
 		attempts: make(map[uint64]retry),
 		errors:   make(map[string]float64, len(resolvers)),
 		resolved: make(map[string]float64),
@@ -334,7 +336,6 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 		clear(b.fresh[:cap(b.fresh)])
 		clear(b.lookups[:cap(b.lookups)])
 		clear(b.results)
-		clear(b.slots[:cap(b.slots)])
 		c.free = append(c.free, b)
 	}
 	return c, nil
@@ -408,7 +409,7 @@ func (c *Connections) read(st *stream, now time.Time) (postponedRead bool, err e
 			st.add(k)
 			return
 		}
-		if t, ok := c.conns[k.Cookie]; ok && t.s != nil { // nil: not admitted yet
+		if t, ok := c.conns[k.Cookie]; ok {
 			c.apply(t, k, now)
 			return
 		}
@@ -484,7 +485,6 @@ type batch struct {
 	fresh   []freshConn
 	lookups []Lookup
 	results []Destination
-	slots   []*tracked    // each one's record in conns, reserved
 	done    chan struct{} // closed when results are filled
 }
 
@@ -516,7 +516,7 @@ func (c *Connections) newStream(ctx context.Context, now time.Time) *stream {
 			}
 		}
 		if len(c.conns) == 0 {
-			c.conns = make(map[uint64]*tracked, n) // no growth on a cold scrape
+			c.conns = make(map[uint64]tracked, n) // no growth on a cold scrape
 		}
 	}
 	return st
@@ -553,30 +553,8 @@ func (st *stream) dispatch() {
 		defer close(b.done)
 		st.r.Resolve(st.ctx, in, out)
 	}()
-	st.c.reserve(b)
 	st.inflight = append(st.inflight, b)
 	st.batches++
-}
-
-// reserve gives each connection of b its record in conns while b is
-// resolved: inserting into a large map costs a cache miss or two per
-// connection, better spent while this goroutine would otherwise wait. A
-// connection reported again in this scrape gets no record of its own
-// (slot nil): it has one from its first report.
-func (c *Connections) reserve(b *batch) {
-	b.slots = b.slots[:0]
-	for i := range b.fresh {
-		f := &b.fresh[i]
-		if f.reported {
-			if _, ok := c.conns[f.cookie]; ok {
-				b.slots = append(b.slots, nil)
-				continue
-			}
-		}
-		t := &tracked{}
-		c.conns[f.cookie] = t
-		b.slots = append(b.slots, t)
-	}
 }
 
 // admitOldest waits for the oldest batch being resolved, admits its
@@ -593,7 +571,6 @@ func (st *stream) admitOldest() {
 	}
 	b.fresh, b.lookups = b.fresh[:0], b.lookups[:0]
 	clear(b.results)
-	clear(b.slots)
 	st.c.free = append(st.c.free, b)
 }
 
@@ -623,7 +600,6 @@ func allocBatch() *batch {
 		fresh:   make([]freshConn, 0, batchSize),
 		lookups: make([]Lookup, 0, batchSize),
 		results: make([]Destination, batchSize),
-		slots:   make([]*tracked, 0, batchSize),
 	}
 }
 
@@ -635,20 +611,18 @@ func (c *Connections) admitBatch(b *batch, now time.Time) {
 	var k Conn // one for all: the namer's interface makes it escape
 	for i := range b.fresh {
 		k = b.fresh[i].conn(&b.lookups[i])
-		t := b.slots[i]
-		if t == nil {
-			// Reported again in this scrape after a change: an earlier
-			// batch admitted its first report by now, or postponed it.
-			if t, ok := c.conns[k.Cookie]; ok && t.s != nil {
+		if k.Reported {
+			// Reported again in this scrape after a change: batches are
+			// admitted in order, so its first report is admitted by now
+			// (or postponed, and then it is admitted anew).
+			if t, ok := c.conns[k.Cookie]; ok {
 				c.apply(t, &k, now)
 				continue
 			}
-			t = &tracked{}
-			c.conns[k.Cookie] = t
 		}
 		c.fresh++
-		if c.admit(&k, &b.results[i], t) {
-			c.apply(t, &k, now)
+		if s := c.admit(&k, &b.results[i]); s != nil {
+			c.apply(tracked{s: s}, &k, now)
 		}
 	}
 }
@@ -666,12 +640,17 @@ func (c *Connections) expected() int {
 	return int(min(n, uint64(c.src.Capacity()))) + len(c.attempts)
 }
 
-// apply accounts for a known connection's state. Applying the same state
+// apply accounts for the state of an admitted connection, whose record
+// was t, and keeps its record while it is open. Applying the same state
 // twice changes nothing.
-func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
+func (c *Connections) apply(t tracked, k *Conn, now time.Time) {
 	s := t.s
 	switch k.State {
 	case StateEstablished:
+		if t.open && t.counted {
+			s.lastSeen, s.touched = now, true
+			return
+		}
 		if !t.open {
 			s.active++
 			t.open = true
@@ -680,6 +659,9 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 			s.opened++
 			t.counted = true
 		}
+		s.lastSeen, s.touched = now, true
+		c.conns[k.Cookie] = t
+		return
 	case StateClosed:
 		if !t.counted {
 			s.opened++ // opened and closed between two scrapes
@@ -690,27 +672,23 @@ func (c *Connections) apply(t *tracked, k *Conn, now time.Time) {
 		return
 	}
 	s.lastSeen, s.touched = now, true
-	if k.State == StateEstablished {
-		return
-	}
-	if t.open {
+	if t.open { // only open connections have a record
 		s.active--
+		delete(c.conns, k.Cookie)
 	}
 	c.release = append(c.release, k.Cookie)
-	delete(c.conns, k.Cookie)
 }
 
-// admit records the destination of a connection seen for the first time
-// in its reserved record t and reports true, or postpones it (false,
-// giving up the record) when it could not be named or a table could not be
-// read, and attempts are left.
-func (c *Connections) admit(k *Conn, d *Destination, t *tracked) bool {
+// admit returns the label set of a connection seen for the first time,
+// whose destination is d, or nil when it is postponed: when it could not
+// be named or a table could not be read, and attempts are left.
+func (c *Connections) admit(k *Conn, d *Destination) *series {
 	nk := nameKeyOf(k, d)
 	if n, ok := c.named[nk]; ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
 		// destinations, all named: nothing to ask again.
-		c.track(k, d, n.s, t)
-		return true
+		c.track(k, d)
+		return n.s
 	}
 	ok := c.owner(k).known
 	if ok && d.Err == nil {
@@ -718,8 +696,7 @@ func (c *Connections) admit(k *Conn, d *Destination, t *tracked) bool {
 	}
 	if !ok && k.State == StateEstablished && c.retry(k) {
 		c.unnamed++
-		delete(c.conns, k.Cookie)
-		return false
+		return nil
 	}
 	if d.Err != nil {
 		c.errors[d.ErrResolver]++
@@ -730,20 +707,17 @@ func (c *Connections) admit(k *Conn, d *Destination, t *tracked) bool {
 			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
 		}
 		if k.State == StateEstablished && c.retry(k) {
-			delete(c.conns, k.Cookie)
-			return false
+			return nil
 		}
 	}
-	c.track(k, d, c.seriesFor(nk, k, d, ok && d.Err == nil), t)
-	return true
+	c.track(k, d)
+	return c.seriesFor(nk, k, d, ok && d.Err == nil)
 }
 
-// track starts accounting for an admitted connection, whose record is t,
-// in label set s.
-func (c *Connections) track(k *Conn, d *Destination, s *series, t *tracked) {
+// track notes that a connection is admitted, resolved by d.
+func (c *Connections) track(k *Conn, d *Destination) {
 	delete(c.attempts, k.Cookie)
 	c.resolved[d.Resolver]++
-	t.s = s
 }
 
 // retry counts an attempt to admit an open connection and reports whether
