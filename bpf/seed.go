@@ -74,7 +74,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 	}
 
 	inserted := make(map[uint64]seeded, len(conns))
-	chunk := min(seedChunk, int(t.runSize))
+	chunk := min(seedChunk, int(t.ringSize))
 	recs := make([]trackerConnRec, 0, chunk)
 	for start := 0; start < len(conns); start += chunk {
 		recs = recs[:0]

@@ -359,10 +359,11 @@ struct conn_rec {
 const struct conn_rec *unused_conn_rec __attribute__((unused));
 
 // changes: key u32 index, value struct conn_rec (host byte order, as struct
-// conn). read_changes writes the entries it copies out from index 0 on and
-// tells user space how many in its result; user space reads them through a
-// memory mapping before it runs the program again, which overwrites them.
-// max_entries is set by user space at load time.
+// conn), a ring. read_changes writes the n-th entry it copies out in a read
+// at index n modulo the ring's size, and publishes n in progress as it goes;
+// user space reads the entries through a memory mapping while the walk goes
+// on, and publishes how far it has read, so that the walk writes only over
+// entries already read. max_entries is set by user space at load time.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -371,25 +372,65 @@ struct {
 	__type(value, struct conn_rec);
 } changes SEC(".maps");
 
+// struct read_progress is how far a read of changes went, shared with
+// user space through a memory mapping while read_changes runs. Counts are
+// of entries since the read began, and wrap around. Each count has a cache
+// line of its own: the two sides write them from different CPUs.
+struct read_progress {
+	__u32 written; // entries written into changes and complete
+	__u32 pad1[15];
+	__u32 read; // set by user space: entries it is done with
+	__u32 pad2[15];
+};
+
+const struct read_progress *unused_read_progress __attribute__((unused));
+
+// progress: key u32 0, value struct read_progress.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct read_progress);
+} progress SEC(".maps");
+
 // struct read_run is the packet read_changes is run with, and what it
 // leaves there for user space.
 struct read_run {
-	__u32 count; // entries copied into changes
-	__u32 more;  // 1 when the run stopped copying before the walk ended
+	__u32 start; // set by user space: entries copied by the read's earlier runs
+	__u32 size;  // set by user space: the length of changes
+	__u32 count; // entries copied by the read so far
+	__u32 more;  // 1 when the run stopped because changes was full
 	__u32 total; // entries in conns, when more is 0
-	__u32 limit; // set by user space: entries to copy at most (at least 1)
+	__u32 pad;
 };
 
 const struct read_run *unused_read_run __attribute__((unused));
 
+// PUBLISH_EVERY is how many entries the walk copies between two updates of
+// progress->written, each a locked instruction.
+#define PUBLISH_EVERY 64
+
 struct walk {
-	__u32 count;
+	struct read_progress *p;
+	__u32 next;      // count of the next entry to copy
+	__u32 published; // progress->written as the walk last set it
+	__u32 read;      // progress->read as the walk last saw it
+	__u32 size;
 	__u32 more;
-	__u32 limit;
 };
 
+// publish tells user space that the entries before w->next are complete.
+// The atomic add orders it after the copies, on any architecture.
+static __always_inline void publish(struct walk *w)
+{
+	__sync_fetch_and_add(&w->p->written, w->next - w->published);
+	w->published = w->next;
+}
+
 // copy_changed copies an entry of conns that changed since it was last
-// copied into the next free element of changes, and marks it copied.
+// copied into the next element of changes, and marks it copied. It stops
+// the walk when changes holds only entries user space has not read yet.
 static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, struct walk *w)
 {
 	// A fetch rather than a plain load, for its barrier: the fields
@@ -397,9 +438,16 @@ static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, 
 	__u32 v = __sync_fetch_and_add(&c->version, 0);
 	if (v == c->reported)
 		return 0;
-	struct conn_rec *r = NULL;
-	if (w->count < w->limit)
-		r = bpf_map_lookup_elem(&changes, &w->count);
+	if (w->next - w->read >= w->size) {
+		publish(w); // what is written so far, before waiting is judged
+		w->read = *(volatile __u32 *)&w->p->read;
+		if (w->next - w->read >= w->size) {
+			w->more = 1;
+			return 1;
+		}
+	}
+	__u32 idx = w->next % w->size;
+	struct conn_rec *r = bpf_map_lookup_elem(&changes, &idx);
 	if (!r) {
 		w->more = 1;
 		return 1;
@@ -407,26 +455,36 @@ static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, 
 	r->cookie = *key;
 	__builtin_memcpy(&r->conn, c, sizeof(r->conn));
 	c->reported = v;
-	w->count++;
+	w->next++;
+	if (w->next - w->published >= PUBLISH_EVERY)
+		publish(w);
 	return 0;
 }
 
 // read_changes walks conns and copies out the entries that changed since
-// a run last copied them, as many as changes holds or as the run's limit
-// says (Linux 5.13 or later).
+// a run last copied them into the ring changes, publishing its progress
+// as it goes (Linux 5.13 or later). User space reads the entries while
+// the walk goes on, from another thread: the caller's first changes are
+// at hand after a short part of the walk, and the walk is not cut into
+// runs that each walk the map again. A run stops early only when user
+// space has not read the ring in time; then it is run again.
 // It is an XDP program only because XDP programs can be run on demand
-// with BPF_PROG_TEST_RUN and may walk a map: it never sees a packet. User
-// space runs it on a scrape, again while it reports more, so that a scrape
-// with no new connection reads nothing but the walk's result.
+// with BPF_PROG_TEST_RUN and may walk a map: it never sees a packet.
 SEC("xdp")
 int read_changes(struct xdp_md *ctx)
 {
 	struct read_run *run = (void *)(long)ctx->data;
 	if ((void *)(run + 1) > (void *)(long)ctx->data_end)
 		return XDP_ABORTED;
-	struct walk w = {.limit = run->limit};
+	__u32 zero = 0;
+	struct read_progress *p = bpf_map_lookup_elem(&progress, &zero);
+	if (!p || run->size == 0)
+		return XDP_ABORTED;
+	struct walk w = {.p = p, .next = run->start, .published = run->start, .size = run->size};
+	w.read = *(volatile __u32 *)&p->read;
 	long visited = bpf_for_each_map_elem(&conns, copy_changed, &w, 0);
-	run->count = w.count;
+	publish(&w);
+	run->count = w.next;
 	run->more = w.more;
 	run->total = visited;
 	return XDP_PASS;

@@ -22,12 +22,14 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // State is where a recorded connection is in its life.
@@ -105,9 +107,8 @@ type Config struct {
 	// existing connections are seeded too.
 	NetNSDirs []string
 
-	// changes and firstRun override changesSize and firstRunSize: tests
-	// make runs of the reader short.
-	changes, firstRun uint32
+	// changes overrides changesSize: tests make the reader's ring short.
+	changes uint32
 	// keepStartup keeps the start-up programs loaded, for tests that run
 	// them again.
 	keepStartup bool
@@ -125,17 +126,20 @@ type Tracker struct {
 	max    uint32
 	seeded uint64 // connections inserted at start-up
 
-	changes *ebpf.Memory // the changes array, mapped
-	runSize uint32       // its length: the entries one run copies out at most
-	// firstRun bounds the first run of a Read that expects many changes.
-	firstRun uint32
+	changes  *ebpf.Memory // the changes ring, mapped
+	ringSize uint32       // its length
+	// progress is the reader's progress, mapped for atomic access while
+	// the reader runs; progressMem is its mapping.
+	progress    *trackerReadProgress
+	progressMem []byte
 
-	// mu serialises reads, which share the changes array and the scratch
+	// mu serialises reads, which share the changes ring and the scratch
 	// buffers below, and guards what the last walk left.
 	mu     sync.Mutex
 	keys   []uint64
 	values []trackerConn
-	recs   []trackerConnRec // a chunk of the changes array, copied out
+	recs   []trackerConnRec // a chunk of the changes ring, copied out
+	poll   *time.Timer      // paces a Read waiting for the reader
 	walked bool             // a Read walked the map
 	walks  int              // for tests
 	runs   int              // for tests: runs of the reader in the last walk
@@ -143,22 +147,23 @@ type Tracker struct {
 	total  int              // entries the walk found, less those released since
 }
 
-// changesSize is the number of changed entries one run of the reader copies
-// out (3 MB of 96-byte records). A cold scrape of 50,000 connections
-// takes 3 runs: 4,096 first (firstRunSize), then up to this many.
+// changesSize is the length of the ring the reader copies changed entries
+// into (3 MB of 96-byte records). Read takes them out as the walk goes on;
+// the walk stops early, to be run again, only when the ring is full of
+// entries Read has not taken yet.
 const changesSize = 32768
-
-// firstRunSize bounds the first run of the reader when more than four times
-// that many changes are counted: the caller gets the first changes after a
-// short part of the walk and can start working on them (resolving new
-// connections, on another CPU) while the next run walks the map again.
-// Walking again the part the first run walked costs a few percent; a walk
-// of fewer changes is not split, as each walk visits every bucket.
-const firstRunSize = 4096
 
 // changesChunk is the number of changed entries copied out of the mapping at
 // once.
 const changesChunk = 512
+
+// Bounds of the pause of a Read that finds nothing new in the ring while
+// the reader runs: it doubles while nothing comes, up to the longest. The
+// end of the run wakes Read at once, whatever the pause.
+const (
+	minPoll = 50 * time.Microsecond
+	maxPoll = time.Millisecond
+)
 
 // batchSize is the number of entries read per BatchLookup call. It must
 // exceed the largest hash bucket, which a few thousand always does.
@@ -186,13 +191,10 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	if cfg.changes == 0 {
 		cfg.changes = changesSize
 	}
-	runSize := min(cfg.MaxConnections, cfg.changes)
-	spec.Maps[trackerMapChanges].MaxEntries = runSize
+	ringSize := min(cfg.MaxConnections, cfg.changes)
+	spec.Maps[trackerMapChanges].MaxEntries = ringSize
 
-	if cfg.firstRun == 0 {
-		cfg.firstRun = firstRunSize
-	}
-	t := &Tracker{logger: logger, max: cfg.MaxConnections, runSize: runSize, firstRun: min(runSize, cfg.firstRun)}
+	t := &Tracker{logger: logger, max: cfg.MaxConnections, ringSize: ringSize}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -219,7 +221,15 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		t.Close()
 		return nil, fmt.Errorf("map the changes array: %w", err)
 	}
+	if t.progressMem, err = unix.Mmap(t.objs.Progress.FD(), 0, int(unsafe.Sizeof(trackerReadProgress{})),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("map the reader's progress: %w", err)
+	}
+	t.progress = (*trackerReadProgress)(unsafe.Pointer(&t.progressMem[0]))
 	t.recs = make([]trackerConnRec, changesChunk)
+	t.poll = time.NewTimer(time.Hour)
+	t.poll.Stop()
 	// The first run of any program makes the library probe for
 	// BPF_PROG_TEST_RUN by loading one: better now than in a scrape. A
 	// packet too short for read_changes's result makes it return at once.
@@ -258,6 +268,10 @@ func (t *Tracker) Close() error {
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
 	}
+	if t.progressMem != nil {
+		errs = append(errs, unix.Munmap(t.progressMem))
+		t.progressMem, t.progress = nil, nil
+	}
 	return errors.Join(append(errs, t.objs.Close())...)
 }
 
@@ -281,14 +295,15 @@ func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 // by the first Read. Calls are serialised: fn must not call the Tracker's
 // read methods.
 //
-// The kernel walks the map and copies out only the changed entries, up to
-// the size of its buffer per run, so a Read costs a walk of the map, which
-// visits every bucket of its hash table (3.4 ms with 50,000 entries at the
-// default capacity, 1.5 ms at a capacity of 65,536), plus what changed.
-// When the kernel counted no change and no new entry since the last walk,
-// Read does not walk at all. Changes a run copied out count as reported
-// even if the Read then fails, which reading the mapping within its bounds
-// rules out.
+// The kernel walks the map on another thread and copies out only the
+// changed entries into a ring, which Read empties into fn as the walk goes
+// on: fn gets the first changes after a short part of the walk. A Read
+// costs a walk of the map, which visits every bucket of its hash table
+// (3.4 ms with 50,000 entries at the default capacity, 1.5 ms at a
+// capacity of 65,536), plus what changed. When the kernel counted no
+// change and no new entry since the last walk, Read does not walk at all.
+// Changes the walk copied out count as reported even if the Read then
+// fails: they are handed to fn all the same.
 func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -304,41 +319,82 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	if t.walked && now == t.last {
 		return t.total, nil
 	}
-	var run trackerReadRun
-	// The run's packet, at least an Ethernet header long as XDP wants;
-	// the program leaves its result at the start.
-	packet := make([]byte, 64)
-	// The changes the walk finds are at most those counted since the last
-	// walk (since start for the first, and the connections seeded).
-	expected := (now[0] - t.last[0]) + (now[1] - t.last[1])
-	if !t.walked {
-		expected += t.seeded
-	}
-	limit := t.runSize
-	if expected > 4*uint64(t.firstRun) {
-		limit = t.firstRun
+	p := t.progress
+	atomic.StoreUint32(&p.Written, 0)
+	atomic.StoreUint32(&p.Read, 0)
+	var c Conn
+	var taken uint32 // entries handed to fn, counted as progress counts
+	// take hands the entries up to count to fn.
+	take := func(count uint32) error {
+		for taken != count {
+			i := taken % t.ringSize
+			chunk := t.recs[:min(count-taken, t.ringSize-i, uint32(len(t.recs)))]
+			if _, err := t.changes.ReadAt(bytesOf(chunk), int64(i)*int64(unsafe.Sizeof(chunk[0]))); err != nil {
+				return fmt.Errorf("read changed connections: %w", err)
+			}
+			// Copied out: the reader may write over them.
+			taken += uint32(len(chunk))
+			atomic.StoreUint32(&p.Read, taken)
+			for k := range chunk {
+				convert(&c, chunk[k].Cookie, &chunk[k].Conn)
+				fn(&c)
+			}
+		}
+		return nil
 	}
 	t.runs = 0
-	var c Conn
+	var start uint32
 	for {
-		binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Limit):], limit)
-		if err := runXDP(t.objs.ReadChanges, "connection reader", packet, packet); err != nil {
-			return 0, err
-		}
-		run = *(*trackerReadRun)(unsafe.Pointer(&packet[0]))
+		run, err := t.runReader(start, take)
 		t.runs++
-		err = eachMapped(t.changes, 0, int(run.Count), t.recs, func(_ int, r *trackerConnRec) {
-			convert(&c, r.Cookie, &r.Conn)
-			fn(&c)
-		})
 		if err != nil {
-			return 0, fmt.Errorf("read changed connections: %w", err)
+			// What the reader published is marked reported: hand it on.
+			return 0, errors.Join(err, take(atomic.LoadUint32(&p.Written)))
+		}
+		if err := take(run.Count); err != nil {
+			return 0, err
 		}
 		if run.More == 0 {
 			t.walked, t.walks, t.last, t.total = true, t.walks+1, now, int(run.Total)
 			return t.total, nil
 		}
-		limit = t.runSize
+		start = run.Count // the ring was full: walk on with what is left
+	}
+}
+
+// runReader runs the reader once on another goroutine, the walk going on
+// from start entries copied, and meanwhile hands what it publishes to take.
+// It returns the run's result.
+func (t *Tracker) runReader(start uint32, take func(uint32) error) (trackerReadRun, error) {
+	var run trackerReadRun
+	// The run's packet, at least an Ethernet header long as XDP wants;
+	// the program leaves its result there.
+	packet := make([]byte, 64)
+	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Start):], start)
+	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Size):], t.ringSize)
+	done := make(chan error, 1)
+	go func() { done <- runXDP(t.objs.ReadChanges, "connection reader", packet, packet) }()
+	pause := minPoll
+	for {
+		if n := atomic.LoadUint32(&t.progress.Written); n != start {
+			if err := take(n); err != nil {
+				<-done
+				return run, err
+			}
+			start, pause = n, minPoll
+			continue
+		}
+		t.poll.Reset(pause)
+		select {
+		case err := <-done:
+			t.poll.Stop()
+			if err != nil {
+				return run, err
+			}
+			return *(*trackerReadRun)(unsafe.Pointer(&packet[0])), nil
+		case <-t.poll.C:
+			pause = min(2*pause, maxPoll)
+		}
 	}
 }
 

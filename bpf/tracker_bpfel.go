@@ -53,12 +53,22 @@ type trackerInsertRun struct {
 	Pad      uint32
 }
 
+type trackerReadProgress struct {
+	_       structs.HostLayout
+	Written uint32
+	Pad1    [15]uint32
+	Read    uint32
+	Pad2    [15]uint32
+}
+
 type trackerReadRun struct {
 	_     structs.HostLayout
+	Start uint32
+	Size  uint32
 	Count uint32
 	More  uint32
 	Total uint32
-	Limit uint32
+	Pad   uint32
 }
 
 type trackerSockRec struct {
@@ -81,23 +91,25 @@ type trackerSockRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	trackerMapChanges         = "changes"
-	trackerMapConns           = "conns"
-	trackerMapCounters        = "counters"
-	trackerProgDumpCookies    = "dump_cookies"
-	trackerProgDumpFiles      = "dump_files"
-	trackerProgDumpTcp        = "dump_tcp"
-	trackerProgInsertSeeded   = "insert_seeded"
-	trackerProgOnReset        = "on_reset"
-	trackerProgOnRetransmit   = "on_retransmit"
-	trackerProgOnState        = "on_state"
-	trackerProgReadChanges    = "read_changes"
-	trackerVarUnusedConn      = "unused_conn"
-	trackerVarUnusedConnRec   = "unused_conn_rec"
-	trackerVarUnusedFileRec   = "unused_file_rec"
-	trackerVarUnusedInsertRun = "unused_insert_run"
-	trackerVarUnusedReadRun   = "unused_read_run"
-	trackerVarUnusedSockRec   = "unused_sock_rec"
+	trackerMapChanges            = "changes"
+	trackerMapConns              = "conns"
+	trackerMapCounters           = "counters"
+	trackerMapProgress           = "progress"
+	trackerProgDumpCookies       = "dump_cookies"
+	trackerProgDumpFiles         = "dump_files"
+	trackerProgDumpTcp           = "dump_tcp"
+	trackerProgInsertSeeded      = "insert_seeded"
+	trackerProgOnReset           = "on_reset"
+	trackerProgOnRetransmit      = "on_retransmit"
+	trackerProgOnState           = "on_state"
+	trackerProgReadChanges       = "read_changes"
+	trackerVarUnusedConn         = "unused_conn"
+	trackerVarUnusedConnRec      = "unused_conn_rec"
+	trackerVarUnusedFileRec      = "unused_file_rec"
+	trackerVarUnusedInsertRun    = "unused_insert_run"
+	trackerVarUnusedReadProgress = "unused_read_progress"
+	trackerVarUnusedReadRun      = "unused_read_run"
+	trackerVarUnusedSockRec      = "unused_sock_rec"
 )
 
 // loadTracker returns the embedded CollectionSpec for tracker.
@@ -159,18 +171,20 @@ type trackerMapSpecs struct {
 	Changes  *ebpf.MapSpec `ebpf:"changes"`
 	Conns    *ebpf.MapSpec `ebpf:"conns"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Progress *ebpf.MapSpec `ebpf:"progress"`
 }
 
 // trackerVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerVariableSpecs struct {
-	UnusedConn      *ebpf.VariableSpec `ebpf:"unused_conn"`
-	UnusedConnRec   *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
-	UnusedFileRec   *ebpf.VariableSpec `ebpf:"unused_file_rec"`
-	UnusedInsertRun *ebpf.VariableSpec `ebpf:"unused_insert_run"`
-	UnusedReadRun   *ebpf.VariableSpec `ebpf:"unused_read_run"`
-	UnusedSockRec   *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
+	UnusedConn         *ebpf.VariableSpec `ebpf:"unused_conn"`
+	UnusedConnRec      *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
+	UnusedFileRec      *ebpf.VariableSpec `ebpf:"unused_file_rec"`
+	UnusedInsertRun    *ebpf.VariableSpec `ebpf:"unused_insert_run"`
+	UnusedReadProgress *ebpf.VariableSpec `ebpf:"unused_read_progress"`
+	UnusedReadRun      *ebpf.VariableSpec `ebpf:"unused_read_run"`
+	UnusedSockRec      *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
 }
 
 // trackerObjects contains all objects after they have been loaded into the kernel.
@@ -196,6 +210,7 @@ type trackerMaps struct {
 	Changes  *ebpf.Map `ebpf:"changes"`
 	Conns    *ebpf.Map `ebpf:"conns"`
 	Counters *ebpf.Map `ebpf:"counters"`
+	Progress *ebpf.Map `ebpf:"progress"`
 }
 
 func (m *trackerMaps) Close() error {
@@ -203,6 +218,7 @@ func (m *trackerMaps) Close() error {
 		m.Changes,
 		m.Conns,
 		m.Counters,
+		m.Progress,
 	)
 }
 
@@ -210,12 +226,13 @@ func (m *trackerMaps) Close() error {
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerVariables struct {
-	UnusedConn      *ebpf.Variable `ebpf:"unused_conn"`
-	UnusedConnRec   *ebpf.Variable `ebpf:"unused_conn_rec"`
-	UnusedFileRec   *ebpf.Variable `ebpf:"unused_file_rec"`
-	UnusedInsertRun *ebpf.Variable `ebpf:"unused_insert_run"`
-	UnusedReadRun   *ebpf.Variable `ebpf:"unused_read_run"`
-	UnusedSockRec   *ebpf.Variable `ebpf:"unused_sock_rec"`
+	UnusedConn         *ebpf.Variable `ebpf:"unused_conn"`
+	UnusedConnRec      *ebpf.Variable `ebpf:"unused_conn_rec"`
+	UnusedFileRec      *ebpf.Variable `ebpf:"unused_file_rec"`
+	UnusedInsertRun    *ebpf.Variable `ebpf:"unused_insert_run"`
+	UnusedReadProgress *ebpf.Variable `ebpf:"unused_read_progress"`
+	UnusedReadRun      *ebpf.Variable `ebpf:"unused_read_run"`
+	UnusedSockRec      *ebpf.Variable `ebpf:"unused_sock_rec"`
 }
 
 // trackerPrograms contains all programs after they have been loaded into the kernel.
