@@ -174,16 +174,36 @@ type ownNamespace struct{ c *Conntrack }
 func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
 	c := s.c
 	finder := nsFinder{procfs: c.cfg.ProcFS, extra: c.cfg.NetNSDirs}
-	byNS := make(map[uint32][]int)
-	rest = idx[:0] // written behind the reading; what is appended later fits too
+	// The queries of each namespace are gathered into one run of a
+	// pooled list, counted first: no list per namespace that grows.
+	counts := make(map[uint32]int)
 	for _, i := range idx {
-		if q := qs[i]; q.NetNS == c.hostIno || q.NetNS == 0 {
-			rest = append(rest, i)
-		} else {
-			byNS[q.NetNS] = append(byNS[q.NetNS], i)
+		if q := qs[i]; q.NetNS != c.hostIno && q.NetNS != 0 {
+			counts[q.NetNS]++
 		}
 	}
-	for ino, idx := range byNS {
+	if len(counts) == 0 {
+		return idx
+	}
+	runs := make(map[uint32][]int, len(counts))
+	p := indexes.Get().(*[]int)
+	defer indexes.Put(p)
+	if cap(*p) < len(idx) {
+		*p = make([]int, len(idx))
+	}
+	free := (*p)[:len(idx)]
+	for ino, n := range counts {
+		runs[ino], free = free[:0:n], free[n:]
+	}
+	rest = idx[:0] // written behind the reading; what is appended later fits too
+	for _, i := range idx {
+		if ino := qs[i].NetNS; ino == c.hostIno || ino == 0 {
+			rest = append(rest, i)
+		} else {
+			runs[ino] = append(runs[ino], i)
+		}
+	}
+	for ino, idx := range runs {
 		if err := ctx.Err(); err != nil {
 			fail(out, idx, ResolverConntrackNetNS, err)
 			rest = append(rest, idx...)

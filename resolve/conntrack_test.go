@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
@@ -227,6 +228,34 @@ func TestGoneNamespace(t *testing.T) {
 	}
 	if out[0].Actual != dst || out[0].Resolver != ResolverNone {
 		t.Errorf("unknown connection resolved to %+v", out[0])
+	}
+}
+
+// TestOwnNamespaceGroups: queries of several namespaces, interleaved with
+// those of the host, are each looked up once in their own namespace (here
+// gone, so they fail) and all handed on to the next step.
+func TestOwnNamespaceGroups(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	ct := newConntrack(t, cl.Node)
+	dst := netip.MustParseAddrPort("10.77.0.10:80")
+	inos := []uint32{1, ct.HostNetNS(), 2, 0, 1, 2, 3, ct.HostNetNS()}
+	qs := make([]Query, len(inos))
+	idx := make([]int, len(inos))
+	for i, ino := range inos {
+		qs[i] = Query{NetNS: ino, Src: netip.AddrPortFrom(netip.MustParseAddr("10.77.1.2"), uint16(40000+i)), Dst: dst}
+		idx[i] = i
+	}
+	out := make([]Result, len(qs))
+	rest := ct.OwnNamespace().Resolve(context.Background(), qs, idx, out)
+	if got := slices.Sorted(slices.Values(rest)); !slices.Equal(got, []int{0, 1, 2, 3, 4, 5, 6, 7}) {
+		t.Errorf("handed on %v, want every query once", rest)
+	}
+	for i, ino := range inos {
+		own := ino != ct.HostNetNS() && ino != 0
+		if failed := out[i].Err != nil && out[i].ErrResolver == ResolverConntrackNetNS; failed != own {
+			t.Errorf("query %d of namespace %d: error %v (%s), want one: %v", i, ino, out[i].Err, out[i].ErrResolver, own)
+		}
 	}
 }
 
