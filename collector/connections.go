@@ -238,6 +238,7 @@ type Connections struct {
 	series        map[string]*series
 	overflow      *series
 	conns         map[uint64]tracked // admitted open connections
+	connsSize     int                // the size conns was made for
 	attempts      map[uint64]retry   // open connections whose resolution is retried
 	errors        map[string]float64
 	resolved      map[string]float64
@@ -325,6 +326,11 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 	}
 	for _, r := range resolvers {
 		c.errors[r] = 0
+	}
+	// The connections recorded by now are new to the first scrape: their
+	// map is made now rather than in that scrape.
+	if n, err := src.Recorded(); err == nil {
+		c.sizeConns(int(min(n, uint64(src.Capacity()))))
 	}
 	// The batches a scrape can use at once (about 4 MB) are taken now, and
 	// their pages touched: fresh memory costs a page fault per 4 kB (14 µs
@@ -515,11 +521,20 @@ func (c *Connections) newStream(ctx context.Context, now time.Time) *stream {
 				st.limit = math.MaxInt
 			}
 		}
-		if len(c.conns) == 0 {
-			c.conns = make(map[uint64]tracked, n) // no growth on a cold scrape
-		}
+		c.sizeConns(n)
 	}
 	return st
+}
+
+// sizeConns makes the map of connections for n of them and an eighth
+// more, no growth on a cold scrape, if it is empty and was made for fewer:
+// the eighth is for the connections opened between the map's making at
+// start-up and the first scrape.
+func (c *Connections) sizeConns(n int) {
+	if len(c.conns) == 0 && n > c.connsSize {
+		c.connsSize = n + n/8
+		c.conns = make(map[uint64]tracked, c.connsSize)
+	}
 }
 
 // add copies a new connection into the filling batch, and sends the batch

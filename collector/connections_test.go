@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -685,5 +686,22 @@ func TestConnectionsPostponedSurvivesFailedRead(t *testing.T) {
 	src.getErr = nil
 	if got := value(t, collect(t, c), "connection_active", "container", "web-1", "workload", "web"); got != 1 {
 		t.Errorf("postponed connection: active = %v, want 1", got)
+	}
+}
+
+func TestConnectionsMapMadeAtStart(t *testing.T) {
+	// The connections recorded before the collector starts have their map
+	// made then, with room for those opened until the first scrape: that
+	// scrape, with every connection new, keeps it.
+	src := &fakeSource{conns: newConns(1, 900)}
+	c := newTestCollector(t, ConnectionsConfig{}, src, &chunkResolver{})
+	made := reflect.ValueOf(c.conns).UnsafePointer()
+	src.conns = append(src.conns, newConns(901, 50)...)
+	reg := collect(t, c)
+	if reflect.ValueOf(c.conns).UnsafePointer() != made {
+		t.Error("the first scrape made the map of connections again")
+	}
+	if got := value(t, reg, "connection_exporter_tracked_connections"); got != 950 {
+		t.Errorf("tracked %v connections, want 950", got)
 	}
 }
