@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -244,7 +245,8 @@ type Connections struct {
 	resolved      map[string]float64
 	overflowConns float64
 	warned        map[string]bool
-	recorded      uint64 // Source.Recorded at the last scrape
+	resolverNames []string // resolvers seen, indexed in name keys
+	recorded      uint64   // Source.Recorded at the last scrape
 
 	free []*batch // batches to reuse, kept between scrapes
 	seen int      // connections recorded at the last scrape
@@ -293,15 +295,16 @@ type owned struct {
 
 // nameKey is what decides a new connection's label set within one scrape:
 // the owner is named from the process, namespace and cgroup, the rest from
-// the destination. It holds no pointers, so a large map of them costs the
-// garbage collector nothing.
+// the destination. It is plain bytes, the resolver's name stood for by its
+// index in resolverNames: the map hashes and compares it as one block,
+// where a string field made it hash and compare field by field.
 type nameKey struct {
 	comm         [16]byte
 	pid, netns   uint32
 	cgroup       uint64
 	dst, actual  [16]byte
 	dport, aport uint16
-	resolver     string
+	resolver     uint8
 }
 
 // NewConnections returns the connections collector.
@@ -698,8 +701,8 @@ func (c *Connections) apply(t tracked, k *Conn, now time.Time) {
 // whose destination is d, or nil when it is postponed: when it could not
 // be named or a table could not be read, and attempts are left.
 func (c *Connections) admit(k *Conn, d *Destination) *series {
-	nk := nameKeyOf(k, d)
-	if n, ok := c.named[nk]; ok && n.known && d.Err == nil {
+	nk, keyed := c.nameKeyOf(k, d)
+	if n, ok := c.named[nk]; keyed && ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
 		// destinations, all named: nothing to ask again.
 		c.track(k, d)
@@ -726,6 +729,9 @@ func (c *Connections) admit(k *Conn, d *Destination) *series {
 		}
 	}
 	c.track(k, d)
+	if !keyed {
+		return c.seriesByLabels(k, d)
+	}
 	return c.seriesFor(nk, k, d, ok && d.Err == nil)
 }
 
@@ -779,12 +785,20 @@ type named struct {
 	known bool
 }
 
-func nameKeyOf(k *Conn, d *Destination) nameKey {
+// nameKeyOf returns the name key of a connection resolved by d, and false
+// when its resolver's name cannot be given an index: the resolvers are a
+// handful, but the key holds no more than 256.
+func (c *Connections) nameKeyOf(k *Conn, d *Destination) (nameKey, bool) {
+	r := slices.Index(c.resolverNames, d.Resolver)
+	if r < 0 && len(c.resolverNames) <= math.MaxUint8 {
+		r = len(c.resolverNames)
+		c.resolverNames = append(c.resolverNames, d.Resolver)
+	}
 	return nameKey{
 		comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID,
 		dst: k.Dst.Addr().As16(), dport: k.Dst.Port(),
-		actual: d.Actual.Addr().As16(), aport: d.Actual.Port(), resolver: d.Resolver,
-	}
+		actual: d.Actual.Addr().As16(), aport: d.Actual.Port(), resolver: uint8(r),
+	}, r >= 0
 }
 
 // seriesFor returns the label set of a connection, whose name key is nk,

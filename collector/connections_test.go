@@ -705,3 +705,29 @@ func TestConnectionsMapMadeAtStart(t *testing.T) {
 		t.Errorf("tracked %v connections, want 950", got)
 	}
 }
+
+// manyResolvers names a resolver of its own for each connection, by its
+// source port.
+type manyResolvers struct{}
+
+func (manyResolvers) Resolve(_ context.Context, in []Lookup, out []Destination) {
+	for i, l := range in {
+		out[i] = Destination{Actual: l.Dst, Resolver: fmt.Sprintf("r%d", l.Src.Port()%300)}
+	}
+}
+
+func TestConnectionsManyResolverNames(t *testing.T) {
+	// More resolver names than a name key indexes: each connection is
+	// still counted under its own resolver.
+	src := &fakeSource{conns: newConns(1, 600)}
+	c := newTestCollector(t, ConnectionsConfig{MaxSeries: 1000}, src, manyResolvers{})
+	reg := collect(t, c)
+	for _, r := range []int{0, 255, 256, 299} {
+		if got := value(t, reg, "connection_active", "resolver", fmt.Sprintf("r%d", (10000+r)%300)); got != 2 {
+			t.Errorf("resolver r%d: %v active, want 2", (10000+r)%300, got)
+		}
+	}
+	if got := value(t, reg, "connection_exporter_series"); got != 300 {
+		t.Errorf("%v label sets, want 300", got)
+	}
+}
