@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
@@ -329,4 +331,38 @@ func TestDumpLookup(t *testing.T) {
 		chain.Resolve(context.Background(), qs, out)
 		check(t, out)
 	})
+}
+
+func TestCountShared(t *testing.T) {
+	// A table's count is read once for the batches of a scrape, again
+	// once it is older than countFresh; a failed read is not kept.
+	c := &Conntrack{}
+	reads := 0
+	read := func(n uint32, err error) func() (uint32, error) {
+		return func() (uint32, error) { reads++; return n, err }
+	}
+	if _, err := c.countIn(7, read(0, errors.New("no table"))); err == nil {
+		t.Fatal("a failed read gave no error")
+	}
+	for range 3 {
+		if n, err := c.countIn(7, read(5, nil)); n != 5 || err != nil {
+			t.Fatalf("count = %d, %v; want 5", n, err)
+		}
+	}
+	if n, err := c.countIn(8, read(0, nil)); n != 0 || err != nil {
+		t.Fatalf("count of another table = %d, %v; want 0", n, err)
+	}
+	if reads != 3 {
+		t.Errorf("%d reads, want 3: one failed, one for each table", reads)
+	}
+	if n, ok := c.knownCount(8); !ok || n != 0 {
+		t.Errorf("known count of the empty table = %d, %v", n, ok)
+	}
+	time.Sleep(countFresh)
+	if _, ok := c.knownCount(7); ok {
+		t.Error("a count older than countFresh is still known")
+	}
+	if n, _ := c.countIn(7, read(6, nil)); n != 6 || reads != 4 {
+		t.Errorf("count after countFresh = %d after %d reads, want 6 read again", n, reads)
+	}
 }
