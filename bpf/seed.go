@@ -146,7 +146,7 @@ type seeded struct {
 
 // insertNew inserts entries that are not in the map yet and notes them in
 // inserted; entries the tracepoint inserted first are left as they are. The
-// records are written into the changes array and inserted by a program, in
+// records are written into the changes ring and inserted by a program, in
 // one system call: from user space, each insert is one.
 func (t *Tracker) insertNew(recs []trackerConnRec, inserted map[uint64]seeded) error {
 	if _, err := t.changes.WriteAt(bytesOf(recs), 0); err != nil {

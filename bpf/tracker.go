@@ -2,9 +2,9 @@
 // that record every actively opened TCP connection of every process in every
 // network namespace, their loading and attachment, the seeding of connections
 // that predate the exporter, reads of the recorded connections that changed
-// since the last read (a program walks the map in the kernel) as plain Go
-// values, and a program that looks connections up in a conntrack table from
-// inside the kernel.
+// since the last read (a program walks the map in the kernel while the read
+// takes its findings out of a ring) as plain Go values, and a program that
+// looks connections up in a conntrack table from inside the kernel.
 //
 // The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
 // tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
@@ -219,7 +219,7 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	}
 	if t.changes, err = t.objs.Changes.Memory(); err != nil {
 		t.Close()
-		return nil, fmt.Errorf("map the changes array: %w", err)
+		return nil, fmt.Errorf("map the changes ring: %w", err)
 	}
 	if t.progressMem, err = unix.Mmap(t.objs.Progress.FD(), 0, int(unsafe.Sizeof(trackerReadProgress{})),
 		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
