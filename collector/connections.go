@@ -245,8 +245,9 @@ type Connections struct {
 	resolved      map[string]float64
 	overflowConns float64
 	warned        map[string]bool
-	resolverNames []string // resolvers seen, indexed in name keys
-	recorded      uint64   // Source.Recorded at the last scrape
+	resolverNames []string  // resolvers seen, indexed in name keys
+	resolvedN     []float64 // this scrape's admissions by resolverNames index
+	recorded      uint64    // Source.Recorded at the last scrape
 
 	free []*batch // batches to reuse, kept between scrapes
 	seen int      // connections recorded at the last scrape
@@ -384,6 +385,14 @@ func (c *Connections) account(ctx context.Context) error {
 	postponedRead, err := c.read(st, now)
 	read := time.Since(begin)
 	st.finish()
+	// Admissions were counted by resolver index, not in the map by name
+	// one connection at a time.
+	for i, n := range c.resolvedN {
+		if n > 0 {
+			c.resolved[c.resolverNames[i]] += n
+			c.resolvedN[i] = 0
+		}
+	}
 	c.named, c.owners, c.dests = nil, nil, nil
 	if c.fresh > 0 {
 		c.logger.Debug("admitted new connections", "count", c.fresh, "batches", st.batches,
@@ -705,7 +714,7 @@ func (c *Connections) admit(k *Conn, d *Destination) *series {
 	if n, ok := c.named[nk]; keyed && ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
 		// destinations, all named: nothing to ask again.
-		c.track(k, d)
+		c.track(k, d, nk, keyed)
 		return n.s
 	}
 	ok := c.owner(k).known
@@ -728,17 +737,22 @@ func (c *Connections) admit(k *Conn, d *Destination) *series {
 			return nil
 		}
 	}
-	c.track(k, d)
+	c.track(k, d, nk, keyed)
 	if !keyed {
 		return c.seriesByLabels(k, d)
 	}
 	return c.seriesFor(nk, k, d, ok && d.Err == nil)
 }
 
-// track notes that a connection is admitted, resolved by d.
-func (c *Connections) track(k *Conn, d *Destination) {
+// track notes that a connection is admitted, resolved by d; nk is its name
+// key if keyed.
+func (c *Connections) track(k *Conn, d *Destination, nk nameKey, keyed bool) {
 	delete(c.attempts, k.Cookie)
-	c.resolved[d.Resolver]++
+	if keyed {
+		c.resolvedN[nk.resolver]++
+	} else {
+		c.resolved[d.Resolver]++
+	}
 }
 
 // retry counts an attempt to admit an open connection and reports whether
@@ -793,6 +807,7 @@ func (c *Connections) nameKeyOf(k *Conn, d *Destination) (nameKey, bool) {
 	if r < 0 && len(c.resolverNames) <= math.MaxUint8 {
 		r = len(c.resolverNames)
 		c.resolverNames = append(c.resolverNames, d.Resolver)
+		c.resolvedN = append(c.resolvedN, 0)
 	}
 	return nameKey{
 		comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID,
