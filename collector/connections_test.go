@@ -495,6 +495,9 @@ func TestConnectionsBatched(t *testing.T) {
 	if total != n {
 		t.Errorf("%d active in all, want %d", total, n)
 	}
+	if got := value(t, reg, "connection_exporter_resolved_connections_total", "resolver", "conntrack"); got != n {
+		t.Errorf("%v connections counted resolved by conntrack, want %d", got, n)
+	}
 	// Batches are resolved at once: they may finish in any order.
 	want := []int{100, batchSize, batchSize, batchSize, batchSize, batchSize}
 	if got := slices.Sorted(slices.Values(res.chunks)); !slices.Equal(got, want) {
@@ -723,8 +726,12 @@ func TestConnectionsManyResolverNames(t *testing.T) {
 	c := newTestCollector(t, ConnectionsConfig{MaxSeries: 1000}, src, manyResolvers{})
 	reg := collect(t, c)
 	for _, r := range []int{0, 255, 256, 299} {
-		if got := value(t, reg, "connection_active", "resolver", fmt.Sprintf("r%d", (10000+r)%300)); got != 2 {
-			t.Errorf("resolver r%d: %v active, want 2", (10000+r)%300, got)
+		name := fmt.Sprintf("r%d", (10000+r)%300)
+		if got := value(t, reg, "connection_active", "resolver", name); got != 2 {
+			t.Errorf("resolver %s: %v active, want 2", name, got)
+		}
+		if got := value(t, reg, "connection_exporter_resolved_connections_total", "resolver", name); got != 2 {
+			t.Errorf("resolver %s: %v counted resolved, want 2", name, got)
 		}
 	}
 	if got := value(t, reg, "connection_exporter_series"); got != 300 {
