@@ -96,59 +96,45 @@ type Conntrack struct {
 
 	// looked counts connections looked up, by method.
 	looked [len(methods)]atomic.Uint64
-
-	// counts are the tables' entry counts read lately, by namespace.
-	countsMu sync.Mutex
-	counts   map[uint32]countAt
 }
 
-// countAt is a table's entry count and when it was read.
-type countAt struct {
-	n  uint32
-	at time.Time
+// tableCounts are the entry counts of the tables read during one scrape,
+// by namespace inode: the scrape's batches share them, instead of each
+// entering each namespace to ask the kernel again (300 µs a batch at
+// 50,000 connections), and a table empty at the first batch is not looked
+// at by the others, as if the batches had been one. The next scrape
+// prepares its own. A nil *tableCounts keeps nothing.
+type tableCounts struct {
+	mu sync.Mutex
+	m  map[uint32]uint32
 }
 
-// countFresh is how long a table's entry count is used once read: the
-// batches of one scrape share it, instead of each entering the namespace
-// and asking the kernel again (300 µs a batch at 50,000 connections). A
-// table that was empty at the scrape's start is not looked at in that
-// scrape, as if all its batches had been one.
-const countFresh = 100 * time.Millisecond
+func newTableCounts() *tableCounts { return &tableCounts{m: make(map[uint32]uint32)} }
 
-// knownCount returns the entry count of namespace ino's table if it was
-// read less than countFresh ago.
-func (c *Conntrack) knownCount(ino uint32) (uint32, bool) {
-	c.countsMu.Lock()
-	defer c.countsMu.Unlock()
-	ca, ok := c.counts[ino]
-	if !ok || time.Since(ca.at) >= countFresh {
+// known returns the entry count of namespace ino's table if it was read.
+func (k *tableCounts) known(ino uint32) (uint32, bool) {
+	if k == nil {
 		return 0, false
 	}
-	return ca.n, true
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n, ok := k.m[ino]
+	return n, ok
 }
 
-// countIn returns the entry count of namespace ino's table, read with
-// count unless it is known.
-func (c *Conntrack) countIn(ino uint32, count func() (uint32, error)) (uint32, error) {
-	if n, ok := c.knownCount(ino); ok {
+// get returns the entry count of namespace ino's table, read with count
+// unless it is known. A failed read is not kept.
+func (k *tableCounts) get(ino uint32, count func() (uint32, error)) (uint32, error) {
+	if n, ok := k.known(ino); ok {
 		return n, nil
 	}
 	n, err := count()
-	if err != nil {
-		return 0, err
+	if err != nil || k == nil {
+		return n, err
 	}
-	now := time.Now()
-	c.countsMu.Lock()
-	defer c.countsMu.Unlock()
-	if c.counts == nil {
-		c.counts = make(map[uint32]countAt)
-	}
-	for ino, ca := range c.counts {
-		if now.Sub(ca.at) >= countFresh {
-			delete(c.counts, ino)
-		}
-	}
-	c.counts[ino] = countAt{n: n, at: now}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.m[ino] = n
 	return n, nil
 }
 
@@ -218,13 +204,22 @@ func (c *Conntrack) Resolve(ctx context.Context, qs []Query, out []Result) {
 // conntrack table of its own network namespace, where a translated entry
 // answers with ResolverConntrackNetNS (sidecar redirects). Connections of
 // the host namespace are left to HostNamespace.
-func (c *Conntrack) OwnNamespace() Step { return ownNamespace{c} }
+func (c *Conntrack) OwnNamespace() Step { return ownNamespace{c: c} }
 
 // HostNamespace returns the step that looks connections up in the host
 // namespace's conntrack table (kube-proxy, Docker DNAT).
-func (c *Conntrack) HostNamespace() Step { return hostNamespace{c} }
+func (c *Conntrack) HostNamespace() Step { return hostNamespace{c: c} }
 
-type ownNamespace struct{ c *Conntrack }
+type ownNamespace struct {
+	c      *Conntrack
+	counts *tableCounts // of the prepared scrape, or nil
+}
+
+// Prepare returns the step for one scrape, whose batches share the
+// tables' entry counts.
+func (s ownNamespace) Prepare(context.Context, int) (Step, bool) {
+	return ownNamespace{c: s.c, counts: newTableCounts()}, false
+}
 
 func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
 	c := s.c
@@ -264,7 +259,7 @@ func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []
 			rest = append(rest, idx...)
 			continue
 		}
-		if n, ok := c.knownCount(ino); ok && n == 0 {
+		if n, ok := s.counts.known(ino); ok && n == 0 {
 			rest = append(rest, idx...) // nothing to find there
 			continue
 		}
@@ -274,13 +269,16 @@ func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []
 			rest = append(rest, idx...)
 			continue
 		}
-		rest = append(rest, c.lookup(ctx, fd, ino, qs, idx, out, ResolverConntrackNetNS)...)
+		rest = append(rest, c.lookup(ctx, fd, ino, s.counts, qs, idx, out, ResolverConntrackNetNS)...)
 		fd.Close()
 	}
 	return rest
 }
 
-type hostNamespace struct{ c *Conntrack }
+type hostNamespace struct {
+	c      *Conntrack
+	counts *tableCounts // of the prepared scrape, or nil
+}
 
 func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int {
 	c := s.c
@@ -294,7 +292,7 @@ func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out [
 		return idx
 	}
 	defer fd.Close()
-	return c.lookup(ctx, fd, c.hostIno, qs, idx, out, ResolverConntrack)
+	return c.lookup(ctx, fd, c.hostIno, s.counts, qs, idx, out, ResolverConntrack)
 }
 
 // Prepare starts dumping the host table when n lookups would cost more
@@ -303,6 +301,7 @@ func (s hostNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out [
 // a dump: with them nothing is dumped.
 func (s hostNamespace) Prepare(_ context.Context, n int) (Step, bool) {
 	c := s.c
+	s.counts = newTableCounts() // the prepared step's, whatever it reads
 	if c.cfg.Kernel != nil {
 		return s, false
 	}
@@ -559,10 +558,11 @@ func dumpCheaper(n int, entries uint32) bool {
 }
 
 // lookup resolves the queries idx in the namespace open as fd and returns the
-// ones it did not translate.
-func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Query, idx []int, out []Result, resolver string) (rest []int) {
+// ones it did not translate. counts keeps the table's entry count for the
+// rest of the scrape, if not nil.
+func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, counts *tableCounts, qs []Query, idx []int, out []Result, resolver string) (rest []int) {
 	if c.cfg.Kernel != nil {
-		if rest, done := c.lookupKernel(fd, ino, qs, idx, out, resolver); done {
+		if rest, done := c.lookupKernel(fd, ino, counts, qs, idx, out, resolver); done {
 			return rest
 		}
 	}
@@ -572,7 +572,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 		return idx
 	}
 	defer sock.close()
-	entries, err := c.countIn(ino, sock.count)
+	entries, err := counts.get(ino, sock.count)
 	if err != nil {
 		fail(out, idx, resolver, fmt.Errorf("conntrack stats in netns %d: %w", ino, err))
 		return idx
@@ -618,7 +618,7 @@ func (c *Conntrack) lookup(ctx context.Context, fd *os.File, ino uint32, qs []Qu
 // (an empty table is not looked at), and returns the ones it did not
 // translate. done is false when the kernel's lookup failed and netlink
 // should be tried instead.
-func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, qs []Query, idx []int, out []Result, resolver string) (rest []int, done bool) {
+func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, counts *tableCounts, qs []Query, idx []int, out []Result, resolver string) (rest []int, done bool) {
 	translated := make([]bool, len(idx))
 	orig := func(n int) Tuple {
 		t := tupleOf(qs[idx[n]].Src, qs[idx[n]].Dst)
@@ -635,7 +635,7 @@ func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, qs []Query, idx []int,
 	begin := time.Now()
 	err := inNamespace(fd, func() error {
 		var err error
-		entries, err = c.countIn(ino, func() (uint32, error) {
+		entries, err = counts.get(ino, func() (uint32, error) {
 			sock, err := openCTHere()
 			if err != nil {
 				return 0, err

@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
@@ -334,35 +333,64 @@ func TestDumpLookup(t *testing.T) {
 }
 
 func TestCountShared(t *testing.T) {
-	// A table's count is read once for the batches of a scrape, again
-	// once it is older than countFresh; a failed read is not kept.
-	c := &Conntrack{}
+	// A table's count is read once for the batches of a scrape; a failed
+	// read is not kept, and nil (an unprepared step) keeps nothing.
 	reads := 0
 	read := func(n uint32, err error) func() (uint32, error) {
 		return func() (uint32, error) { reads++; return n, err }
 	}
-	if _, err := c.countIn(7, read(0, errors.New("no table"))); err == nil {
+	k := newTableCounts()
+	if _, err := k.get(7, read(0, errors.New("no table"))); err == nil {
 		t.Fatal("a failed read gave no error")
 	}
 	for range 3 {
-		if n, err := c.countIn(7, read(5, nil)); n != 5 || err != nil {
+		if n, err := k.get(7, read(5, nil)); n != 5 || err != nil {
 			t.Fatalf("count = %d, %v; want 5", n, err)
 		}
 	}
-	if n, err := c.countIn(8, read(0, nil)); n != 0 || err != nil {
+	if n, err := k.get(8, read(0, nil)); n != 0 || err != nil {
 		t.Fatalf("count of another table = %d, %v; want 0", n, err)
 	}
 	if reads != 3 {
 		t.Errorf("%d reads, want 3: one failed, one for each table", reads)
 	}
-	if n, ok := c.knownCount(8); !ok || n != 0 {
+	if n, ok := k.known(8); !ok || n != 0 {
 		t.Errorf("known count of the empty table = %d, %v", n, ok)
 	}
-	time.Sleep(countFresh)
-	if _, ok := c.knownCount(7); ok {
-		t.Error("a count older than countFresh is still known")
+	var none *tableCounts
+	for range 2 {
+		none.get(7, read(5, nil))
 	}
-	if n, _ := c.countIn(7, read(6, nil)); n != 6 || reads != 4 {
-		t.Errorf("count after countFresh = %d after %d reads, want 6 read again", n, reads)
+	if _, ok := none.known(7); ok || reads != 5 {
+		t.Errorf("nil counts kept a count (%d reads, want 5)", reads)
+	}
+}
+
+// TestPreparedCountsPerScrape: a table empty when one scrape counted it is
+// looked at again by the next scrape, however soon.
+func TestPreparedCountsPerScrape(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	ct := newConntrack(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	resolve := func(qs []Query) []Result {
+		chain, _ := Chain{ct.OwnNamespace(), ct.HostNamespace()}.Prepare(context.Background(), len(qs))
+		out := make([]Result, len(qs))
+		chain.Resolve(context.Background(), qs, out)
+		return out
+	}
+	// A first scrape counts the node's table while nothing goes through it.
+	ns := cl.Client.Inode()
+	resolve([]Query{{NetNS: ns, Src: netip.MustParseAddrPort("10.77.1.2:40000"), Dst: dst}})
+	c, err := cl.Client.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := tcpAddr(c.LocalAddr())
+	backend := waitAccepted(t, cl, src)
+	out := resolve([]Query{{NetNS: ns, Src: src, Dst: dst}})
+	if want := (Result{Actual: backend, Resolver: ResolverConntrack}); answer(out[0]) != want {
+		t.Errorf("connection made after a scrape found the table empty resolved to %+v, want %+v", out[0], want)
 	}
 }

@@ -80,7 +80,7 @@ func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 			rest = append(rest, idx...)
 			continue
 		}
-		rest = append(rest, s.c.lookup(ctx, fd, ino, qs, idx, out, ResolverSwarmLB)...)
+		rest = append(rest, s.c.lookup(ctx, fd, ino, nil, qs, idx, out, ResolverSwarmLB)...)
 		fd.Close()
 	}
 	return rest
@@ -147,7 +147,7 @@ func (s ingress) Refine(ctx context.Context, qs []Query, out []Result) {
 	if err == nil {
 		var fd *os.File
 		if fd, err = netns.Open(path, ino); err == nil {
-			s.c.lookup(ctx, fd, ino, hop, idx, hopOut, ResolverSwarmLB)
+			s.c.lookup(ctx, fd, ino, nil, hop, idx, hopOut, ResolverSwarmLB)
 			fd.Close()
 		}
 	}
