@@ -7,24 +7,26 @@ import (
 	"time"
 )
 
-// readOurs reads the map and returns the states of the connections whose
-// local address is in srcs, failing on a connection reported twice.
-func readOurs(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, int) {
+// readOurs reads the map and returns the states of the connections to dst
+// whose local address is in srcs, failing on a connection reported twice.
+// Both ends are matched: a connection an earlier test left closing may
+// have had the same local address.
+func readOurs(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, int) {
 	t.Helper()
-	got, _, total := readReported(t, tr, srcs)
+	got, _, total := readReported(t, tr, dst, srcs)
 	return got, total
 }
 
 // readReported is readOurs that also returns which of the connections
 // were reported before.
-func readReported(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
+func readReported(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
 	t.Helper()
-	return readSlowly(t, tr, srcs, 0)
+	return readSlowly(t, tr, dst, srcs, 0)
 }
 
 // readSlowly is readReported whose first callback takes pause: the
 // reader's ring fills meanwhile if the changes do not fit it.
-func readSlowly(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool, pause time.Duration) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
+func readSlowly(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool, pause time.Duration) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
 	t.Helper()
 	got := make(map[netip.AddrPort]State)
 	reported := make(map[netip.AddrPort]bool)
@@ -37,7 +39,7 @@ func readSlowly(t *testing.T, tr *Tracker, srcs map[netip.AddrPort]bool, pause t
 			t.Errorf("connection %d reported twice in one read", c.Cookie)
 		}
 		cookies[c.Cookie] = true
-		if srcs[c.Src] {
+		if c.Dst == dst && srcs[c.Src] {
 			got[c.Src] = c.State
 			reported[c.Src] = c.Reported
 		}
@@ -73,7 +75,7 @@ func TestTrackerReadsChanges(t *testing.T) {
 		srcs[addrPort(c.LocalAddr())] = true
 	}
 
-	got, reported, total := readSlowly(t, tr, srcs, 100*time.Millisecond)
+	got, reported, total := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 100*time.Millisecond)
 	if len(got) != n {
 		t.Fatalf("first read reported %d of %d new connections", len(got), n)
 	}
@@ -94,7 +96,7 @@ func TestTrackerReadsChanges(t *testing.T) {
 		t.Errorf("total = %d, want about the %d entries of a batch read, at least %d", total, len(snap), n)
 	}
 
-	if got, total2 := readOurs(t, tr, srcs); len(got) != 0 || total2 < n {
+	if got, total2 := readOurs(t, tr, addrPort(ln.Addr()), srcs); len(got) != 0 || total2 < n {
 		t.Errorf("read without changes reported %d connections (total %d), want 0 (total at least %d)", len(got), total2, n)
 	}
 
@@ -112,7 +114,7 @@ func TestTrackerReadsChanges(t *testing.T) {
 	quiet := false
 	for try := 0; try < 20 && !quiet; try++ {
 		before, walks, total := counters(), tr.walks, tr.total
-		_, got := readOurs(t, tr, srcs)
+		_, got := readOurs(t, tr, addrPort(ln.Addr()), srcs)
 		if quiet = before == tr.last && counters() == before; quiet && (tr.walks != walks || got != total) {
 			t.Errorf("read with nothing changed walked %d times, total %d, want %d", tr.walks-walks, got, total)
 		}
@@ -136,7 +138,7 @@ func TestTrackerReadsChanges(t *testing.T) {
 	seen := make(map[netip.AddrPort]State)
 	for len(seen) < len(closed) && time.Now().Before(deadline) {
 		var again map[netip.AddrPort]bool
-		last, again, _ = readReported(t, tr, srcs)
+		last, again, _ = readReported(t, tr, addrPort(ln.Addr()), srcs)
 		for src, st := range last {
 			if !again[src] {
 				t.Fatalf("%v reported as new when it closed", src)
@@ -194,7 +196,7 @@ func TestTrackerReadsInOneRunWhatFits(t *testing.T) {
 		defer c.Close()
 		srcs[addrPort(c.LocalAddr())] = true
 	}
-	if got, _, _ := readSlowly(t, tr, srcs, 100*time.Millisecond); len(got) != len(srcs) {
+	if got, _, _ := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 100*time.Millisecond); len(got) != len(srcs) {
 		t.Fatalf("read %d of %d new connections", len(got), len(srcs))
 	}
 	if tr.runs != 1 {
