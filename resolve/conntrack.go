@@ -226,23 +226,23 @@ func (s ownNamespace) Resolve(ctx context.Context, qs []Query, idx []int, out []
 	finder := nsFinder{procfs: c.cfg.ProcFS, extra: c.cfg.NetNSDirs}
 	// The queries of each namespace are gathered into one run of a
 	// pooled list, counted first: no list per namespace that grows.
-	counts := make(map[uint32]int)
+	queries := make(map[uint32]int) // by namespace
 	for _, i := range idx {
 		if q := qs[i]; q.NetNS != c.hostIno && q.NetNS != 0 {
-			counts[q.NetNS]++
+			queries[q.NetNS]++
 		}
 	}
-	if len(counts) == 0 {
+	if len(queries) == 0 {
 		return idx
 	}
-	runs := make(map[uint32][]int, len(counts))
+	runs := make(map[uint32][]int, len(queries))
 	p := indexes.Get().(*[]int)
 	defer indexes.Put(p)
 	if cap(*p) < len(idx) {
 		*p = make([]int, len(idx))
 	}
 	free := (*p)[:len(idx)]
-	for ino, n := range counts {
+	for ino, n := range queries {
 		runs[ino], free = free[:0:n], free[n:]
 	}
 	rest = idx[:0] // written behind the reading; what is appended later fits too
