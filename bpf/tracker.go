@@ -363,8 +363,8 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 }
 
 // runReader runs the reader once on another goroutine, the walk going on
-// from start entries copied, and meanwhile hands what it publishes to take.
-// It returns the run's result.
+// from start entries copied (all of them taken already), and meanwhile
+// hands what it publishes to take. It returns the run's result.
 func (t *Tracker) runReader(start uint32, take func(uint32) error) (trackerReadRun, error) {
 	var run trackerReadRun
 	// The run's packet, at least an Ethernet header long as XDP wants;
@@ -375,13 +375,14 @@ func (t *Tracker) runReader(start uint32, take func(uint32) error) (trackerReadR
 	done := make(chan error, 1)
 	go func() { done <- runXDP(t.objs.ReadChanges, "connection reader", packet, packet) }()
 	pause := minPoll
+	seen := start // the progress last handed to take
 	for {
-		if n := atomic.LoadUint32(&t.progress.Written); n != start {
+		if n := atomic.LoadUint32(&t.progress.Written); n != seen {
 			if err := take(n); err != nil {
 				<-done
 				return run, err
 			}
-			start, pause = n, minPoll
+			seen, pause = n, minPoll
 			continue
 		}
 		t.poll.Reset(pause)
