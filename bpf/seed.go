@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"slices"
 	"unsafe"
 
@@ -187,11 +186,12 @@ func openState(st uint8) bool {
 // namespaces (inode to namespace file), reading its records into buf and
 // calling fn with each run of them read. It returns the namespaces that
 // could not be listed, or not wholly. A socket iterator lists the
-// sockets of the namespace its reader is in, so each is read on a dedicated
-// OS thread moved into the namespace; that thread is never reused (the
-// goroutine exits locked), and fn runs on it. Moving a thread into another
-// network namespace needs CAP_SYS_ADMIN: namespaces that cannot be entered
-// are reported in the error, the others are still listed.
+// sockets of the namespace its reader is in, so each is read on an OS
+// thread moved into the namespace (netns.Do), and fn runs on it; the
+// thread goes back afterwards, so that no thread of the exporter keeps a
+// namespace alive. Moving a thread into another network namespace needs
+// CAP_SYS_ADMIN: namespaces that cannot be entered are reported in the
+// error, the others are still listed.
 func iterate[T any](namespaces map[uint32]string, prog *ebpf.Program, buf []T, fn func([]T)) (failed map[uint32]bool, err error) {
 	failed = make(map[uint32]bool)
 	it, err := link.AttachIter(link.IterOptions{Program: prog})
@@ -203,37 +203,26 @@ func iterate[T any](namespaces map[uint32]string, prog *ebpf.Program, buf []T, f
 	}
 	defer it.Close()
 	var errs []error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: see above
-		for ino, path := range namespaces {
-			if err := iterateIn(it, path, ino, buf, fn); err != nil {
-				errs = append(errs, err)
-				failed[ino] = true
-			}
+	for ino, path := range namespaces {
+		if err := iterateIn(it, path, ino, buf, fn); err != nil {
+			errs = append(errs, err)
+			failed[ino] = true
 		}
-	}()
-	<-done
+	}
 	if len(errs) > 0 {
 		return failed, fmt.Errorf("list sockets of %d of %d network namespaces: %w", len(errs), len(namespaces), errors.Join(errs...))
 	}
 	return failed, nil
 }
 
-// iterateIn moves the calling (locked) thread into the namespace and reads
-// the iterator there.
+// iterateIn reads the iterator in the namespace at path.
 func iterateIn[T any](it *link.Iter, path string, ino uint32, buf []T, fn func([]T)) error {
 	f, err := netns.Open(path, ino)
 	if err != nil {
 		return err
 	}
-	err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("enter netns %d: %w", ino, err)
-	}
-	if err := readIter(it, buf, fn); err != nil {
+	defer f.Close()
+	if err := netns.Do(f, func() error { return readIter(it, buf, fn) }); err != nil {
 		return fmt.Errorf("netns %d: %w", ino, err)
 	}
 	return nil

@@ -633,7 +633,7 @@ func (c *Conntrack) lookupKernel(fd *os.File, ino uint32, counts *tableCounts, q
 	var entries uint32
 	var lookupErr error
 	begin := time.Now()
-	err := inNamespace(fd, func() error {
+	err := netns.Do(fd, func() error {
 		var err error
 		entries, err = counts.get(ino, func() (uint32, error) {
 			sock, err := openCTHere()

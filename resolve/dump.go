@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // A lean reader of whole conntrack tables. Decoding every attribute of every
@@ -57,57 +58,6 @@ type ctEntry struct {
 	reply tuple
 }
 
-// inNamespace runs fn on an OS thread of its own moved into the network
-// namespace ns; the calling goroutine's thread is never touched. The thread
-// then goes back to the process's own namespace and serves other
-// goroutines: a scrape may enter namespaces for every batch of new
-// connections, and creating a thread and ending it cost more than two
-// setns calls. If it cannot go back, it exits with the goroutine. For the
-// process's own namespace fn runs on the calling goroutine, which must then
-// not be locked into another namespace itself.
-func inNamespace(ns *os.File, fn func() error) error {
-	if isOwnNetNS(ns) {
-		// Every thread not locked elsewhere is in it already: the
-		// exporter usually runs in the host's namespace.
-		return fn()
-	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		err := fn()
-		if ownNetNS != nil && unix.Setns(int(ownNetNS.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- err
-	}()
-	return <-done
-}
-
-// ownNetNS is the network namespace the process's threads are in, opened
-// while the process starts, before any thread leaves it; nil if it cannot
-// be opened, and then threads that left never come back.
-var ownNetNS, _ = os.Open("/proc/thread-self/ns/net")
-
-// ownNetNSStat identifies ownNetNS; its zero value matches no namespace.
-var ownNetNSStat = statOf(ownNetNS)
-
-func statOf(f *os.File) (st unix.Stat_t) {
-	if f != nil {
-		unix.Fstat(int(f.Fd()), &st)
-	}
-	return st
-}
-
-// isOwnNetNS reports whether ns is the process's own network namespace.
-func isOwnNetNS(ns *os.File) bool {
-	st := statOf(ns)
-	return st.Ino != 0 && st.Dev == ownNetNSStat.Dev && st.Ino == ownNetNSStat.Ino
-}
-
 // ctSocket is a netfilter netlink socket inside one namespace, with its
 // receive buffer. It is not safe for concurrent use.
 type ctSocket struct {
@@ -117,7 +67,7 @@ type ctSocket struct {
 
 // openCT opens a conntrack socket in the namespace ns.
 func openCT(ns *os.File) (s *ctSocket, err error) {
-	err = inNamespace(ns, func() (err error) {
+	err = netns.Do(ns, func() (err error) {
 		s, err = openCTHere()
 		return err
 	})

@@ -5,15 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
-	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // attr encodes one netlink attribute; nested payloads are built by
@@ -296,82 +293,4 @@ func BenchmarkDump(b *testing.B) {
 			}
 		}
 	})
-}
-
-// TestInNamespaceReturnsThreads runs functions in another namespace and
-// checks that each ran there, that threads were reused rather than made
-// for each call, and that no thread was left in that namespace.
-func TestInNamespaceReturnsThreads(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("entering namespaces needs root")
-	}
-	lab := netlab.New(t)
-	other := lab.NetNS("other")
-	fd, err := os.Open(other.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	own := nsInode(t, "/proc/thread-self/ns/net")
-
-	tids := make(map[int]bool)
-	const calls = 20
-	for range calls {
-		err := inNamespace(fd, func() error {
-			tids[unix.Gettid()] = true
-			got, err := netns.Inode("/proc/thread-self/ns/net")
-			if err == nil && got != other.Inode() {
-				err = fmt.Errorf("ran in netns %d, want %d", got, other.Inode())
-			}
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if len(tids) == calls {
-		t.Errorf("%d calls ran on %d threads: none was reused", calls, len(tids))
-	}
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, task := range tasks {
-		// Threads of other tests may be elsewhere; none may be left in
-		// the namespace only this test entered.
-		if ino, err := netns.Inode(filepath.Join("/proc/self/task", task.Name(), "ns/net")); err == nil && ino == other.Inode() {
-			t.Errorf("thread %s is still in netns %d, want the process's own %d", task.Name(), ino, own)
-		}
-	}
-}
-
-func nsInode(t *testing.T, path string) uint32 {
-	t.Helper()
-	ino, err := netns.Inode(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ino
-}
-
-// A function for the process's own namespace runs on the calling goroutine,
-// with no thread of its own.
-func TestInNamespaceOwnRunsHere(t *testing.T) {
-	// This thread's namespace: the main thread, which /proc/self shows,
-	// may be wedged in another test's namespace.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	own, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer own.Close()
-	here := unix.Gettid()
-	var ran int
-	if err := inNamespace(own, func() error { ran = unix.Gettid(); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if ran != here {
-		t.Errorf("ran on thread %d, want the caller's %d", ran, here)
-	}
 }

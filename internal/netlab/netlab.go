@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
@@ -165,39 +166,30 @@ func (l *Lab) Link(a *NS, aAddrs []string, b *NS, bAddrs []string) (aIf, bIf str
 
 // Do runs fn on an OS thread that has entered the namespace. Sockets created
 // by fn belong to the namespace and may be used from any goroutine after fn
-// returns. The thread is discarded afterwards, never reused.
+// returns. The thread goes back to the test's own namespace afterwards
+// (netns.Do): one left behind would keep the namespace alive after Delete.
 func (n *NS) Do(fn func() error) error {
-	return doIn(n.Path(), -1, fn)
+	f, err := os.Open(n.Path())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return netns.Do(f, fn)
 }
 
-// DoAs is Do with the thread's filesystem uid set to uid, so sockets fn
-// creates are owned by uid (for iptables' owner match).
+// DoAs is Do with the thread's filesystem uid set to uid while fn runs, so
+// sockets fn creates are owned by uid (for iptables' owner match).
 func (n *NS) DoAs(uid int, fn func() error) error {
-	return doIn(n.Path(), uid, fn)
-}
-
-func doIn(path string, uid int, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread dies with this goroutine instead of
-		// going back to the pool in the wrong namespace.
-		runtime.LockOSThread()
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return n.Do(func() error {
+		runtime.LockOSThread() // the fsuid is the thread's
+		defer runtime.UnlockOSThread()
+		prev, err := unix.SetfsuidRetUid(uid)
 		if err != nil {
-			errc <- err
-			return
+			return fmt.Errorf("setfsuid %d: %w", uid, err)
 		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", path, err)
-			return
-		}
-		if uid >= 0 {
-			unix.Setfsuid(uid)
-		}
-		errc <- fn()
-	}()
-	return <-errc
+		defer unix.SetfsuidRetUid(prev)
+		return fn()
+	})
 }
 
 // Listen opens a TCP listener inside the namespace.
