@@ -8,46 +8,49 @@ import (
 )
 
 // readOurs reads the map and returns the states of the connections to dst
-// whose local address is in srcs, failing on a connection reported twice.
+// whose local address is in srcs, failing on one of them reported twice.
 // Both ends are matched: a connection an earlier test left closing may
-// have had the same local address.
+// have had the same local address. Other connections of the host may be
+// reported twice in a read that takes several runs of the reader: once as
+// established, once more if they close before the next run walks by.
 func readOurs(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, int) {
 	t.Helper()
-	got, _, total := readReported(t, tr, dst, srcs)
-	return got, total
+	r := readSlowly(t, tr, dst, srcs, 0)
+	return r.got, r.total
 }
 
-// readReported is readOurs that also returns which of the connections
-// were reported before.
-func readReported(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
-	t.Helper()
-	return readSlowly(t, tr, dst, srcs, 0)
+// aRead is what readSlowly saw.
+type aRead struct {
+	got      map[netip.AddrPort]State // ours, by local address
+	reported map[netip.AddrPort]bool  // ours reported before
+	total    int                      // as Read returned it
+	calls    int                      // of the callback, for any connection
 }
 
-// readSlowly is readReported whose first callback takes pause: the
-// reader's ring fills meanwhile if the changes do not fit it.
-func readSlowly(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool, pause time.Duration) (map[netip.AddrPort]State, map[netip.AddrPort]bool, int) {
+// readSlowly is readOurs whose first callback takes pause: the reader's
+// ring fills meanwhile if the changes do not fit it.
+func readSlowly(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool, pause time.Duration) aRead {
 	t.Helper()
-	got := make(map[netip.AddrPort]State)
-	reported := make(map[netip.AddrPort]bool)
+	r := aRead{got: make(map[netip.AddrPort]State), reported: make(map[netip.AddrPort]bool)}
 	cookies := make(map[uint64]bool)
 	total, err := tr.Read(func(c *Conn) {
-		if len(cookies) == 0 {
+		if r.calls++; r.calls == 1 {
 			time.Sleep(pause)
 		}
-		if cookies[c.Cookie] {
-			t.Errorf("connection %d reported twice in one read", c.Cookie)
-		}
-		cookies[c.Cookie] = true
 		if c.Dst == dst && srcs[c.Src] {
-			got[c.Src] = c.State
-			reported[c.Src] = c.Reported
+			if cookies[c.Cookie] {
+				t.Errorf("connection %d (%v) reported twice in one read", c.Cookie, c.Src)
+			}
+			cookies[c.Cookie] = true
+			r.got[c.Src] = c.State
+			r.reported[c.Src] = c.Reported
 		}
 	})
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
-	return got, reported, total
+	r.total = total
+	return r
 }
 
 func TestTrackerReadsChanges(t *testing.T) {
@@ -75,7 +78,8 @@ func TestTrackerReadsChanges(t *testing.T) {
 		srcs[addrPort(c.LocalAddr())] = true
 	}
 
-	got, reported, total := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 100*time.Millisecond)
+	r := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 100*time.Millisecond)
+	got, reported, total := r.got, r.reported, r.total
 	if len(got) != n {
 		t.Fatalf("first read reported %d of %d new connections", len(got), n)
 	}
@@ -113,9 +117,9 @@ func TestTrackerReadsChanges(t *testing.T) {
 	}
 	quiet := false
 	for try := 0; try < 20 && !quiet; try++ {
-		before, walks, total := counters(), tr.walks, tr.total
+		before, last, walks, total := counters(), tr.last, tr.walks, tr.total
 		_, got := readOurs(t, tr, addrPort(ln.Addr()), srcs)
-		if quiet = before == tr.last && counters() == before; quiet && (tr.walks != walks || got != total) {
+		if quiet = before == last && counters() == before; quiet && (tr.walks != walks || got != total) {
 			t.Errorf("read with nothing changed walked %d times, total %d, want %d", tr.walks-walks, got, total)
 		}
 	}
@@ -137,10 +141,10 @@ func TestTrackerReadsChanges(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	seen := make(map[netip.AddrPort]State)
 	for len(seen) < len(closed) && time.Now().Before(deadline) {
-		var again map[netip.AddrPort]bool
-		last, again, _ = readReported(t, tr, addrPort(ln.Addr()), srcs)
+		r := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 0)
+		last = r.got
 		for src, st := range last {
-			if !again[src] {
+			if !r.reported[src] {
 				t.Fatalf("%v reported as new when it closed", src)
 			}
 			if !closed[src] {
@@ -196,10 +200,13 @@ func TestTrackerReadsInOneRunWhatFits(t *testing.T) {
 		defer c.Close()
 		srcs[addrPort(c.LocalAddr())] = true
 	}
-	if got, _, _ := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 100*time.Millisecond); len(got) != len(srcs) {
-		t.Fatalf("read %d of %d new connections", len(got), len(srcs))
+	r := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 100*time.Millisecond)
+	if len(r.got) != len(srcs) {
+		t.Fatalf("read %d of %d new connections", len(r.got), len(srcs))
 	}
-	if tr.runs != 1 {
-		t.Errorf("first read of 500 changes took %d runs, want 1", tr.runs)
+	// Other connections of the host may change meanwhile: as long as all
+	// the read reported fit the ring, one run had to do.
+	if tr.runs != 1 && r.calls <= 1000 {
+		t.Errorf("first read of %d changes took %d runs, want 1", r.calls, tr.runs)
 	}
 }
