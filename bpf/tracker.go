@@ -356,6 +356,7 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 		}
 		if run.More == 0 {
 			t.walked, t.walks, t.last, t.total = true, t.walks+1, now, int(run.Total)
+			t.logger.Debug("walked the map", "changed", run.Count, "entries", run.Total, "runs", t.runs)
 			return t.total, nil
 		}
 		start = run.Count // the ring was full: walk on with what is left
