@@ -121,16 +121,19 @@ static __always_inline void changed(struct conn *c)
 	count(COUNTER_CHANGED);
 }
 
+// read_tuple copies the socket's addresses and ports. The socket is a
+// tracepoint argument the verifier trusts: its fields are loaded directly
+// (relocated by CO-RE all the same), not copied by helper calls.
 static __always_inline void read_tuple(struct conn *c, const struct sock *sk)
 {
-	c->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	c->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	c->sport = sk->__sk_common.skc_num;
+	c->dport = __builtin_bswap16(sk->__sk_common.skc_dport);
 	if (c->family == AF_INET) {
-		bpf_core_read(c->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(c->daddr, 4, &sk->__sk_common.skc_daddr);
+		__builtin_memcpy(c->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(c->daddr, &sk->__sk_common.skc_daddr, 4);
 	} else {
-		bpf_core_read(c->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(c->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+		__builtin_memcpy(c->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(c->daddr, &sk->__sk_common.skc_v6_daddr, 16);
 	}
 }
 
@@ -145,16 +148,16 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	int opening = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
 	if (!opening && newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
 
 	// A socket this program never saw open has no cookie yet (asking for
 	// one would make it one): the server side of every connection, which
-	// closes too, leaves here without a lookup.
+	// closes too, leaves here without a lookup. Any other is looked up by
+	// its cookie, which tells on its own whether it is a TCP socket of
+	// either family that this program recorded.
 	if (!opening && !sk->__sk_common.skc_cookie.counter)
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
+	if (opening && (sk->sk_protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6)))
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 
@@ -171,7 +174,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 		c->pid = bpf_get_current_pid_tgid() >> 32;
 		c->cgroup_id = bpf_get_current_cgroup_id();
-		c->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		c->netns = sk->__sk_common.skc_net.net->ns.inum;
 		c->family = family;
 		c->state = CONN_CONNECTING;
 		BPF_CORE_READ_STR_INTO(&c->comm, task, group_leader, comm);
