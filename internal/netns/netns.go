@@ -1,6 +1,8 @@
 // Package netns finds and opens network namespaces by inode: through the
 // processes that live in them (/proc/<pid>/ns/net) and through bind mounts
-// (/run/netns, /run/docker/netns).
+// (/run/netns, /run/docker/netns). It also runs functions inside a
+// namespace on a thread that moves back afterwards (Do), the one way the
+// exporter and its tests enter namespaces.
 package netns
 
 import (
