@@ -122,9 +122,11 @@ const DefaultMaxConnections = 262144
 type Tracker struct {
 	logger *slog.Logger
 	objs   trackerObjects
-	links  []link.Link
 	max    uint32
 	seeded uint64 // connections inserted at start-up
+
+	linksMu sync.Mutex
+	links   []link.Link // the attached recording programs
 
 	changes  *ebpf.Memory // the changes ring, mapped
 	ringSize uint32       // its length
@@ -202,20 +204,9 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		}
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
-	for _, p := range []struct {
-		name string
-		prog *ebpf.Program
-	}{
-		{"inet_sock_set_state", t.objs.OnState},
-		{"tcp_receive_reset", t.objs.OnReset},
-		{"tcp_retransmit_skb", t.objs.OnRetransmit},
-	} {
-		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog})
-		if err != nil {
-			t.Close()
-			return nil, fmt.Errorf("attach tp_btf/%s: %w", p.name, err)
-		}
-		t.links = append(t.links, l)
+	if err := t.Attach(); err != nil {
+		t.Close()
+		return nil, err
 	}
 	if t.changes, err = t.objs.Changes.Memory(); err != nil {
 		t.Close()
@@ -262,12 +253,54 @@ func (t *Tracker) startupPrograms() []*ebpf.Program {
 	return []*ebpf.Program{t.objs.DumpTcp, t.objs.DumpCookies, t.objs.DumpFiles, t.objs.InsertSeeded}
 }
 
-// Close detaches the programs and frees the maps.
-func (t *Tracker) Close() error {
+// Attach attaches the programs that record connections, after New or
+// Detach; attached programs are left as they are.
+func (t *Tracker) Attach() error {
+	t.linksMu.Lock()
+	defer t.linksMu.Unlock()
+	if len(t.links) > 0 {
+		return nil
+	}
+	for _, p := range []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{"inet_sock_set_state", t.objs.OnState},
+		{"tcp_receive_reset", t.objs.OnReset},
+		{"tcp_retransmit_skb", t.objs.OnRetransmit},
+	} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog})
+		if err != nil {
+			t.detach()
+			return fmt.Errorf("attach tp_btf/%s: %w", p.name, err)
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// Detach detaches the programs that record connections and keeps the
+// maps: connections that change while the programs are detached are not
+// recorded, or not followed. The benchmark detaches and attaches them in
+// turns to measure what they cost a connection.
+func (t *Tracker) Detach() error {
+	t.linksMu.Lock()
+	defer t.linksMu.Unlock()
+	return t.detach()
+}
+
+func (t *Tracker) detach() error {
 	var errs []error
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
 	}
+	t.links = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches the programs and frees the maps.
+func (t *Tracker) Close() error {
+	errs := []error{t.Detach()}
 	if t.progressMem != nil {
 		errs = append(errs, unix.Munmap(t.progressMem))
 		t.progressMem, t.progress = nil, nil

@@ -368,3 +368,47 @@ func TestTrackerUnloadsStartupPrograms(t *testing.T) {
 		t.Error("the reader was unloaded too")
 	}
 }
+
+// TestTrackerDetach checks that a detached tracker records nothing, keeps
+// what it recorded, and records again once attached.
+func TestTrackerDetach(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	dial := func() netip.AddrPort {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return addrPort(c.LocalAddr())
+	}
+	before := dial()
+	if err := tr.Detach(); err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	if err := tr.Detach(); err != nil {
+		t.Fatalf("detach again: %v", err)
+	}
+	unseen := dial()
+	if err := tr.Attach(); err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	if err := tr.Attach(); err != nil {
+		t.Fatalf("attach again: %v", err)
+	}
+	after := dial()
+	for _, c := range []struct {
+		src  netip.AddrPort
+		want bool
+	}{{before, true}, {unseen, false}, {after, true}} {
+		if _, ok := find(t, tr, c.src); ok != c.want {
+			t.Errorf("connection from %v recorded = %v, want %v", c.src, ok, c.want)
+		}
+	}
+	// Each attached program runs once per attachment: a second Attach
+	// must not have attached them twice.
+	if n := len(tr.links); n != 3 {
+		t.Errorf("%d links after attaching twice, want 3", n)
+	}
+}
+
