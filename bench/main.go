@@ -14,8 +14,9 @@
 // measures the floors: one batch read of a BPF map holding the same
 // connections, one raw conntrack dump of the same table, and client_golang
 // rendering the same number of series. It then measures loopback
-// connect/close throughput with and without the programs attached, and prints
-// one table.
+// connect/close throughput with the programs detached and attached in
+// turns, for a client of plain system calls and a Go client, and prints one
+// table (-kernel measures only that).
 //
 // With -compare it instead measures two builds of the exporter in turns on
 // the same connections, which shows differences smaller than this machine's
@@ -36,6 +37,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -80,7 +82,8 @@ func main() {
 		return nil
 	})
 	colds := flag.Int("cold", 5, "cold scrapes per size, each by a freshly started exporter; the median is reported")
-	cycles := flag.Int("cycles", 20000, "connect/close cycles per throughput round")
+	kernelOnly := flag.Bool("kernel", false, "measure only the kernel side: connect/close with and without the programs")
+	cycles := flag.Int("cycles", 2000, "connect/close cycles per block of the throughput measurement")
 	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
 	logs := flag.Bool("logs", false, "print the exporter's debug log after each size")
 	profiles := flag.String("profiles", "", "directory to write CPU profiles of the cold and churn scrapes to")
@@ -92,6 +95,8 @@ func main() {
 		os.Exit(server(*listen))
 	case "client":
 		os.Exit(client(*dst, *n))
+	case "cycler":
+		os.Exit(cycler(*dst))
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: run as root")
@@ -122,6 +127,9 @@ func main() {
 		}
 		var rows []row
 		for _, c := range counts {
+			if *kernelOnly {
+				break
+			}
 			rows = append(rows, r.measure(bin, c, *colds, *warm, *logs, *profiles)...)
 		}
 		rows = append(rows, r.throughput(*cycles)...)
@@ -455,103 +463,172 @@ func (w *discardWriter) Header() http.Header         { return w.header }
 func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (w *discardWriter) WriteHeader(int)             {}
 
-// throughputPairs is the number of paired rounds of throughput.
-const throughputPairs = 12
+// throughputPairs is the number of paired blocks of throughput.
+const throughputPairs = 100
 
 // throughput measures loopback connect/close cycles per second in a
-// throwaway namespace, alternating rounds without and with the programs.
+// throwaway namespace, in blocks without and with the programs attached.
 func (r *runner) throughput(cycles int) []row {
 	defer r.cleanupTo(len(r.cleanups))
 	lab := netlab.New(r)
 	ns := lab.NetNS("loop")
-	ln := ns.Listen("tcp4", "127.0.0.1:0")
-	netlab.CloseAccepted(ln)
-	addr := ln.Addr().String()
-	round := func() float64 {
-		// Loading and closing the programs leaves the kernel work to do
-		// (freeing maps and programs after a grace period, in workers):
-		// let it finish outside the round.
-		time.Sleep(300 * time.Millisecond)
-		var rate float64
-		err := ns.Do(func() error {
-			start := time.Now()
-			for range cycles {
-				c, err := net.Dial("tcp4", addr)
-				if err != nil {
-					return err
-				}
-				c.(*net.TCPConn).SetLinger(0) // reset: no TIME_WAIT to exhaust ports
-				c.Close()
+	// The server accepts with plain blocking system calls on a thread of
+	// its own.
+	var ln int
+	var addr unix.Sockaddr
+	if err := ns.Do(func() (err error) {
+		if ln, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err = unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		if err = unix.Listen(ln, 4096); err != nil {
+			return err
+		}
+		addr, err = unix.Getsockname(ln)
+		return err
+	}); err != nil {
+		r.Fatalf("listen: %v", err)
+	}
+	accepting := make(chan struct{})
+	go func() {
+		defer close(accepting)
+		runtime.LockOSThread()
+		for {
+			c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+			if err == unix.EINTR || err == unix.ECONNABORTED {
+				continue
 			}
-			rate = float64(cycles) / time.Since(start).Seconds()
-			return nil
-		})
-		if err != nil {
-			r.Fatalf("connect/close: %v", err)
+			if err != nil {
+				return // shut down
+			}
+			unix.Close(c)
 		}
-		return rate
-	}
-	// Rounds alternate, and each pair is compared: the machine's speed
-	// drifts more between minutes than the programs cost. Which round of a
-	// pair goes first alternates too, so that a drift within pairs favours
-	// neither side, and a first round, slower as caches and the port range
-	// warm up, is not counted.
-	withPrograms := func() float64 {
-		tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			r.Fatalf("load programs: %v", err)
-		}
-		defer tr.Close()
-		return round()
-	}
-	round()
-	var without, with, ratios []float64
-	for i := range throughputPairs {
-		var wo, w float64
-		if i%2 == 0 {
-			wo = round()
-			w = withPrograms()
-		} else {
-			w = withPrograms()
-			wo = round()
-		}
-		without, with, ratios = append(without, wo), append(with, w), append(ratios, w/wo)
-	}
-	w, wo := median(with), median(without)
-	fmt.Fprintf(os.Stderr, "bench: connect/close ratio per round %.3f\n", ratios)
-
-	// The rounds above cannot resolve a few percent on a VM whose speed
-	// drifts by more between rounds. The kernel counts the programs' own
-	// run time exactly while statistics are on (which slows every program
-	// a little): that per cycle, against the cycle, is the programs' share.
-	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	}()
+	defer func() {
+		unix.Shutdown(ln, unix.SHUT_RDWR) // wakes the blocked accept
+		<-accepting
+		unix.Close(ln)
+	}()
+	// The clients run in a helper process that lives in the namespace, so
+	// that the Go client's goroutines move between threads as in any Go
+	// program (a goroutine locked to a thread in the namespace would hand
+	// its thread over at every wait).
+	self, err := os.Executable()
 	if err != nil {
-		r.Fatalf("enable BPF statistics: %v", err)
+		r.Fatalf("%v", err)
+	}
+	in4 := addr.(*unix.SockaddrInet4)
+	cyc := r.helper(ns, self, "-helper=cycler", "-dst", netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String())
+	clients := []struct {
+		name, kind string
+		per        int // cycles per block
+	}{
+		{"system calls", "raw", max(cycles, 1)},
+		{"Go net", "go", max(cycles, 1)},
+	}
+	block := func(kind string, n int) time.Duration {
+		cyc.send(r, fmt.Sprintf("%s %d\n", kind, n))
+		line, err := cyc.out.ReadString('\n')
+		ns, perr := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+		if err != nil || perr != nil {
+			r.Fatalf("connect/close: %q, %v", line, err)
+		}
+		return time.Duration(ns)
 	}
 	tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		r.Fatalf("load programs: %v", err)
 	}
-	run0, n0, err := tr.RunTime()
+	defer tr.Close()
+	toggle := func(f func() error) {
+		if err := f(); err != nil {
+			r.Fatalf("%v", err)
+		}
+	}
+	// Released as a scrape would release them, so that the map stays the
+	// size it has on a scraped host.
+	var closed []uint64
+	release := func() {
+		closed = closed[:0]
+		if _, err := tr.Read(func(c *bpf.Conn) {
+			if c.State == bpf.StateClosed || c.State == bpf.StateFailed {
+				closed = append(closed, c.Cookie)
+			}
+		}); err != nil {
+			r.Fatalf("read connections: %v", err)
+		}
+		if err := tr.Release(closed); err != nil {
+			r.Fatalf("release connections: %v", err)
+		}
+	}
+	var rows []row
+	for _, cl := range clients {
+		// The machine's speed drifts between seconds by more than the
+		// programs cost, so the programs are detached and attached in
+		// turns, each block short, and each block compared with its
+		// neighbour: what drifts slower than a pair cancels out. Which
+		// block of a pair goes first alternates, so that a drift within
+		// pairs favours neither side. A first pair warms caches and the
+		// port range up and is not counted.
+		var without, with time.Duration
+		var ratios []float64
+		for i := range throughputPairs + 1 {
+			var wo, w time.Duration
+			for j := range 2 {
+				if (i+j)%2 == 0 {
+					toggle(tr.Detach)
+					wo = block(cl.kind, cl.per)
+				} else {
+					toggle(tr.Attach)
+					w = block(cl.kind, cl.per)
+					release()
+				}
+			}
+			if i > 0 {
+				without, with = without+wo, with+w
+				ratios = append(ratios, wo.Seconds()/w.Seconds())
+			}
+		}
+		n := float64(cl.per * throughputPairs)
+		slices.Sort(ratios)
+		fmt.Fprintf(os.Stderr, "bench: connect/close, %s: ratio of %d paired blocks of %d cycles: quartiles %.3f %.3f %.3f, range %.3f-%.3f\n",
+			cl.name, len(ratios), cl.per, percentile(ratios, 25), median(ratios), percentile(ratios, 75), ratios[0], ratios[len(ratios)-1])
+		wo := n / without.Seconds()
+		rows = append(rows,
+			row{0, "connect/close without programs, " + cl.name, wo, "/s", 0, ""},
+			row{0, "connect/close with programs, " + cl.name, n / with.Seconds(), "/s", wo, "≥ 0.97x without"},
+			row{0, "connect/close ratio, median of paired blocks, " + cl.name, median(ratios), "", 0, "≥ 0.97"})
+	}
+
+	// The kernel counts the programs' own run time exactly while
+	// statistics are on (which slows every program a little): that per
+	// cycle, against the cycle, is the programs' share.
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
-		r.Fatalf("%v", err)
+		r.Fatalf("enable BPF statistics: %v", err)
 	}
-	rate := round()
-	run1, n1, err := tr.RunTime()
-	if err != nil {
-		r.Fatalf("%v", err)
+	defer stats.Close()
+	toggle(tr.Attach)
+	for _, cl := range clients {
+		k := cl.per * 10
+		run0, n0, err := tr.RunTime()
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		d := block(cl.kind, k)
+		run1, n1, err := tr.RunTime()
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		release()
+		fmt.Fprintf(os.Stderr, "bench: connect/close, %s: programs ran %.1f times per cycle, %.0f ns each\n",
+			cl.name, float64(n1-n0)/float64(k), (run1-run0).Seconds()*1e9/float64(n1-n0))
+		rows = append(rows, row{0, "programs' run time per connect/close cycle, " + cl.name,
+			(run1 - run0).Seconds() / float64(k), "ns", d.Seconds() / float64(k), "≤ 0.03x the cycle"})
 	}
-	tr.Close()
-	stats.Close()
-	perCycle := (run1 - run0).Seconds() / float64(cycles)
-	fmt.Fprintf(os.Stderr, "bench: programs ran %.1f times per connect/close cycle, %.0f ns each\n",
-		float64(n1-n0)/float64(cycles), (run1-run0).Seconds()*1e9/float64(n1-n0))
-	return []row{
-		{0, "connect/close without programs", wo, "/s", 0, ""},
-		{0, "connect/close with programs", w, "/s", wo, "≥ 0.97x without"},
-		{0, "connect/close ratio, median of paired rounds", median(ratios), "", 0, "≥ 0.97"},
-		{0, "programs' run time per connect/close cycle", perCycle, "ns", 1 / rate, "≤ 0.03x the cycle"},
-	}
+	return rows
 }
 
 // helperProc is a helper process (server or client) in a namespace.
@@ -674,6 +751,64 @@ func client(dst string, n int) int {
 		}
 		time.Sleep(100 * time.Millisecond) // let the closes reach the kernel map
 		fmt.Println("ready")
+	}
+	return 0
+}
+
+// cycler answers each line "raw N" or "go N" from stdin with the
+// nanoseconds that N connect/close cycles to dst took: with plain blocking
+// system calls, or with Go's net package. Both close with a reset, which
+// leaves no TIME_WAIT to exhaust ports.
+func cycler(dst string) int {
+	ap, err := netip.ParseAddrPort(dst)
+	if err != nil || !ap.Addr().Is4() {
+		fmt.Fprintln(os.Stderr, "cycler: want an IPv4 address and port, got", dst)
+		return 2
+	}
+	sa := &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	reset := &unix.Linger{Onoff: 1}
+	raw := func() error {
+		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err = unix.Connect(c, sa); err == nil {
+			err = unix.SetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER, reset)
+		}
+		unix.Close(c)
+		return err
+	}
+	goNet := func() error {
+		c, err := net.Dial("tcp4", dst)
+		if err != nil {
+			return err
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		return c.Close()
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		kind, count, _ := strings.Cut(sc.Text(), " ")
+		n, err := strconv.Atoi(count)
+		cycle := map[string]func() error{"raw": raw, "go": goNet}[kind]
+		if err != nil || cycle == nil {
+			fmt.Fprintln(os.Stderr, "cycler: bad request", sc.Text())
+			return 2
+		}
+		if kind == "raw" {
+			// As a C program would: one thread, blocking calls.
+			runtime.LockOSThread()
+		}
+		start := time.Now()
+		for range n {
+			if err := cycle(); err != nil {
+				fmt.Fprintln(os.Stderr, "cycler:", err)
+				return 1
+			}
+		}
+		d := time.Since(start)
+		runtime.UnlockOSThread()
+		fmt.Println(d.Nanoseconds())
 	}
 	return 0
 }
