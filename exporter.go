@@ -84,7 +84,7 @@ func run() int {
 		Default("/run/netns").StringsVar(&cfg.netnsDirs)
 	app.Flag("path.bpffs", "Mount point of the host's BPF filesystem, where Cilium pins its maps (tc/globals).").
 		Default("/sys/fs/bpf").StringVar(&cfg.bpffs)
-	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape. Entries are allocated as used; a scrape after changes walks the map's hash table, whose size follows this.").
+	app.Flag("bpf.max-connections", "Size of the kernel map of connections: open ones plus those closed since the last scrape. Entries are preallocated, about 160 bytes of kernel memory each; a scrape after changes walks the map's hash table, whose size follows this.").
 		Default(strconv.Itoa(bpf.DefaultMaxConnections)).Uint32Var(&cfg.maxConnections)
 	app.Flag("bpf.conntrack-lookup", "Look connections up in conntrack tables from a BPF program (Linux 5.18 or later, with the conntrack kfuncs) instead of through netlink; --no-bpf.conntrack-lookup uses netlink only.").
 		Default("true").BoolVar(&cfg.kernelLookup)

@@ -114,8 +114,10 @@ type Config struct {
 	keepStartup bool
 }
 
-// DefaultMaxConnections is the default size of the connection map.
-const DefaultMaxConnections = 262144
+// DefaultMaxConnections is the default size of the connection map. Its
+// entries are preallocated (about 160 bytes each: 10 MiB of kernel memory,
+// charged to the exporter's memory cgroup).
+const DefaultMaxConnections = 65536
 
 // Tracker loads and attaches the kernel programs and reads what they record.
 // Its methods are safe for concurrent use.

@@ -412,3 +412,52 @@ func TestTrackerDetach(t *testing.T) {
 	}
 }
 
+// TestTrackerReconnect connects one socket twice: refused, then accepted.
+// The second attempt finds the first one's entry under the same cookie; it
+// is no lost connection, and the entry follows the new attempt.
+func TestTrackerReconnect(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	closed, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := addrPort(closed.Addr())
+	closed.Close()
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	open := addrPort(ln.Addr())
+
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	sa := func(a netip.AddrPort) *syscall.SockaddrInet4 {
+		return &syscall.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
+	}
+	if err := syscall.Connect(fd, sa(refusing)); err != syscall.ECONNREFUSED {
+		t.Fatalf("first connect: %v, want connection refused", err)
+	}
+	lost0, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Connect(fd, sa(open)); err != nil {
+		t.Fatalf("second connect: %v", err)
+	}
+	if lost, err := tr.Lost(); err != nil || lost != lost0 {
+		t.Errorf("lost = %d, %v after the second attempt; want %d", lost, err, lost0)
+	}
+	local, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l4 := local.(*syscall.SockaddrInet4)
+	src := netip.AddrPortFrom(netip.AddrFrom4(l4.Addr), uint16(l4.Port))
+	c, ok := find(t, tr, src)
+	if !ok {
+		t.Fatalf("connection from %v not recorded", src)
+	}
+	if c.State != StateEstablished || c.Dst != open {
+		t.Errorf("entry %v -> %v %v, want established to %v", c.Src, c.Dst, c.State, open)
+	}
+}
