@@ -77,7 +77,12 @@ struct conn {
 // a delete puts it back, where an allocating map would allocate on every
 // connection and free each released entry after RCU grace periods, which
 // costs the host's connect/close throughput about two points. The price is
-// about 160 bytes of kernel memory per entry from the start.
+// about 160 bytes of kernel memory per entry from the start. A preallocated
+// entry can be reused as soon as it is deleted, even while a program that
+// looked it up still writes to it; user space deletes only entries whose
+// connection is over, which no program writes to again, except when a
+// socket connects again after a failed attempt, in the instant a scrape
+// releases that failure.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
