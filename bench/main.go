@@ -534,21 +534,16 @@ func (r *runner) throughput(cycles int) []row {
 	}
 	in4 := addr.(*unix.SockaddrInet4)
 	cyc := r.helper(ns, self, "-helper=cycler", "-dst", netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String())
-	clients := []struct {
-		name, kind string
-		per        int // cycles per block
-	}{
-		{"system calls", "raw", max(cycles, 1)},
-		{"Go net", "go", max(cycles, 1)},
-	}
+	clients := []struct{ name, kind string }{{"system calls", "raw"}, {"Go net", "go"}}
+	per := max(cycles, 1) // cycles per block
 	block := func(kind string, n int) time.Duration {
 		cyc.send(r, fmt.Sprintf("%s %d\n", kind, n))
 		line, err := cyc.out.ReadString('\n')
-		ns, perr := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+		nanos, perr := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
 		if err != nil || perr != nil {
 			r.Fatalf("connect/close: %q, %v", line, err)
 		}
-		return time.Duration(ns)
+		return time.Duration(nanos)
 	}
 	tr, err := bpf.New(bpf.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -592,10 +587,10 @@ func (r *runner) throughput(cycles int) []row {
 			for j := range 2 {
 				if (i+j)%2 == 0 {
 					toggle(tr.Detach)
-					wo = block(cl.kind, cl.per)
+					wo = block(cl.kind, per)
 				} else {
 					toggle(tr.Attach)
-					w = block(cl.kind, cl.per)
+					w = block(cl.kind, per)
 					release()
 				}
 			}
@@ -604,10 +599,10 @@ func (r *runner) throughput(cycles int) []row {
 				ratios = append(ratios, wo.Seconds()/w.Seconds())
 			}
 		}
-		n := float64(cl.per * throughputPairs)
+		n := float64(per * throughputPairs)
 		slices.Sort(ratios)
 		fmt.Fprintf(os.Stderr, "bench: connect/close, %s: ratio of %d paired blocks of %d cycles: quartiles %.3f %.3f %.3f, range %.3f-%.3f\n",
-			cl.name, len(ratios), cl.per, percentile(ratios, 25), median(ratios), percentile(ratios, 75), ratios[0], ratios[len(ratios)-1])
+			cl.name, len(ratios), per, percentile(ratios, 25), median(ratios), percentile(ratios, 75), ratios[0], ratios[len(ratios)-1])
 		wo := n / without.Seconds()
 		rows = append(rows,
 			row{0, "connect/close without programs, " + cl.name, wo, "/s", 0, ""},
@@ -625,7 +620,7 @@ func (r *runner) throughput(cycles int) []row {
 	defer stats.Close()
 	toggle(tr.Attach)
 	for _, cl := range clients {
-		k := cl.per * 10
+		k := per * 10
 		run0, n0, err := tr.RunTime()
 		if err != nil {
 			r.Fatalf("%v", err)
