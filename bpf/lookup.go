@@ -26,8 +26,8 @@ type Tuple struct {
 // kernel, with an XDP program that never sees a packet, run through
 // BPF_PROG_TEST_RUN: 0.2 to 1 µs a lookup whatever the table's size,
 // against 3 µs for a netlink request. It is safe for concurrent use: up to
-// one call per CPU (at most maxLookupSlots) runs at once, each in its own
-// part of the program's array.
+// one call per CPU and one more (at most maxLookupSlots) run at once, each
+// in its own part of the program's array.
 type ConntrackLookup struct {
 	objs lookupObjects
 	mem  *ebpf.Memory // the lookups array, mapped
@@ -57,7 +57,10 @@ const lookupChunk = 512
 // NewConntrackLookup loads the lookup program. The error wraps
 // ErrNoKernelLookup when the kernel refuses it.
 func NewConntrackLookup() (*ConntrackLookup, error) {
-	return newConntrackLookup(lookupRunSize, min(runtime.NumCPU(), maxLookupSlots))
+	// One slot more than CPUs: a batch waiting for a slot would leave a
+	// CPU idle whenever another thread of the scrape (the map's walk, the
+	// admission of a batch) stops running.
+	return newConntrackLookup(lookupRunSize, min(runtime.NumCPU()+1, maxLookupSlots))
 }
 
 func newConntrackLookup(run, slots int) (*ConntrackLookup, error) {
