@@ -138,15 +138,21 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 	}
 }
 
-func TestTrackerRecordsRefusedAttempt(t *testing.T) {
-	tr := newTracker(t, Config{MaxConnections: 1024})
-	// A port that was just free on loopback refuses the connection.
+// refusing returns a loopback address whose port was just free: a
+// connection to it is refused.
+func refusing(t *testing.T) netip.AddrPort {
+	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := addrPort(ln.Addr())
-	ln.Close()
+	defer ln.Close()
+	return addrPort(ln.Addr())
+}
+
+func TestTrackerRecordsRefusedAttempt(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	dst := refusing(t)
 	if _, err := net.Dial("tcp4", dst.String()); err == nil {
 		t.Fatal("dial to a closed port succeeded")
 	}
@@ -417,12 +423,7 @@ func TestTrackerDetach(t *testing.T) {
 // is no lost connection, and the entry follows the new attempt.
 func TestTrackerReconnect(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024})
-	closed, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refusing := addrPort(closed.Addr())
-	closed.Close()
+	refused := refusing(t)
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	open := addrPort(ln.Addr())
 
@@ -434,7 +435,7 @@ func TestTrackerReconnect(t *testing.T) {
 	sa := func(a netip.AddrPort) *syscall.SockaddrInet4 {
 		return &syscall.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
 	}
-	if err := syscall.Connect(fd, sa(refusing)); err != syscall.ECONNREFUSED {
+	if err := syscall.Connect(fd, sa(refused)); err != syscall.ECONNREFUSED {
 		t.Fatalf("first connect: %v, want connection refused", err)
 	}
 	lost0, err := tr.Lost()
