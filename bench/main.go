@@ -25,6 +25,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,6 +36,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -125,11 +127,10 @@ func main() {
 			return
 		}
 		var rows []row
-		for _, c := range counts {
-			if *kernelOnly {
-				break
+		if !*kernelOnly {
+			for _, c := range counts {
+				rows = append(rows, r.measure(bin, c, *colds, *warm, *logs, *profiles)...)
 			}
-			rows = append(rows, r.measure(bin, c, *colds, *warm, *logs, *profiles)...)
 		}
 		rows = append(rows, r.throughput(*cycles)...)
 		printTable(rows)
@@ -140,14 +141,19 @@ func main() {
 // runner implements netlab.TB for a command: cleanups run in reverse order
 // when the work ends or fails.
 type runner struct {
+	mu       sync.Mutex // guards cleanups: a signal runs them from its own goroutine
 	cleanups []func()
 	failed   bool
 }
 
 type fatal struct{}
 
-func (r *runner) Helper()                 {}
-func (r *runner) Cleanup(f func())        { r.cleanups = append(r.cleanups, f) }
+func (r *runner) Helper() {}
+func (r *runner) Cleanup(f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cleanups = append(r.cleanups, f)
+}
 func (r *runner) Skip(args ...any)        { r.Fatalf("%s", fmt.Sprint(args...)) }
 func (r *runner) Logf(f string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+f+"\n", a...) }
 func (r *runner) Errorf(f string, a ...any) {
@@ -164,13 +170,39 @@ func (r *runner) cleanup() { r.cleanupTo(0) }
 
 // cleanupTo runs and forgets the cleanups registered after the first mark.
 func (r *runner) cleanupTo(mark int) {
-	for i := len(r.cleanups) - 1; i >= mark; i-- {
-		r.cleanups[i]()
+	for {
+		// Each is taken off before it runs, so that none runs twice.
+		r.mu.Lock()
+		n := len(r.cleanups)
+		if n <= mark {
+			r.mu.Unlock()
+			return
+		}
+		f := r.cleanups[n-1]
+		r.cleanups = r.cleanups[:n-1]
+		r.mu.Unlock()
+		f()
 	}
-	r.cleanups = r.cleanups[:mark]
+}
+
+// mark returns the number of cleanups registered so far, for cleanupTo.
+func (r *runner) mark() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.cleanups)
 }
 
 func (r *runner) run(work func()) (code int) {
+	// Interrupted, the run still removes what it made (namespaces, rules,
+	// processes): left behind, they break the next run.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "bench: %v: cleaning up\n", s)
+		r.cleanup()
+		os.Exit(1)
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			if _, ok := p.(fatal); !ok {
@@ -215,7 +247,7 @@ type row struct {
 // measure runs the scrape benchmark for n connections. Everything it
 // creates is removed before it returns.
 func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles string) []row {
-	defer r.cleanupTo(len(r.cleanups))
+	defer r.cleanupTo(r.mark())
 	cl, clients := r.kubeProxyLab(n)
 
 	// The cold scrape is the one figure a run measures only once per
@@ -393,7 +425,7 @@ func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
 // one starts, takes a cold scrape, warm scrapes, and a scrape after 10% of
 // the connections were replaced. It prints the medians of each build.
 func (r *runner) compare(bins []string, n, rounds int) {
-	defer r.cleanupTo(len(r.cleanups))
+	defer r.cleanupTo(r.mark())
 	cl, clients := r.kubeProxyLab(n)
 	type figures struct{ cold, coldCPU, warm, churn []float64 }
 	got := make([]figures, len(bins))
@@ -482,7 +514,7 @@ const throughputPairs = 100
 // throughput measures loopback connect/close cycles per second in a
 // throwaway namespace, in blocks without and with the programs attached.
 func (r *runner) throughput(cycles int) []row {
-	defer r.cleanupTo(len(r.cleanups))
+	defer r.cleanupTo(r.mark())
 	lab := netlab.New(r)
 	ns := lab.NetNS("loop")
 	// The server accepts with plain blocking system calls on a thread of
@@ -669,19 +701,30 @@ func (r *runner) helper(ns *netlab.NS, self string, args ...string) *helperProc 
 	}
 	r.Cleanup(func() {
 		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		waitOrKill(cmd)
 	})
 	if args[0] == "-helper=server" {
 		h.wait(r)
 	}
 	return h
+}
+
+// stopGrace is how long a helper or the exporter has to exit once told to.
+const stopGrace = 10 * time.Second
+
+// waitOrKill waits for cmd to exit, killing it if it has not within
+// stopGrace: a process that hangs must not hold the run, whose cleanups
+// (namespaces, rules) wait for it.
+func waitOrKill(cmd *exec.Cmd) (killed bool, err error) {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return false, err
+	case <-time.After(stopGrace):
+		cmd.Process.Kill()
+		return true, <-done
+	}
 }
 
 func (h *helperProc) wait(r *runner) {
@@ -879,6 +922,7 @@ func (r *runner) startExporter(bin string, node *netlab.NS) *exporterProc {
 	e.cmd = exec.Command(bin, "--web.listen-address="+addr, "--path.host-netns="+node.Path(), "--log.level=debug", "--debug.pprof")
 	e.cmd.Env = append(os.Environ(), exporterEnv...)
 	e.cmd.Stdout, e.cmd.Stderr = &e.logs, &e.logs
+	e.cmd.WaitDelay = time.Second // a child it left holding the log pipe does not hold Wait
 	start := time.Now()
 	if err := e.cmd.Start(); err != nil {
 		r.Fatalf("start exporter: %v", err)
@@ -902,11 +946,25 @@ func (e *exporterProc) stop(r *runner) {
 		return
 	}
 	e.cmd.Process.Signal(syscall.SIGTERM)
-	if err := e.cmd.Wait(); err != nil {
+	killed, err := waitOrKill(e.cmd)
+	if killed {
+		r.Errorf("exporter did not exit within %v of SIGTERM, killed:\n%s", stopGrace, e.logs.String())
+	} else if err != nil {
 		r.Errorf("exporter exited with %v:\n%s", err, e.logs.String())
 	}
-	if e.cgroup != "" {
-		os.Remove(e.cgroup) // empty once the exporter is gone
+	if e.cgroup == "" {
+		return
+	}
+	if killed {
+		// What it started (a wrapper's child) goes too.
+		os.WriteFile(filepath.Join(e.cgroup, "cgroup.kill"), []byte("1"), 0)
+	}
+	// Empty once the exporter is gone; killed processes take a moment.
+	for range 100 {
+		if err := os.Remove(e.cgroup); err == nil || !errors.Is(err, unix.EBUSY) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -23,7 +23,7 @@ import (
 // goroutines, netlink sockets, connections in the kernel map and connections
 // counted open every 30 seconds: they must stay flat.
 func (r *runner) soak(bin string, d time.Duration) {
-	defer r.cleanupTo(len(r.cleanups))
+	defer r.cleanupTo(r.mark())
 	lab := netlab.New(r)
 	cl := lab.KubeProxy()
 	second := lab.NetNS("client2")
