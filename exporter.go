@@ -257,8 +257,11 @@ func run() int {
 
 // metricsHandler serves one scrape: the collectors run with a deadline taken
 // from Prometheus' scrape timeout header, in parallel scrapes up to
-// cfg.maxRequests.
+// cfg.maxRequests, and the response is compressed for clients that accept
+// gzip by writers kept from scrape to scrape.
 func metricsHandler(exp *collector.Exporter, static prometheus.Gatherer, cfg config, logger *slog.Logger) http.Handler {
+	// Two writers kept: one Prometheus, or a pair of them, scraping at once.
+	writers := newGzipWriters(2)
 	var slots chan struct{}
 	if cfg.maxRequests > 0 {
 		slots = make(chan struct{}, cfg.maxRequests)
@@ -286,10 +289,11 @@ func metricsHandler(exp *collector.Exporter, static prometheus.Gatherer, cfg con
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(exp.Scrape(ctx))
-		promhttp.HandlerFor(prometheus.Gatherers{static, reg}, promhttp.HandlerOpts{
-			ErrorLog:      errorLog,
-			ErrorHandling: promhttp.ContinueOnError,
-		}).ServeHTTP(w, r)
+		compressed(promhttp.HandlerFor(prometheus.Gatherers{static, reg}, promhttp.HandlerOpts{
+			ErrorLog:           errorLog,
+			ErrorHandling:      promhttp.ContinueOnError,
+			DisableCompression: true, // done by compressed, with writers kept
+		}), writers).ServeHTTP(w, r)
 	})
 }
 
