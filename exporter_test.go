@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/collector"
@@ -214,5 +217,39 @@ func fillNonZero(t *testing.T, f reflect.Value, name string) {
 		f.Set(reflect.ValueOf(netip.MustParseAddrPort("10.1.2.3:4567")))
 	default:
 		t.Fatalf("field %s of kind %v: teach the test to fill it", name, f.Kind())
+	}
+}
+
+// TestParallelGatherers: the gatherers run at once (each here waits for
+// the other to start), and what they return is merged as
+// prometheus.Gatherers merges it, errors included.
+func TestParallelGatherers(t *testing.T) {
+	started := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
+	gatherer := func(i int, name string, err error) prometheus.Gatherer {
+		return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+			close(started[i])
+			select {
+			case <-started[1-i]:
+			case <-time.After(10 * time.Second):
+				return nil, fmt.Errorf("gatherer %d ran alone", i)
+			}
+			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "h"})
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(g)
+			mfs, _ := reg.Gather()
+			return mfs, err
+		})
+	}
+	failed := errors.New("part failed")
+	mfs, err := parallelGatherers{gatherer(0, "b_metric", nil), gatherer(1, "a_metric", failed)}.Gather()
+	if !errors.Is(err, failed) {
+		t.Errorf("error %v, want one wrapping %v", err, failed)
+	}
+	var names []string
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	if !slices.Equal(names, []string{"a_metric", "b_metric"}) {
+		t.Errorf("families %v, want a_metric and b_metric, sorted", names)
 	}
 }
