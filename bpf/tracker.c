@@ -204,43 +204,22 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 
 	// newstate == TCP_CLOSE
 	if (c->state == CONN_CONNECTING) {
-		// By now the kernel has released the source port: keep the tuple
-		// recorded at the reset or retransmission, if there was one.
-		if (!c->sport)
-			read_tuple(c, sk);
+		// A failed attempt. The kernel released the source port just
+		// before this transition and cleared skc_num, but the port it
+		// had bound is still in inet_sport, which only a later
+		// disconnect clears; the addresses and the remote port are still
+		// there too. An attempt that failed before a port was chosen has
+		// none (or, on a socket whose earlier attempt failed, that
+		// attempt's port).
+		read_tuple(c, sk);
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+		if (tp)
+			c->sport = __builtin_bswap16(tp->inet_conn.icsk_inet.inet_sport);
 		c->state = CONN_FAILED;
 	} else if (c->state == CONN_ESTABLISHED) {
 		c->state = CONN_CLOSED;
 	}
 	changed(c);
-	return 0;
-}
-
-// record_attempt keeps the tuple of a connection attempt that is about to
-// fail: after the transition to CLOSE the source port is gone.
-static __always_inline void record_attempt(const struct sock *sk)
-{
-	__u64 cookie = sk->__sk_common.skc_cookie.counter;
-	if (!cookie)
-		return; // not opened while the program ran: see on_state
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (c && c->state == CONN_CONNECTING)
-		read_tuple(c, sk);
-}
-
-// A reset answering the SYN: the attempt is refused.
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(on_reset, struct sock *sk)
-{
-	record_attempt(sk);
-	return 0;
-}
-
-// A retransmitted SYN: the attempt may time out.
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(on_retransmit, const struct sock *sk)
-{
-	record_attempt(sk);
 	return 0;
 }
 

@@ -263,21 +263,11 @@ func (t *Tracker) Attach() error {
 	if len(t.links) > 0 {
 		return nil
 	}
-	for _, p := range []struct {
-		name string
-		prog *ebpf.Program
-	}{
-		{"inet_sock_set_state", t.objs.OnState},
-		{"tcp_receive_reset", t.objs.OnReset},
-		{"tcp_retransmit_skb", t.objs.OnRetransmit},
-	} {
-		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog})
-		if err != nil {
-			t.detach()
-			return fmt.Errorf("attach tp_btf/%s: %w", p.name, err)
-		}
-		t.links = append(t.links, l)
+	l, err := link.AttachTracing(link.TracingOptions{Program: t.objs.OnState})
+	if err != nil {
+		return fmt.Errorf("attach tp_btf/inet_sock_set_state: %w", err)
 	}
+	t.links = append(t.links, l)
 	return nil
 }
 
@@ -593,7 +583,7 @@ func (t *Tracker) released(n int) {
 func (t *Tracker) RunTime() (time.Duration, uint64, error) {
 	var total time.Duration
 	var runs uint64
-	for _, p := range []*ebpf.Program{t.objs.OnState, t.objs.OnReset, t.objs.OnRetransmit} {
+	for _, p := range []*ebpf.Program{t.objs.OnState} {
 		st, err := p.Stats()
 		if err != nil {
 			return 0, 0, fmt.Errorf("program statistics: %w", err)

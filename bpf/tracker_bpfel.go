@@ -99,8 +99,6 @@ const (
 	trackerProgDumpFiles         = "dump_files"
 	trackerProgDumpTcp           = "dump_tcp"
 	trackerProgInsertSeeded      = "insert_seeded"
-	trackerProgOnReset           = "on_reset"
-	trackerProgOnRetransmit      = "on_retransmit"
 	trackerProgOnState           = "on_state"
 	trackerProgReadChanges       = "read_changes"
 	trackerVarUnusedConn         = "unused_conn"
@@ -158,8 +156,6 @@ type trackerProgramSpecs struct {
 	DumpFiles    *ebpf.ProgramSpec `ebpf:"dump_files"`
 	DumpTcp      *ebpf.ProgramSpec `ebpf:"dump_tcp"`
 	InsertSeeded *ebpf.ProgramSpec `ebpf:"insert_seeded"`
-	OnReset      *ebpf.ProgramSpec `ebpf:"on_reset"`
-	OnRetransmit *ebpf.ProgramSpec `ebpf:"on_retransmit"`
 	OnState      *ebpf.ProgramSpec `ebpf:"on_state"`
 	ReadChanges  *ebpf.ProgramSpec `ebpf:"read_changes"`
 }
@@ -243,8 +239,6 @@ type trackerPrograms struct {
 	DumpFiles    *ebpf.Program `ebpf:"dump_files"`
 	DumpTcp      *ebpf.Program `ebpf:"dump_tcp"`
 	InsertSeeded *ebpf.Program `ebpf:"insert_seeded"`
-	OnReset      *ebpf.Program `ebpf:"on_reset"`
-	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
 	OnState      *ebpf.Program `ebpf:"on_state"`
 	ReadChanges  *ebpf.Program `ebpf:"read_changes"`
 }
@@ -255,8 +249,6 @@ func (p *trackerPrograms) Close() error {
 		p.DumpFiles,
 		p.DumpTcp,
 		p.InsertSeeded,
-		p.OnReset,
-		p.OnRetransmit,
 		p.OnState,
 		p.ReadChanges,
 	)
