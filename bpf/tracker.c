@@ -170,13 +170,13 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		// built whole on the stack and inserted once: one hash operation,
 		// and the reader never sees it half written.
 		struct conn n = {};
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-		n.pid = bpf_get_current_pid_tgid() >> 32;
-		n.cgroup_id = bpf_get_current_cgroup_id();
+		struct task_struct *task = bpf_get_current_task_btf();
+		n.pid = task->tgid;
+		n.cgroup_id = task->cgroups->dfl_cgrp->kn->id;
 		n.netns = sk->__sk_common.skc_net.net->ns.inum;
 		n.family = family;
 		n.state = CONN_CONNECTING;
-		BPF_CORE_READ_STR_INTO(&n.comm, task, group_leader, comm);
+		__builtin_memcpy(n.comm, task->group_leader->comm, sizeof(n.comm));
 		long err = bpf_map_update_elem(&conns, &cookie, &n, BPF_NOEXIST);
 		if (err) {
 			// A socket that connects again after a failed attempt

@@ -3,13 +3,16 @@ package bpf
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,6 +76,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 func TestTrackerRecordsLifecycle(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024})
+	cgroup := inChildCgroup(t)
 	for _, tc := range []struct{ name, network, addr string }{
 		{"ipv4", "tcp4", "127.0.0.1:0"},
 		{"ipv6", "tcp6", "[::1]:0"},
@@ -113,8 +117,8 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 			if want := inode(self); got.NetNS != want {
 				t.Errorf("netns = %d, want %d", got.NetNS, want)
 			}
-			if got.CgroupID == 0 {
-				t.Error("cgroup id is 0")
+			if got.CgroupID == 0 || cgroup != 0 && got.CgroupID != cgroup {
+				t.Errorf("cgroup id = %d, want %d", got.CgroupID, cgroup)
 			}
 
 			c.Close()
@@ -302,6 +306,65 @@ func TestReadRecords(t *testing.T) {
 	if err := readRecords(failing, make([]uint64, 2), func([]uint64) {}); err == nil || !strings.Contains(err.Error(), "broken") {
 		t.Errorf("read error = %v, want it passed on", err)
 	}
+}
+
+// inChildCgroup moves the test process into a cgroup v2 group of its own
+// until the test ends, and returns the group's id (its directory's inode),
+// so that a recorded cgroup id is checked against one that no other
+// process shares; 0 when there is no cgroup v2 hierarchy to make it in.
+func inChildCgroup(t *testing.T) uint64 {
+	t.Helper()
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := ""
+	for line := range strings.Lines(string(mounts)) {
+		// Fields: ... mount point (5th) ... " - " fstype source options.
+		f := strings.Fields(line)
+		if i := slices.Index(f, "-"); i > 4 && i+1 < len(f) && f[i+1] == "cgroup2" {
+			root = f[4]
+			break
+		}
+	}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, found := "", false
+	for line := range strings.Lines(string(own)) {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+			path, found = p, true
+		}
+	}
+	if root == "" || !found {
+		t.Log("no cgroup v2 hierarchy: cgroup ids are only checked to be set")
+		return 0
+	}
+	back := filepath.Join(root, path, "cgroup.procs")
+	dir := filepath.Join(root, path, fmt.Sprintf("cx-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
+		os.Remove(dir)
+		t.Logf("cannot move the test into a cgroup of its own (%v): cgroup ids are only checked to be set", err)
+		return 0
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(back, pid, 0); err != nil {
+			t.Errorf("move back to %s: %v", back, err)
+		}
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove cgroup: %v", err)
+		}
+	})
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
 func inode(fi os.FileInfo) uint32 {
