@@ -128,7 +128,7 @@ type Tracker struct {
 	seeded uint64 // connections inserted at start-up
 
 	linksMu sync.Mutex
-	links   []link.Link // the attached recording programs
+	links   []link.Link // the recording program's attachment, when attached
 
 	changes  *ebpf.Memory // the changes ring, mapped
 	ringSize uint32       // its length
@@ -255,8 +255,8 @@ func (t *Tracker) startupPrograms() []*ebpf.Program {
 	return []*ebpf.Program{t.objs.DumpTcp, t.objs.DumpCookies, t.objs.DumpFiles, t.objs.InsertSeeded}
 }
 
-// Attach attaches the programs that record connections, after New or
-// Detach; attached programs are left as they are.
+// Attach attaches the program that records connections, after New or
+// Detach; an attached program is left as it is.
 func (t *Tracker) Attach() error {
 	t.linksMu.Lock()
 	defer t.linksMu.Unlock()
@@ -271,10 +271,10 @@ func (t *Tracker) Attach() error {
 	return nil
 }
 
-// Detach detaches the programs that record connections and keeps the
-// maps: connections that change while the programs are detached are not
-// recorded, or not followed. The benchmark detaches and attaches them in
-// turns to measure what they cost a connection.
+// Detach detaches the program that records connections and keeps the
+// maps: connections that change while it is detached are not recorded, or
+// not followed. The benchmark detaches and attaches it in turns to measure
+// what it costs a connection.
 func (t *Tracker) Detach() error {
 	t.linksMu.Lock()
 	defer t.linksMu.Unlock()
@@ -290,7 +290,7 @@ func (t *Tracker) detach() error {
 	return errors.Join(errs...)
 }
 
-// Close detaches the programs and frees the maps.
+// Close detaches the recording program and frees the programs and maps.
 func (t *Tracker) Close() error {
 	errs := []error{t.Detach()}
 	if t.progressMem != nil {
@@ -577,21 +577,15 @@ func (t *Tracker) released(n int) {
 	t.mu.Unlock()
 }
 
-// RunTime returns how long the programs have run in all and how many times,
-// as the kernel counts while BPF statistics are enabled (ebpf.EnableStats);
-// both stay zero otherwise.
+// RunTime returns how long the recording program has run in all and how
+// many times, as the kernel counts while BPF statistics are enabled
+// (ebpf.EnableStats); both stay zero otherwise.
 func (t *Tracker) RunTime() (time.Duration, uint64, error) {
-	var total time.Duration
-	var runs uint64
-	for _, p := range []*ebpf.Program{t.objs.OnState} {
-		st, err := p.Stats()
-		if err != nil {
-			return 0, 0, fmt.Errorf("program statistics: %w", err)
-		}
-		total += st.Runtime
-		runs += st.RunCount
+	st, err := t.objs.OnState.Stats()
+	if err != nil {
+		return 0, 0, fmt.Errorf("program statistics: %w", err)
 	}
-	return total, runs, nil
+	return st.Runtime, st.RunCount, nil
 }
 
 // Counter indexes, as in tracker.c.
