@@ -887,28 +887,19 @@ type exporterProc struct {
 // hierarchy or the group cannot be made; cpu then falls back to the
 // threads' scheduler statistics.
 func ownCgroup(pid int) string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	root, err := netlab.CgroupRoot()
 	if err != nil {
 		return ""
 	}
-	for line := range strings.Lines(string(b)) {
-		// The filesystem type follows the " - " separator.
-		pre, post, ok := strings.Cut(line, " - ")
-		f := strings.Fields(pre)
-		if !ok || len(f) < 5 || !strings.HasPrefix(post, "cgroup2 ") {
-			continue
-		}
-		dir := filepath.Join(f[4], fmt.Sprintf("cx-bench-%d", pid))
-		if os.Mkdir(dir, 0o755) != nil {
-			return ""
-		}
-		if os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0) != nil {
-			os.Remove(dir)
-			return ""
-		}
-		return dir
+	dir := filepath.Join(root, fmt.Sprintf("cx-bench-%d", pid))
+	if os.Mkdir(dir, 0o755) != nil {
+		return ""
 	}
-	return ""
+	if os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0) != nil {
+		os.Remove(dir)
+		return ""
+	}
+	return dir
 }
 
 func (r *runner) startExporter(bin string, node *netlab.NS) *exporterProc {

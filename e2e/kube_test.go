@@ -53,13 +53,11 @@ func podUID() string {
 // /sys/fs/cgroup/unified on hybrid ones.
 func cgroupRoot(t *testing.T) string {
 	t.Helper()
-	for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if _, err := os.Stat(filepath.Join(p, "cgroup.procs")); err == nil {
-			return p
-		}
+	root, err := netlab.CgroupRoot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no cgroup v2 hierarchy mounted")
-	return ""
+	return root
 }
 
 // containerCgroup creates the cgroup the kubelet's cgroupfs driver gives a

@@ -2,7 +2,8 @@
 // named network namespaces joined by veth pairs, iptables rules inside them,
 // and sockets opened from inside a namespace without moving the test's own
 // threads. Everything it creates is removed by t.Cleanup, even when the test
-// fails. It never touches the namespace the test runs in.
+// fails. It never touches the namespace the test runs in. It also finds the
+// cgroup v2 hierarchy for tests that put processes in groups of their own.
 package netlab
 
 import (
