@@ -127,8 +127,8 @@ type Tracker struct {
 	max    uint32
 	seeded uint64 // connections inserted at start-up
 
-	linksMu sync.Mutex
-	links   []link.Link // the recording program's attachment, when attached
+	attachMu sync.Mutex
+	attached link.Link // the recording program's attachment; nil when detached
 
 	changes  *ebpf.Memory // the changes ring, mapped
 	ringSize uint32       // its length
@@ -258,16 +258,16 @@ func (t *Tracker) startupPrograms() []*ebpf.Program {
 // Attach attaches the program that records connections, after New or
 // Detach; an attached program is left as it is.
 func (t *Tracker) Attach() error {
-	t.linksMu.Lock()
-	defer t.linksMu.Unlock()
-	if len(t.links) > 0 {
+	t.attachMu.Lock()
+	defer t.attachMu.Unlock()
+	if t.attached != nil {
 		return nil
 	}
 	l, err := link.AttachTracing(link.TracingOptions{Program: t.objs.OnState})
 	if err != nil {
 		return fmt.Errorf("attach tp_btf/inet_sock_set_state: %w", err)
 	}
-	t.links = append(t.links, l)
+	t.attached = l
 	return nil
 }
 
@@ -276,18 +276,14 @@ func (t *Tracker) Attach() error {
 // not followed. The benchmark detaches and attaches it in turns to measure
 // what it costs a connection.
 func (t *Tracker) Detach() error {
-	t.linksMu.Lock()
-	defer t.linksMu.Unlock()
-	return t.detach()
-}
-
-func (t *Tracker) detach() error {
-	var errs []error
-	for _, l := range t.links {
-		errs = append(errs, l.Close())
+	t.attachMu.Lock()
+	defer t.attachMu.Unlock()
+	if t.attached == nil {
+		return nil
 	}
-	t.links = nil
-	return errors.Join(errs...)
+	err := t.attached.Close()
+	t.attached = nil
+	return err
 }
 
 // Close detaches the recording program and frees the programs and maps.

@@ -471,9 +471,20 @@ func TestTrackerDetach(t *testing.T) {
 		}
 	}
 	// An attached program runs once per attachment: a second Attach must
-	// not have attached it twice.
-	if n := len(tr.links); n != 1 {
-		t.Errorf("%d links after attaching twice, want 1", n)
+	// not have attached it twice, and one Detach leaves it detached, with
+	// no attachment kept or leaked.
+	if tr.attached == nil {
+		t.Fatal("no attachment after attaching twice")
+	}
+	if err := tr.Detach(); err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	if tr.attached != nil {
+		t.Error("an attachment kept after Detach")
+	}
+	src := dial()
+	if _, ok := find(t, tr, src); ok {
+		t.Errorf("connection from %v recorded after one Detach: the second Attach attached again", src)
 	}
 }
 
