@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/cilium/ebpf/btf"
 	"github.com/prometheus/client_golang/prometheus"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -137,7 +138,11 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs, NetNSDirs: cfg.netnsDirs}, logger.With("component", "bpf"))
+	// The kernel's types are decoded once for both loads below, and
+	// dropped with start-up's other garbage.
+	types := btf.NewCache()
+	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs, NetNSDirs: cfg.netnsDirs, Types: types},
+		logger.With("component", "bpf"))
 	if err != nil {
 		logger.Error("cannot load the kernel programs", "err", err)
 		return 1
@@ -154,7 +159,7 @@ func run() int {
 	}
 	ctCfg := resolve.ConntrackConfig{ProcFS: cfg.procfs, HostNetNS: hostNetNS, NetNSDirs: cfg.netnsDirs}
 	if cfg.kernelLookup {
-		if l, err := bpf.NewConntrackLookup(); err != nil {
+		if l, err := bpf.NewConntrackLookup(types); err != nil {
 			logger.Info("conntrack tables are read through netlink only", "reason", err)
 		} else {
 			defer l.Close()

@@ -102,7 +102,7 @@ func BenchmarkLookupConntrack(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("loading BPF programs needs root")
 	}
-	l, err := NewConntrackLookup()
+	l, err := NewConntrackLookup(testTypes)
 	if err != nil {
 		b.Fatal(err)
 	}

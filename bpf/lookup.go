@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 )
 
 // ErrNoKernelLookup wraps the reason NewConntrackLookup fails: the kernel
@@ -54,23 +55,24 @@ const maxLookupSlots = 4
 // once.
 const lookupChunk = 512
 
-// NewConntrackLookup loads the lookup program. The error wraps
+// NewConntrackLookup loads the lookup program, relocated with the kernel
+// types of types (nil decodes them for this load alone). The error wraps
 // ErrNoKernelLookup when the kernel refuses it.
-func NewConntrackLookup() (*ConntrackLookup, error) {
+func NewConntrackLookup(types *btf.Cache) (*ConntrackLookup, error) {
 	// One slot more than CPUs: a batch waiting for a slot would leave a
 	// CPU idle whenever another thread of the scrape (the map's walk, the
 	// admission of a batch) stops running.
-	return newConntrackLookup(lookupRunSize, min(runtime.NumCPU()+1, maxLookupSlots))
+	return newConntrackLookup(lookupRunSize, min(runtime.NumCPU()+1, maxLookupSlots), types)
 }
 
-func newConntrackLookup(run, slots int) (*ConntrackLookup, error) {
+func newConntrackLookup(run, slots int, types *btf.Cache) (*ConntrackLookup, error) {
 	spec, err := loadLookup()
 	if err != nil {
 		return nil, err
 	}
 	spec.Maps["lookups"].MaxEntries = uint32(run * slots)
 	l := &ConntrackLookup{run: run, slots: make(chan *lookupSlot, slots)}
-	if err := spec.LoadAndAssign(&l.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{Cache: types}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoKernelLookup, err)
 	}
 	if l.mem, err = l.objs.Lookups.Memory(); err != nil {

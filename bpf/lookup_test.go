@@ -22,7 +22,7 @@ func TestLookupConntrack(t *testing.T) {
 	}
 	// Runs of 3 lookups, copied in and out 2 at a time: several of each,
 	// in the second of two slots.
-	l, err := newConntrackLookup(3, 2)
+	l, err := newConntrackLookup(3, 2, testTypes)
 	if err != nil {
 		t.Fatal(err)
 	}

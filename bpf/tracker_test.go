@@ -21,9 +21,15 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
 )
+
+// testTypes is the kernel's type information, decoded once for the
+// package's tests as the exporter decodes it once for its loads: each load
+// relocates against types an earlier load (of either collection) decoded.
+var testTypes = btf.NewCache()
 
 // newTracker loads the real programs. It skips only when not root; every
 // other failure, including a kernel that refuses the programs, fails.
@@ -31,6 +37,9 @@ func newTracker(t testing.TB, cfg Config) *Tracker {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
+	}
+	if cfg.Types == nil {
+		cfg.Types = testTypes
 	}
 	tr, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {

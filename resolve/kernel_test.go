@@ -27,7 +27,7 @@ func TestKernelLookup(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	l, err := bpf.NewConntrackLookup()
+	l, err := bpf.NewConntrackLookup(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
