@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/connection-exporter/connection_exporter/internal/dockerlab"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
 // dockerLab starts a private daemon with the peer image built.
@@ -324,7 +324,7 @@ func TestDockerImage(t *testing.T) {
 		}
 		d.TryDocker("rm", "-f", "connection_exporter")
 	})
-	exp := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &bytes.Buffer{}}
+	exp := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &tb.Output{}}
 	waitFor(t, "the exporter container to serve", 20*time.Second, func() bool {
 		resp, err := http.Get(exp.url)
 		if err == nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
 var binary string
@@ -43,7 +44,14 @@ func TestMain(m *testing.M) {
 	// Helpers run as another user exec from here: let them in.
 	os.Chmod(dir, 0o755)
 	binary = filepath.Join(dir, "connection_exporter")
-	build := exec.Command("go", "build", "-o", binary, "..")
+	// Under the race detector the exporter is built with it as well: a
+	// data race in a scrape then makes the exporter exit with status 66,
+	// which each test's cleanup reports.
+	args := []string{"build", "-o", binary}
+	if race {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "..")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build exporter:", err)
@@ -60,7 +68,7 @@ type exporter struct {
 	t    *testing.T
 	url  string
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	logs *tb.Output
 }
 
 // startExporter runs the binary with the node namespace as its host
@@ -81,7 +89,7 @@ func startWrapped(t *testing.T, node *netlab.NS, wrapper []string, args ...strin
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	e := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &bytes.Buffer{}}
+	e := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &tb.Output{}}
 	argv := append(wrapper, binary, "--web.listen-address="+addr, "--log.level=debug")
 	if node != nil {
 		argv = append(argv, "--path.host-netns="+node.Path())

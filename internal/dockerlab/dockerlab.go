@@ -6,7 +6,6 @@
 package dockerlab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -31,7 +30,7 @@ type Daemon struct {
 	Host     string // unix:// address of its API
 	ExecRoot string
 	cmd      *exec.Cmd
-	logs     *bytes.Buffer
+	logs     *tb.Output
 	args     []string
 	done     chan struct{}
 }
@@ -51,7 +50,7 @@ func Start(t TB) *Daemon {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	d := &Daemon{t: t, Root: root, Host: "unix://" + filepath.Join(root, "d.sock"), ExecRoot: filepath.Join(root, "x"), logs: &bytes.Buffer{}}
+	d := &Daemon{t: t, Root: root, Host: "unix://" + filepath.Join(root, "d.sock"), ExecRoot: filepath.Join(root, "x"), logs: &tb.Output{}}
 	d.args = []string{
 		"--data-root", filepath.Join(root, "data"), "--exec-root", d.ExecRoot,
 		"--pidfile", filepath.Join(root, "d.pid"), "-H", d.Host,
