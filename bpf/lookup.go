@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -31,17 +30,12 @@ type Tuple struct {
 // in its own part of the program's array.
 type ConntrackLookup struct {
 	objs lookupObjects
-	mem  *ebpf.Memory // the lookups array, mapped
-	run  int          // lookups of one program run, and of one slot
+	arr  *mapped[lookupCtLookup] // the lookups array, mapped
+	run  int                     // lookups of one program run, and of one slot
 
-	// slots hands out the parts of the array and their copy buffers.
-	slots chan *lookupSlot
-}
-
-// lookupSlot is one caller's part of the array.
-type lookupSlot struct {
-	start int
-	buf   []lookupCtLookup // a chunk of the part, copied in or out
+	// slots hands out the parts of the array, as the index of their first
+	// element.
+	slots chan int
 }
 
 // lookupRunSize is the number of lookups one program run makes (about
@@ -50,10 +44,6 @@ const lookupRunSize = 4096
 
 // maxLookupSlots bounds the calls that run at once.
 const maxLookupSlots = 4
-
-// lookupChunk is the number of lookups copied into or out of the mapping at
-// once.
-const lookupChunk = 512
 
 // NewConntrackLookup loads the lookup program, relocated with the kernel
 // types of types (nil decodes them for this load alone). The error wraps
@@ -71,23 +61,22 @@ func newConntrackLookup(run, slots int, types *btf.Cache) (*ConntrackLookup, err
 		return nil, err
 	}
 	spec.Maps["lookups"].MaxEntries = uint32(run * slots)
-	l := &ConntrackLookup{run: run, slots: make(chan *lookupSlot, slots)}
+	l := &ConntrackLookup{run: run, slots: make(chan int, slots)}
 	if err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{Cache: types}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoKernelLookup, err)
 	}
-	if l.mem, err = l.objs.Lookups.Memory(); err != nil {
+	if l.arr, err = mapArray[lookupCtLookup](l.objs.Lookups); err != nil {
 		l.objs.Close()
-		return nil, fmt.Errorf("%w: map the lookups: %w", ErrNoKernelLookup, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoKernelLookup, err)
 	}
-	prefault(l.mem)
 	for i := range slots {
-		l.slots <- &lookupSlot{start: i * run, buf: make([]lookupCtLookup, min(lookupChunk, run))}
+		l.slots <- i * run
 	}
 	return l, nil
 }
 
 // Close unloads the program.
-func (l *ConntrackLookup) Close() error { return l.objs.Close() }
+func (l *ConntrackLookup) Close() error { return errors.Join(l.arr.close(), l.objs.Close()) }
 
 // Lookup looks n tuples up in the conntrack table of the calling thread's
 // network namespace: orig(i) is the i-th, and found(i, reply) is called for
@@ -95,41 +84,30 @@ func (l *ConntrackLookup) Close() error { return l.objs.Close() }
 // entry's reply tuple. The caller locks its goroutine to an OS thread in the
 // namespace whose table it wants.
 func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error {
-	s := <-l.slots
-	defer func() { l.slots <- s }()
-	size := int(unsafe.Sizeof(s.buf[0])) // a multiple of 8, as the array's elements
-	// Copies in and out of the mapping go through buf, seen as bytes.
-	raw := bytesOf(s.buf)
+	first := <-l.slots
+	defer func() { l.slots <- first }()
+	slot := l.arr.elems[first : first+l.run]
 	// The run's packet, at least an Ethernet header long as XDP wants:
 	// where the slot starts, then how many lookups to make.
 	packet := make([]byte, 64)
-	binary.NativeEndian.PutUint32(packet[0:], uint32(s.start))
+	binary.NativeEndian.PutUint32(packet[0:], uint32(first))
 	for start := 0; start < n; start += l.run {
-		k := min(l.run, n-start)
-		for off := 0; off < k; off += len(s.buf) {
-			chunk := s.buf[:min(len(s.buf), k-off)]
-			for i := range chunk {
-				o := orig(start + off + i)
-				chunk[i] = lookupCtLookup{}
-				chunk[i].Orig.Saddr, chunk[i].Orig.Daddr = o.Src, o.Dst
-				chunk[i].Orig.Sport, chunk[i].Orig.Dport = o.SrcPort, o.DstPort
-			}
-			if _, err := l.mem.WriteAt(raw[:len(chunk)*size], int64((s.start+off)*size)); err != nil {
-				return fmt.Errorf("write conntrack lookups: %w", err)
-			}
+		qs := slot[:min(l.run, n-start)]
+		for i := range qs {
+			o := orig(start + i)
+			q := &qs[i]
+			q.Orig.Saddr, q.Orig.Daddr = o.Src, o.Dst
+			q.Orig.Sport, q.Orig.Dport = o.SrcPort, o.DstPort
 		}
-		binary.NativeEndian.PutUint32(packet[4:], uint32(k))
+		binary.NativeEndian.PutUint32(packet[4:], uint32(len(qs)))
 		if err := runXDP(l.objs.LookupCt, "conntrack lookup", packet, nil); err != nil {
 			return err
 		}
-		err := eachMapped(l.mem, s.start, k, s.buf, func(i int, q *lookupCtLookup) {
-			if q.Found != 0 {
+		for i := range qs {
+			if q := &qs[i]; q.Found != 0 {
 				r := &q.Reply
 				found(start+i, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
 			}
-		})
-		if err != nil {
-			return fmt.Errorf("read conntrack lookups: %w", err)
 		}
 	}
 	return nil

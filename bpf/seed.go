@@ -148,9 +148,10 @@ type seeded struct {
 // records are written into the changes ring and inserted by a program, in
 // one system call: from user space, each insert is one.
 func (t *Tracker) insertNew(recs []trackerConnRec, inserted map[uint64]seeded) error {
-	if _, err := t.changes.WriteAt(bytesOf(recs), 0); err != nil {
-		return fmt.Errorf("write existing connections: %w", err)
+	if len(recs) > len(t.changes.elems) {
+		return fmt.Errorf("%d existing connections at once, more than the ring's %d", len(recs), len(t.changes.elems))
 	}
+	copy(t.changes.elems, recs)
 	packet := make([]byte, 64) // at least an Ethernet header, as XDP wants
 	binary.NativeEndian.PutUint32(packet, uint32(len(recs)))
 	if err := runXDP(t.objs.InsertSeeded, "connection inserter", packet, packet); err != nil {
@@ -161,12 +162,9 @@ func (t *Tracker) insertNew(recs []trackerConnRec, inserted map[uint64]seeded) e
 		return fmt.Errorf("insert existing connections: %w", unix.Errno(-run.Err))
 	}
 	// The program zeroed the cookies of the records it did not insert.
-	if _, err := t.changes.ReadAt(bytesOf(recs), 0); err != nil {
-		return fmt.Errorf("read inserted connections: %w", err)
-	}
 	for i := range recs {
-		if recs[i].Cookie != 0 {
-			inserted[recs[i].Cookie] = seeded{state: State(recs[i].Conn.State), netns: recs[i].Conn.Netns}
+		if r := &t.changes.elems[i]; r.Cookie != 0 {
+			inserted[r.Cookie] = seeded{state: State(r.Conn.State), netns: r.Conn.Netns}
 		}
 	}
 	return nil

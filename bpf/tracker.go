@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +29,6 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 )
 
 // State is where a recorded connection is in its life.
@@ -135,25 +133,24 @@ type Tracker struct {
 	attachMu sync.Mutex
 	attached link.Link // the recording program's attachment; nil when detached
 
-	changes  *ebpf.Memory // the changes ring, mapped
-	ringSize uint32       // its length
-	// progress is the reader's progress, mapped for atomic access while
-	// the reader runs; progressMem is its mapping.
+	changes  *mapped[trackerConnRec] // the changes ring
+	ringSize uint32                  // its length
+	// progress is the reader's progress, read and written atomically
+	// while the reader runs; progressMap is its mapping.
 	progress    *trackerReadProgress
-	progressMem []byte
+	progressMap *mapped[trackerReadProgress]
 
 	// mu serialises reads, which share the changes ring and the scratch
 	// buffers below, and guards what the last walk left.
 	mu     sync.Mutex
 	keys   []uint64
 	values []trackerConn
-	recs   []trackerConnRec // a chunk of the changes ring, copied out
-	poll   *time.Timer      // paces a Read waiting for the reader
-	walked bool             // a Read walked the map
-	walks  int              // for tests
-	runs   int              // for tests: runs of the reader in the last walk
-	last   [2]uint64        // counters changed and recorded before that walk
-	total  int              // entries the walk found, less those released since
+	poll   *time.Timer // paces a Read waiting for the reader
+	walked bool        // a Read walked the map
+	walks  int         // for tests
+	runs   int         // for tests: runs of the reader in the last walk
+	last   [2]uint64   // counters changed and recorded before that walk
+	total  int         // entries the walk found, less those released since
 }
 
 // changesSize is the length of the ring the reader copies changed entries
@@ -162,8 +159,8 @@ type Tracker struct {
 // entries Read has not taken yet.
 const changesSize = 32768
 
-// changesChunk is the number of changed entries copied out of the mapping at
-// once.
+// changesChunk is the number of changed entries Read hands on before it
+// tells the reader their places in the ring are free again.
 const changesChunk = 512
 
 // Bounds of the pause of a Read that finds nothing new in the ring while
@@ -215,17 +212,15 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		t.Close()
 		return nil, err
 	}
-	if t.changes, err = t.objs.Changes.Memory(); err != nil {
+	if t.changes, err = mapArray[trackerConnRec](t.objs.Changes); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("map the changes ring: %w", err)
 	}
-	if t.progressMem, err = unix.Mmap(t.objs.Progress.FD(), 0, int(unsafe.Sizeof(trackerReadProgress{})),
-		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+	if t.progressMap, err = mapArray[trackerReadProgress](t.objs.Progress); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("map the reader's progress: %w", err)
 	}
-	t.progress = (*trackerReadProgress)(unsafe.Pointer(&t.progressMem[0]))
-	t.recs = make([]trackerConnRec, changesChunk)
+	t.progress = &t.progressMap.elems[0]
 	t.poll = time.NewTimer(time.Hour)
 	t.poll.Stop()
 	// The first run of any program makes the library probe for
@@ -235,7 +230,6 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		t.Close()
 		return nil, fmt.Errorf("run connection reader: %w", err)
 	}
-	prefault(t.changes)
 	start := time.Now()
 	seeded, err := t.seed(cfg.ProcFS, cfg.NetNSDirs)
 	if err != nil {
@@ -294,10 +288,8 @@ func (t *Tracker) Detach() error {
 // Close detaches the recording program and frees the programs and maps.
 func (t *Tracker) Close() error {
 	errs := []error{t.Detach()}
-	if t.progressMem != nil {
-		errs = append(errs, unix.Munmap(t.progressMem))
-		t.progressMem, t.progress = nil, nil
-	}
+	errs = append(errs, t.changes.close(), t.progressMap.close())
+	t.changes, t.progressMap, t.progress = nil, nil, nil
 	return errors.Join(append(errs, t.objs.Close())...)
 }
 
@@ -350,21 +342,19 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	atomic.StoreUint32(&p.Read, 0)
 	var c Conn
 	var taken uint32 // entries handed to fn, counted as progress counts
-	// take hands the entries up to count to fn.
+	// take hands the entries up to count to fn, read in place, and frees
+	// their places in the ring a chunk at a time.
 	take := func(count uint32) error {
 		for taken != count {
 			i := taken % t.ringSize
-			chunk := t.recs[:min(count-taken, t.ringSize-i, uint32(len(t.recs)))]
-			if _, err := t.changes.ReadAt(bytesOf(chunk), int64(i)*int64(unsafe.Sizeof(chunk[0]))); err != nil {
-				return fmt.Errorf("read changed connections: %w", err)
-			}
-			// Copied out: the reader may write over them.
-			taken += uint32(len(chunk))
-			atomic.StoreUint32(&p.Read, taken)
+			chunk := t.changes.elems[i : i+min(count-taken, t.ringSize-i, changesChunk)]
 			for k := range chunk {
 				convert(&c, chunk[k].Cookie, &chunk[k].Conn)
 				fn(&c)
 			}
+			// Converted: the reader may write over them.
+			taken += uint32(len(chunk))
+			atomic.StoreUint32(&p.Read, taken)
 		}
 		return nil
 	}
@@ -424,35 +414,6 @@ func (t *Tracker) runReader(start uint32, take func(uint32) error) (trackerReadR
 			pause = min(2*pause, maxPoll)
 		}
 	}
-}
-
-// prefault touches every page of a mapped array, so that the first scrape
-// to read it does not take a page fault per 4 kB (14 µs each on the
-// development VM). The array's memory exists anyway: only the mapping is
-// filled in.
-func prefault(m *ebpf.Memory) {
-	var b [1]byte
-	for off := 0; off < int(m.Size()); off += os.Getpagesize() {
-		m.ReadAt(b[:], int64(off))
-	}
-}
-
-// eachMapped copies elements start to start+n-1 of a mapped array out in
-// chunks of len(buf) and calls fn with each, and its position from start.
-// T is the array's element type, whose size is a multiple of 8 as elements
-// are in the mapping.
-func eachMapped[T any](m *ebpf.Memory, start, n int, buf []T, fn func(i int, v *T)) error {
-	size := int(unsafe.Sizeof(buf[0]))
-	for off := 0; off < n; off += len(buf) {
-		chunk := buf[:min(len(buf), n-off)]
-		if _, err := m.ReadAt(bytesOf(chunk), int64((start+off)*size)); err != nil {
-			return err
-		}
-		for i := range chunk {
-			fn(off+i, &chunk[i])
-		}
-	}
-	return nil
 }
 
 // bytesOf views s's memory as bytes.
