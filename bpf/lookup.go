@@ -33,9 +33,15 @@ type ConntrackLookup struct {
 	arr  *mapped[lookupCtLookup] // the lookups array, mapped
 	run  int                     // lookups of one program run, and of one slot
 
-	// slots hands out the parts of the array, as the index of their first
-	// element.
-	slots chan int
+	// slots hands out the parts of the array and their buffers.
+	slots chan *lookupSlot
+}
+
+// lookupSlot is one caller's part of the array, and a buffer the tuples
+// are gathered in before they are copied there.
+type lookupSlot struct {
+	start int
+	buf   []lookupCtLookup
 }
 
 // lookupRunSize is the number of lookups one program run makes (about
@@ -44,6 +50,13 @@ const lookupRunSize = 4096
 
 // maxLookupSlots bounds the calls that run at once.
 const maxLookupSlots = 4
+
+// lookupChunk is the number of tuples gathered before they are copied into
+// the mapping at once. Written there one by one, each cache line of the
+// array would first be read in (424-456 against 360-426 ns a lookup in
+// BenchmarkLookupConntrack); one large copy writes whole lines. The
+// answers are read in place.
+const lookupChunk = 512
 
 // NewConntrackLookup loads the lookup program, relocated with the kernel
 // types of types (nil decodes them for this load alone). The error wraps
@@ -61,7 +74,7 @@ func newConntrackLookup(run, slots int, types *btf.Cache) (*ConntrackLookup, err
 		return nil, err
 	}
 	spec.Maps["lookups"].MaxEntries = uint32(run * slots)
-	l := &ConntrackLookup{run: run, slots: make(chan int, slots)}
+	l := &ConntrackLookup{run: run, slots: make(chan *lookupSlot, slots)}
 	if err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{Cache: types}); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoKernelLookup, err)
 	}
@@ -70,7 +83,7 @@ func newConntrackLookup(run, slots int, types *btf.Cache) (*ConntrackLookup, err
 		return nil, fmt.Errorf("%w: %w", ErrNoKernelLookup, err)
 	}
 	for i := range slots {
-		l.slots <- i * run
+		l.slots <- &lookupSlot{start: i * run, buf: make([]lookupCtLookup, min(lookupChunk, run))}
 	}
 	return l, nil
 }
@@ -84,20 +97,24 @@ func (l *ConntrackLookup) Close() error { return errors.Join(l.arr.close(), l.ob
 // entry's reply tuple. The caller locks its goroutine to an OS thread in the
 // namespace whose table it wants.
 func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error {
-	first := <-l.slots
-	defer func() { l.slots <- first }()
-	slot := l.arr.elems[first : first+l.run]
+	s := <-l.slots
+	defer func() { l.slots <- s }()
+	slot := l.arr.elems[s.start : s.start+l.run]
 	// The run's packet, at least an Ethernet header long as XDP wants:
 	// where the slot starts, then how many lookups to make.
 	packet := make([]byte, 64)
-	binary.NativeEndian.PutUint32(packet[0:], uint32(first))
+	binary.NativeEndian.PutUint32(packet[0:], uint32(s.start))
 	for start := 0; start < n; start += l.run {
 		qs := slot[:min(l.run, n-start)]
-		for i := range qs {
-			o := orig(start + i)
-			q := &qs[i]
-			q.Orig.Saddr, q.Orig.Daddr = o.Src, o.Dst
-			q.Orig.Sport, q.Orig.Dport = o.SrcPort, o.DstPort
+		for off := 0; off < len(qs); off += len(s.buf) {
+			chunk := s.buf[:min(len(s.buf), len(qs)-off)]
+			for i := range chunk {
+				o := orig(start + off + i)
+				chunk[i] = lookupCtLookup{}
+				chunk[i].Orig.Saddr, chunk[i].Orig.Daddr = o.Src, o.Dst
+				chunk[i].Orig.Sport, chunk[i].Orig.Dport = o.SrcPort, o.DstPort
+			}
+			copy(qs[off:], chunk)
 		}
 		binary.NativeEndian.PutUint32(packet[4:], uint32(len(qs)))
 		if err := runXDP(l.objs.LookupCt, "conntrack lookup", packet, nil); err != nil {

@@ -20,8 +20,9 @@ func TestLookupConntrack(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	// Runs of 3 lookups, several of them, in the second of two slots: an
-	// element that answered in one run is asked again in the next.
+	// Runs of 3 lookups, copied in 2 at a time: several of each, in the
+	// second of two slots, so that an element that answered in one run is
+	// asked again in the next.
 	l, err := newConntrackLookup(3, 2, testTypes)
 	if err != nil {
 		t.Fatal(err)
@@ -29,6 +30,9 @@ func TestLookupConntrack(t *testing.T) {
 	defer l.Close()
 	first := <-l.slots
 	defer func() { l.slots <- first }()
+	second := <-l.slots
+	second.buf = second.buf[:2]
+	l.slots <- second
 
 	lab := netlab.New(t)
 	node := lab.NetNS("node")
