@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -33,8 +34,10 @@ type ConntrackLookup struct {
 	arr  *mapped[lookupCtLookup] // the lookups array, mapped
 	run  int                     // lookups of one program run, and of one slot
 
-	// slots hands out the parts of the array and their buffers.
-	slots chan *lookupSlot
+	// slots hands out the parts of the array and their buffers; Close
+	// takes them all back and closes it.
+	slots   chan *lookupSlot
+	closeMu sync.Mutex // serialises Close
 }
 
 // lookupSlot is one caller's part of the array, and a buffer the tuples
@@ -89,7 +92,22 @@ func newConntrackLookup(run, slots int, types *btf.Cache) (*ConntrackLookup, err
 }
 
 // Close unloads the program.
-func (l *ConntrackLookup) Close() error { return errors.Join(l.arr.close(), l.objs.Close()) }
+// Lookups in progress, which use the mapped array, are waited for; a
+// Lookup after Close returns ErrClosed.
+func (l *ConntrackLookup) Close() error {
+	l.closeMu.Lock()
+	defer l.closeMu.Unlock()
+	if l.arr == nil {
+		return nil
+	}
+	for range cap(l.slots) {
+		<-l.slots
+	}
+	close(l.slots)
+	err := l.arr.close()
+	l.arr = nil
+	return errors.Join(err, l.objs.Close())
+}
 
 // Lookup looks n tuples up in the conntrack table of the calling thread's
 // network namespace: orig(i) is the i-th, and found(i, reply) is called for
@@ -97,7 +115,10 @@ func (l *ConntrackLookup) Close() error { return errors.Join(l.arr.close(), l.ob
 // entry's reply tuple. The caller locks its goroutine to an OS thread in the
 // namespace whose table it wants.
 func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error {
-	s := <-l.slots
+	s, ok := <-l.slots
+	if !ok {
+		return fmt.Errorf("conntrack lookup: %w", ErrClosed)
+	}
 	defer func() { l.slots <- s }()
 	slot := l.arr.elems[s.start : s.start+l.run]
 	// The run's packet, at least an Ethernet header long as XDP wants:

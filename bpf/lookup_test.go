@@ -1,10 +1,13 @@
 package bpf
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -129,4 +132,51 @@ func dialMapped(ns *netlab.NS, dst netip.AddrPort) (c net.Conn, err error) {
 		return err
 	})
 	return c, err
+}
+
+// TestLookupCloseDuringLookup closes the lookup while a Lookup is filling
+// its part of the mapped array: Close must wait for it before unmapping
+// the array, and a Lookup after Close must fail with ErrClosed.
+func TestLookupCloseDuringLookup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	l, err := newConntrackLookup(4, 2, testTypes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inOrig, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	looked := make(chan error, 1)
+	go func() {
+		looked <- l.Lookup(8, func(int) Tuple {
+			once.Do(func() {
+				close(inOrig)
+				<-release
+			})
+			return Tuple{}
+		}, func(int, Tuple) {})
+	}()
+	<-inOrig
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	select {
+	case err := <-closed:
+		close(release)
+		t.Fatalf("Close returned (%v) while a Lookup was filling the array", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-looked; err != nil {
+		t.Errorf("Lookup: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := l.Lookup(1, func(int) Tuple { return Tuple{} }, func(int, Tuple) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Lookup after Close: %v, want ErrClosed", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("Close again: %v", err)
+	}
 }

@@ -286,12 +286,19 @@ func (t *Tracker) Detach() error {
 }
 
 // Close detaches the recording program and frees the programs and maps.
+// A Read in progress, which reads the mapped arrays, is waited for; a
+// Read after Close returns ErrClosed.
 func (t *Tracker) Close() error {
 	errs := []error{t.Detach()}
+	t.mu.Lock()
 	errs = append(errs, t.changes.close(), t.progressMap.close())
 	t.changes, t.progressMap, t.progress = nil, nil, nil
+	t.mu.Unlock()
 	return errors.Join(append(errs, t.objs.Close())...)
 }
+
+// ErrClosed is returned by reads and lookups after Close.
+var ErrClosed = errors.New("closed")
 
 // Capacity returns the size of the connection map.
 func (t *Tracker) Capacity() uint32 { return t.max }
@@ -325,6 +332,9 @@ func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.changes == nil {
+		return 0, fmt.Errorf("read connections: %w", ErrClosed)
+	}
 	// The counters are read before the walk: a change counted after this
 	// point is either seen by the walk or makes the next Read walk.
 	var now [2]uint64

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/iotest"
@@ -539,5 +540,51 @@ func TestTrackerReconnect(t *testing.T) {
 	}
 	if c.State != StateEstablished || c.Dst != open {
 		t.Errorf("entry %v -> %v %v, want established to %v", c.Src, c.Dst, c.State, open)
+	}
+}
+
+// TestTrackerCloseDuringRead closes the tracker while a Read is handing a
+// connection to fn. Read reads the ring where the kernel wrote it, so Close
+// must wait for it before unmapping the ring, and a Read after Close must
+// fail with ErrClosed instead of touching memory that is gone (which would
+// kill the process, not return an error).
+func TestTrackerCloseDuringRead(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024})
+	conn := trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(StateEstablished),
+		Sport: 1, Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}, Version: 1}
+	if err := tr.objs.Conns.Put(uint64(1<<41), conn); err != nil {
+		t.Fatal(err)
+	}
+	tr.walked = false // the kernel's counters do not see a change made here
+	inFn, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	read := make(chan error, 1)
+	go func() {
+		_, err := tr.Read(func(*Conn) {
+			once.Do(func() {
+				close(inFn)
+				<-release
+			})
+		})
+		read <- err
+	}()
+	<-inFn
+	closed := make(chan error, 1)
+	go func() { closed <- tr.Close() }()
+	select {
+	case err := <-closed:
+		close(release)
+		t.Fatalf("Close returned (%v) while a Read was handing out connections", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-read; err != nil {
+		t.Errorf("Read: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if _, err := tr.Read(func(*Conn) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Read after Close: %v, want ErrClosed", err)
 	}
 }
