@@ -3,6 +3,7 @@ package bpf
 import (
 	"fmt"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -38,15 +39,17 @@ func mapArray[T any](m *ebpf.Map) (*mapped[T], error) {
 	if err != nil {
 		return nil, fmt.Errorf("map %v into memory: %w", m, err)
 	}
+	var sum byte
 	for off := 0; off < len(mem); off += os.Getpagesize() {
-		touched += mem[off]
+		sum += mem[off]
 	}
+	touched.Add(uint32(sum))
 	return &mapped[T]{mem: mem, elems: unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(mem))), n)}, nil
 }
 
 // touched sums a byte of each page mapArray touches, so that the compiler
-// keeps the loads.
-var touched byte
+// keeps the loads; atomic, as arrays may be mapped from several goroutines.
+var touched atomic.Uint32
 
 // close unmaps the array. The elements must not be used after.
 func (m *mapped[T]) close() error {
