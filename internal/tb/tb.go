@@ -1,5 +1,6 @@
-// Package tb holds the part of testing.TB that the test labs use, so that
-// commands such as the benchmark can build the same topologies.
+// Package tb holds what the test labs share with commands such as the
+// benchmark, which build the same topologies: the part of testing.TB the
+// labs use, and a buffer for the output of the daemons they start.
 package tb
 
 import "testing"
