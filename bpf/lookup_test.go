@@ -5,9 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -20,17 +18,10 @@ import (
 // (IPv4, IPv6, and a dual-stack socket's IPv4 connection), untranslated,
 // absent from the table, and asked in reverse.
 func TestLookupConntrack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("loading BPF programs needs root")
-	}
 	// Runs of 3 lookups, copied in 2 at a time: several of each, in the
 	// second of two slots, so that an element that answered in one run is
 	// asked again in the next.
-	l, err := newConntrackLookup(3, 2, testTypes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := newLookup(t, 3, 2)
 	first := <-l.slots
 	defer func() { l.slots <- first }()
 	second := <-l.slots
@@ -84,7 +75,7 @@ func TestLookupConntrack(t *testing.T) {
 	want = append(want, "")
 
 	reply, found := make([]Tuple, len(orig)), make([]bool, len(orig))
-	err = node.Do(func() error {
+	err := node.Do(func() error {
 		return l.Lookup(len(orig), func(i int) Tuple { return orig[i] }, func(i int, r Tuple) {
 			if found[i] {
 				t.Errorf("%d answered twice", i)
@@ -134,45 +125,36 @@ func dialMapped(ns *netlab.NS, dst netip.AddrPort) (c net.Conn, err error) {
 	return c, err
 }
 
+// newLookup loads the lookup program with runs of run lookups and slots
+// slots, and closes it when the test ends. It skips only when not root.
+func newLookup(t *testing.T, run, slots int) *ConntrackLookup {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	l, err := newConntrackLookup(run, slots, testTypes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lookup: %v", err)
+		}
+	})
+	return l
+}
+
 // TestLookupCloseDuringLookup closes the lookup while a Lookup is filling
 // its part of the mapped array: Close must wait for it before unmapping
 // the array, and a Lookup after Close must fail with ErrClosed.
 func TestLookupCloseDuringLookup(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("loading BPF programs needs root")
-	}
-	l, err := newConntrackLookup(4, 2, testTypes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inOrig, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	looked := make(chan error, 1)
-	go func() {
-		looked <- l.Lookup(8, func(int) Tuple {
-			once.Do(func() {
-				close(inOrig)
-				<-release
-			})
+	l := newLookup(t, 4, 2)
+	closeWaits(t, "a Lookup filling the array", func(hold func()) error {
+		return l.Lookup(8, func(int) Tuple {
+			hold()
 			return Tuple{}
 		}, func(int, Tuple) {})
-	}()
-	<-inOrig
-	closed := make(chan error, 1)
-	go func() { closed <- l.Close() }()
-	select {
-	case err := <-closed:
-		close(release)
-		t.Fatalf("Close returned (%v) while a Lookup was filling the array", err)
-	case <-time.After(200 * time.Millisecond):
-	}
-	close(release)
-	if err := <-looked; err != nil {
-		t.Errorf("Lookup: %v", err)
-	}
-	if err := <-closed; err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	}, l.Close)
 	if err := l.Lookup(1, func(int) Tuple { return Tuple{} }, func(int, Tuple) {}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Lookup after Close: %v, want ErrClosed", err)
 	}

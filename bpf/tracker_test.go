@@ -556,35 +556,45 @@ func TestTrackerCloseDuringRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr.walked = false // the kernel's counters do not see a change made here
-	inFn, release := make(chan struct{}), make(chan struct{})
+	closeWaits(t, "a Read handing out connections", func(hold func()) error {
+		_, err := tr.Read(func(*Conn) { hold() })
+		return err
+	}, tr.Close)
+	if _, err := tr.Read(func(*Conn) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Read after Close: %v, want ErrClosed", err)
+	}
+}
+
+// closeWaits runs call on a goroutine of its own until call's callback
+// calls hold, which stops it there; it then calls closeFn and checks that
+// closeFn does not return while call is held, and that both succeed once
+// call is let go. what says what call is doing, for the messages.
+func closeWaits(t *testing.T, what string, call func(hold func()) error, closeFn func() error) {
+	t.Helper()
+	held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	read := make(chan error, 1)
-	go func() {
-		_, err := tr.Read(func(*Conn) {
-			once.Do(func() {
-				close(inFn)
-				<-release
-			})
+	hold := func() {
+		once.Do(func() {
+			close(held)
+			<-release
 		})
-		read <- err
-	}()
-	<-inFn
+	}
+	called := make(chan error, 1)
+	go func() { called <- call(hold) }()
+	<-held
 	closed := make(chan error, 1)
-	go func() { closed <- tr.Close() }()
+	go func() { closed <- closeFn() }()
 	select {
 	case err := <-closed:
 		close(release)
-		t.Fatalf("Close returned (%v) while a Read was handing out connections", err)
+		t.Fatalf("Close returned (%v) during %s", err, what)
 	case <-time.After(200 * time.Millisecond):
 	}
 	close(release)
-	if err := <-read; err != nil {
-		t.Errorf("Read: %v", err)
+	if err := <-called; err != nil {
+		t.Errorf("%s: %v", what, err)
 	}
 	if err := <-closed; err != nil {
 		t.Errorf("Close: %v", err)
-	}
-	if _, err := tr.Read(func(*Conn) {}); !errors.Is(err, ErrClosed) {
-		t.Errorf("Read after Close: %v, want ErrClosed", err)
 	}
 }
