@@ -88,7 +88,7 @@ func main() {
 	cycles := flag.Int("cycles", 2000, "connect/close cycles per block of the throughput measurement")
 	exporter := flag.String("exporter", "", "exporter binary (default: build it)")
 	logs := flag.Bool("logs", false, "print the debug log of each exporter started")
-	profiles := flag.String("profiles", "", "directory to write CPU profiles of the cold and churn scrapes to")
+	profiles := flag.String("profiles", "", "directory to write CPU and allocation profiles of the cold, warm and churn scrapes to (2 seconds each: raise -warm to fill the warm ones)")
 	flag.IntVar(&tableExtra, "table", 0, "also fill the node's conntrack table with this many entries of other traffic, as on a busy node, so that the table is larger than the connections; with the connections and what earlier runs left (TIME_WAIT entries live 2 minutes) they must fit in net.netfilter.nf_conntrack_max, shared by all namespaces, or connections time out")
 	flag.Parse()
 
@@ -302,12 +302,14 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 	// body counts the allocations of the scrape before it: count from the
 	// first warm scrape's body to the last's.
 	var times, mallocs []float64
+	stopProfile := exp.profile(r, profiles, fmt.Sprintf("warm-%d", n))
 	for range max(warm, 2) {
 		d, b := exp.scrape(r)
 		times = append(times, d)
 		mallocs = append(mallocs, metric(b, "go_memstats_mallocs_total"))
 		body = b
 	}
+	stopProfile()
 	allocs := (mallocs[len(mallocs)-1] - mallocs[0]) / float64(len(mallocs)-1)
 	heap := metric(body, "go_memstats_heap_alloc_bytes")
 	rss, peak := exp.rss(r), exp.peakRSS(r)
