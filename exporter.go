@@ -135,6 +135,17 @@ func run() int {
 		return 1
 	}
 
+	// Opened before any thread moves into another network namespace, so
+	// that the network counters are those of the exporter's own.
+	var proc prometheus.Collector
+	if p, err := collector.NewProcess("/proc"); err != nil {
+		logger.Warn("process metrics come from client_golang's collector", "reason", err)
+		proc = prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{})
+	} else {
+		defer p.Close()
+		proc = p
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -175,7 +186,7 @@ func run() int {
 
 	static := prometheus.NewRegistry()
 	static.MustRegister(versioncollector.NewCollector(exporterName))
-	static.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), ct)
+	static.MustRegister(prometheus.NewGoCollector(), proc, ct)
 
 	names := &namer{}
 	steps := resolve.Chain{ct.OwnNamespace()}
