@@ -23,6 +23,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/cilium/ebpf/btf"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
@@ -140,7 +141,7 @@ func run() int {
 	var proc prometheus.Collector
 	if p, err := collector.NewProcess("/proc"); err != nil {
 		logger.Warn("process metrics come from client_golang's collector", "reason", err)
-		proc = prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{})
+		proc = collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})
 	} else {
 		defer p.Close()
 		proc = p
@@ -186,7 +187,7 @@ func run() int {
 
 	static := prometheus.NewRegistry()
 	static.MustRegister(versioncollector.NewCollector(exporterName))
-	static.MustRegister(prometheus.NewGoCollector(), proc, ct)
+	static.MustRegister(collectors.NewGoCollector(), proc, ct)
 
 	names := &namer{}
 	steps := resolve.Chain{ct.OwnNamespace()}
