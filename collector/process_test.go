@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
@@ -188,6 +189,16 @@ func TestProcessRereads(t *testing.T) {
 	}
 	if got, want := sample(t, third, "process_start_time_seconds"), sample(t, first, "process_start_time_seconds"); got != want {
 		t.Errorf("start time moved from %v to %v", want, got)
+	}
+}
+
+func TestProcessLint(t *testing.T) {
+	problems, err := testutil.CollectAndLint(newTestProcess(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 }
 
