@@ -94,14 +94,16 @@ func NewProcess(procfs string) (*Process, error) {
 	return p, nil
 }
 
-// Close closes the files; Collect must not be called after it.
+// Close closes the files. It waits for a Collect in progress; a Collect
+// after it sends the start time alone.
 func (p *Process) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
-	for _, f := range []*os.File{p.stat, p.netstat, p.fds} {
-		if f != nil {
-			errs = append(errs, f.Close())
+	for _, f := range []**os.File{&p.stat, &p.netstat, &p.fds} {
+		if *f != nil {
+			errs = append(errs, (*f).Close())
+			*f = nil
 		}
 	}
 	return errors.Join(errs...)
@@ -119,6 +121,10 @@ func (p *Process) Describe(ch chan<- *prometheus.Desc) {
 func (p *Process) Collect(ch chan<- prometheus.Metric) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.stat == nil {
+		ch <- prometheus.MustNewConstMetric(processStartDesc, prometheus.GaugeValue, p.start)
+		return // closed
+	}
 	if f, err := p.statFields(); err == nil {
 		ch <- prometheus.MustNewConstMetric(processCPUDesc, prometheus.CounterValue, float64(f.utime+f.stime)/userHZ)
 		ch <- prometheus.MustNewConstMetric(processVsizeDesc, prometheus.GaugeValue, float64(f.vsize))

@@ -192,6 +192,23 @@ func TestProcessRereads(t *testing.T) {
 	}
 }
 
+func TestProcessClosed(t *testing.T) {
+	p, err := NewProcess("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mfs := gatherFamilies(t, p)
+	if len(mfs) != 1 || sample(t, mfs, "process_start_time_seconds") != p.start {
+		t.Errorf("after Close: %d families, want the start time alone", len(mfs))
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
 func TestProcessLint(t *testing.T) {
 	problems, err := testutil.CollectAndLint(newTestProcess(t))
 	if err != nil {
