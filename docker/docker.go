@@ -106,7 +106,7 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	opts := []client.Opt{client.FromEnv} // the API version is negotiated by default
 	if cfg.Host != "" {
 		opts = append(opts, client.WithHost(cfg.Host))
 	}

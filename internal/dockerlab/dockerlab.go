@@ -96,7 +96,7 @@ func (d *Daemon) start() {
 	}
 	d.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
-	api, err := client.New(client.WithHost(d.Host), client.WithAPIVersionNegotiation())
+	api, err := client.New(client.WithHost(d.Host))
 	if err != nil {
 		d.t.Fatalf("%v", err)
 	}
