@@ -1,7 +1,7 @@
 // Package dockerlab runs a private Docker daemon for tests: its own data
 // and exec roots and socket, test images built FROM scratch around a
 // static binary, and a cleanup that stops it and removes what it changed
-// on the host (nft tables, links, sysctls, mounts, files), even when the
+// on the host (nft tables, links, sysctls, mounts, files, cgroups), even when the
 // test fails.
 package dockerlab
 
@@ -56,6 +56,10 @@ func Start(t TB) *Daemon {
 		"--pidfile", filepath.Join(root, "d.pid"), "-H", d.Host,
 		"--userland-proxy=false", "--bip", "172.31.254.1/24",
 		"--default-address-pool", "base=172.30.0.0/16,size=24",
+		// Containers' cgroups under a parent of the lab's own, removed
+		// at cleanup, rather than dockerd's default /docker, which it
+		// creates in every hierarchy and leaves behind.
+		"--cgroup-parent", "/" + filepath.Base(root),
 	}
 	restore := hostState(t)
 	// On a systemd host / is a shared mount, so the namespace directory can
@@ -74,6 +78,7 @@ func Start(t TB) *Daemon {
 	}
 	t.Cleanup(func() {
 		d.stop()
+		removeCgroups(t, filepath.Base(root))
 		unmountUnder(root)
 		os.RemoveAll(root)
 		restore()
@@ -273,4 +278,54 @@ func unmountUnder(dir string) {
 	for i := len(mounts) - 1; i >= 0; i-- {
 		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 	}
+}
+
+// removeCgroups removes the cgroup name, and the cgroups under it, from
+// every cgroup hierarchy mounted. A container's cgroup empties shortly
+// after dockerd stops it: removal is retried for a few seconds, then what
+// is left fails the test.
+func removeCgroups(t TB, name string) {
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Errorf("list cgroup hierarchies: %v", err)
+		return
+	}
+	for line := range strings.Lines(string(mounts)) {
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[2] != "cgroup" && f[2] != "cgroup2") {
+			continue
+		}
+		dir := filepath.Join(f[1], name)
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err = removeCgroupTree(dir)
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("remove cgroup %s: %v", dir, err)
+		}
+	}
+}
+
+// removeCgroupTree removes the cgroup dir after the cgroups under it,
+// deepest first; a cgroup's files go with it.
+func removeCgroupTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := removeCgroupTree(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return os.Remove(dir)
 }
