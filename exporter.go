@@ -434,10 +434,11 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, true
 		}
 	}
+	inContainer := false // the process's cgroup names a container
 	if n.docker != nil {
 		ct, ok := n.docker.ByNetNS(c.NetNS)
 		if !ok {
-			ct, ok = n.containerOfProcess(c.PID)
+			ct, ok, inContainer = n.containerOfProcess(c.PID)
 		}
 		if ok {
 			return collector.Owner{Container: ct.Name, Workload: ct.Workload()}, true
@@ -446,20 +447,26 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 	o, _ := collector.ProcessNamer{}.Owner(c)
 	// Outside the host's namespace a process most likely runs in a
 	// container that a cache will know shortly, if there is a runtime to
-	// know it (one reached at least once, even if restarting now).
-	waiting := c.NetNS != n.hostNS &&
-		((n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known()))
+	// know it (one reached at least once, even if restarting now). In the
+	// host's namespace, so does a process whose cgroup names a container
+	// the Docker cache does not know yet: a host-network container that
+	// just started.
+	waiting := (c.NetNS != n.hostNS &&
+		((n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known()))) ||
+		(inContainer && n.docker.Known())
 	return o, !waiting
 }
 
 // containerOfProcess finds a host-network container by the id in its
-// process's cgroup path.
-func (n *namer) containerOfProcess(pid uint32) (docker.Container, bool) {
-	cg, ok := kube.ProcessCgroup(n.procfs, pid)
-	if !ok {
-		return docker.Container{}, false
+// process's cgroup path. inContainer reports whether the path names a
+// container at all, known or not.
+func (n *namer) containerOfProcess(pid uint32) (ct docker.Container, ok, inContainer bool) {
+	cg, isCt := kube.ProcessCgroup(n.procfs, pid)
+	if !isCt {
+		return docker.Container{}, false, false
 	}
-	return n.docker.ByID(cg.ID)
+	ct, ok = n.docker.ByID(cg.ID)
+	return ct, ok, true
 }
 
 func (n *namer) DestinationWorkload(addr netip.AddrPort) (string, bool) {

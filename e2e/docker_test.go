@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -9,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +105,133 @@ func TestDockerBridge(t *testing.T) {
 		t.Errorf("hostile workload label not kept to its first 256 bytes: %d series\n%.3000s", len(evil), grep(s.text, "connection_active"))
 	}
 }
+
+// TestDockerHostNetwork: a container on the host's network shares the
+// host's namespace, so only its process's cgroup tells it apart: its
+// connections carry its name, found by the container id in the cgroup path
+// (under the lab's own cgroup parent, not dockerd's default /docker). The
+// exporter hears of the container late here, as it may from a busy engine:
+// the connections it sees before then wait for the container's name
+// instead of keeping the process's.
+func TestDockerHostNetwork(t *testing.T) {
+	d := dockerLab(t)
+	proxy := newGatedProxy(t, strings.TrimPrefix(d.Host, "unix://"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			defer c.Close() // held until the test ends
+		}
+	}()
+	addr := ln.Addr().String()
+
+	args := dockerArgs(d)
+	for i, a := range args {
+		if strings.HasPrefix(a, "--docker.host=") {
+			args[i] = "--docker.host=unix://" + proxy.path
+		}
+	}
+	exp := startExporter(t, nil, args...)
+	waitFor(t, "the exporter to reach the engine", 15*time.Second, func() bool {
+		up := exp.scrapeQuiet().samples("connection_exporter_docker_up", nil)
+		return len(up) == 1 && up[0].value == 1
+	})
+
+	proxy.hold()
+	release := sync.OnceFunc(proxy.release)
+	defer release()
+	d.Docker("run", "-d", "--name", "hostclient", "--network", "host", "peer", "connect", addr, "2")
+	waitFor(t, "2 connections from the host-network container", 20*time.Second, func() bool { return accepted.Load() >= 2 })
+	dest := map[string]string{"destination": addr}
+	for range 3 {
+		s := exp.scrape()
+		if got := s.samples("connection_active", dest); len(got) != 0 {
+			t.Fatalf("exported before the engine named the container: %v", got)
+		}
+	}
+	release()
+
+	waitFor(t, "the connections under the container's name", 15*time.Second, func() bool {
+		return len(exp.scrapeQuiet().samples("connection_active", dest)) > 0
+	})
+	s := exp.scrape()
+	got := s.samples("connection_active", dest)
+	if len(got) != 1 || got[0].value != 2 {
+		t.Fatalf("connections to %s: %v\n%s", addr, got, grep(s.text, "connection_active"))
+	}
+	if l := got[0].labels; l["container"] != "hostclient" || l["workload"] != "hostclient" || l["process"] != "peer" ||
+		l["actual_destination"] != addr || l["resolver"] != "none" {
+		t.Errorf("labels %v, want container and workload hostclient, process peer, actual %s, resolver none", l, addr)
+	}
+}
+
+// gatedProxy forwards connections on a unix socket of its own to the
+// Docker daemon's; while it is held, nothing the daemon sends reaches the
+// client, as when the engine is slow to report.
+type gatedProxy struct {
+	path string
+	gate sync.RWMutex // write-locked while held
+}
+
+func newGatedProxy(t *testing.T, daemon string) *gatedProxy {
+	t.Helper()
+	p := &gatedProxy{path: filepath.Join(t.TempDir(), "proxy.sock")}
+	ln, err := net.Listen("unix", p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c, daemon)
+		}
+	}()
+	return p
+}
+
+func (p *gatedProxy) forward(c net.Conn, daemon string) {
+	defer c.Close()
+	up, err := net.Dial("unix", daemon)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go func() {
+		io.Copy(up, c)
+		up.(*net.UnixConn).CloseWrite()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 {
+			p.gate.RLock()
+			_, werr := c.Write(buf[:n])
+			p.gate.RUnlock()
+			if werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *gatedProxy) hold()    { p.gate.Lock() }
+func (p *gatedProxy) release() { p.gate.Unlock() }
 
 // TestDockerPublished: a published port reached through the host's DNAT
 // resolves to the container.
