@@ -434,11 +434,18 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, true
 		}
 	}
-	inContainer := false // the process's cgroup names a container
+	// The process's cgroup ties a host-network container to its process;
+	// it is read once, and only when needed.
+	var cg kube.CgroupContainer
+	inContainer, read := false, false
 	if n.docker != nil {
 		ct, ok := n.docker.ByNetNS(c.NetNS)
 		if !ok {
-			ct, ok, inContainer = n.containerOfProcess(c.PID)
+			cg, inContainer = kube.ProcessCgroup(n.procfs, c.PID)
+			read = true
+			if inContainer {
+				ct, ok = n.docker.ByID(cg.ID)
+			}
 		}
 		if ok {
 			return collector.Owner{Container: ct.Name, Workload: ct.Workload()}, true
@@ -449,24 +456,19 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 	// container that a cache will know shortly, if there is a runtime to
 	// know it (one reached at least once, even if restarting now). In the
 	// host's namespace, so does a process whose cgroup names a container
-	// the Docker cache does not know yet: a host-network container that
-	// just started.
-	waiting := (c.NetNS != n.hostNS &&
-		((n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known()))) ||
-		(inContainer && n.docker.Known())
-	return o, !waiting
-}
-
-// containerOfProcess finds a host-network container by the id in its
-// process's cgroup path. inContainer reports whether the path names a
-// container at all, known or not.
-func (n *namer) containerOfProcess(pid uint32) (ct docker.Container, ok, inContainer bool) {
-	cg, isCt := kube.ProcessCgroup(n.procfs, pid)
-	if !isCt {
-		return docker.Container{}, false, false
+	// (a pod's, for the kubelet) that the caches do not know yet: a
+	// host-network container or pod that just started.
+	var waiting bool
+	if c.NetNS != n.hostNS {
+		waiting = (n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known())
+	} else if n.kube != nil || n.docker != nil {
+		if !read {
+			cg, inContainer = kube.ProcessCgroup(n.procfs, c.PID)
+		}
+		waiting = inContainer &&
+			((n.kube != nil && n.kube.Synced() && cg.PodUID != "") || (n.docker != nil && n.docker.Known()))
 	}
-	ct, ok = n.docker.ByID(cg.ID)
-	return ct, ok, true
+	return o, !waiting
 }
 
 func (n *namer) DestinationWorkload(addr netip.AddrPort) (string, bool) {

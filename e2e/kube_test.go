@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,14 +88,45 @@ func containerCgroup(t *testing.T, uid, id string) string {
 type kubePod struct {
 	namespace, name, uid, rs, hash string
 	ips                            []string
+	hostNetwork                    bool
 	containers                     map[string]string // name -> id
 }
 
-// fakeKubelet serves a PodList in the kubelet's JSON shape over TLS,
-// requiring the bearer token.
+// fakeKubelet serves a PodList of pods in the kubelet's JSON shape over
+// TLS, requiring the bearer token.
 func fakeKubelet(t *testing.T, pods []kubePod) (url, caFile, tokenFile string) {
+	return fakeKubeletOf(t, func() []kubePod { return pods })
+}
+
+// fakeKubeletOf is fakeKubelet answering each request with the pods that
+// list returns then.
+func fakeKubeletOf(t *testing.T, list func() []kubePod) (url, caFile, tokenFile string) {
 	t.Helper()
-	var items []map[string]any
+	token := randomHex(16)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/pods" || r.Header.Get("Authorization") != "Bearer "+token {
+			http.Error(w, "Unauthorized", http.StatusUnauthorized)
+			return
+		}
+		body, err := podListJSON(list())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	caFile, tokenFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "token")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+	os.WriteFile(tokenFile, []byte(token), 0o600)
+	return srv.URL, caFile, tokenFile
+}
+
+// podListJSON renders pods as the kubelet's /pods answer.
+func podListJSON(pods []kubePod) ([]byte, error) {
+	items := []map[string]any{}
 	for _, p := range pods {
 		var statuses []map[string]any
 		var specs []map[string]any
@@ -115,29 +147,11 @@ func fakeKubelet(t *testing.T, pods []kubePod) (url, caFile, tokenFile string) {
 				"ownerReferences": []map[string]any{{"apiVersion": "apps/v1", "kind": "ReplicaSet",
 					"name": p.rs + "-" + p.hash, "uid": podUID(), "controller": true, "blockOwnerDeletion": true}},
 			},
-			"spec":   map[string]any{"containers": specs, "nodeName": "node-1"},
+			"spec":   map[string]any{"containers": specs, "nodeName": "node-1", "hostNetwork": p.hostNetwork},
 			"status": map[string]any{"phase": "Running", "podIP": p.ips[0], "podIPs": podIPs, "containerStatuses": statuses},
 		})
 	}
-	body, err := json.Marshal(map[string]any{"kind": "PodList", "apiVersion": "v1", "metadata": map[string]any{}, "items": items})
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := randomHex(16)
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/pods" || r.Header.Get("Authorization") != "Bearer "+token {
-			http.Error(w, "Unauthorized", http.StatusUnauthorized)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(body)
-	}))
-	t.Cleanup(srv.Close)
-	dir := t.TempDir()
-	caFile, tokenFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "token")
-	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
-	os.WriteFile(tokenFile, []byte(token), 0o600)
-	return srv.URL, caFile, tokenFile
+	return json.Marshal(map[string]any{"kind": "PodList", "apiVersion": "v1", "metadata": map[string]any{}, "items": items})
 }
 
 // kubeCluster is the kube-proxy cluster with pods named by a fake kubelet:
@@ -389,5 +403,93 @@ func TestKubeletDown(t *testing.T) {
 	}
 	if n := strings.Count(exp.logs.String(), "cannot list pods from the kubelet"); n < 1 {
 		t.Errorf("kubelet failure not logged")
+	}
+}
+
+// TestKubeletNamesHostNetworkPod: a hostNetwork pod's process shares the
+// host's namespace, and only its cgroup ties it to its pod. The pod starts
+// after the kubelet's last list, as any pod does for up to
+// --kubelet.refresh-interval: its connections wait for the pod's name
+// instead of keeping the process's.
+func TestKubeletNamesHostNetworkPod(t *testing.T) {
+	agentID := randomHex(32)
+	agent := kubePod{namespace: "monitoring", name: "node-agent-7f9c8d6b5-q4w8z", uid: podUID(), rs: "node-agent", hash: "7f9c8d6b5",
+		ips: []string{"192.0.2.10"}, hostNetwork: true, containers: map[string]string{"agent": agentID}}
+	other := kubePod{namespace: "shop", name: "web-6b7c8d9f5-m2n3p", uid: podUID(), rs: "web", hash: "6b7c8d9f5",
+		ips: []string{"10.77.9.2"}, containers: map[string]string{"web": randomHex(32)}}
+	var started atomic.Bool
+	url, ca, token := fakeKubeletOf(t, func() []kubePod {
+		if started.Load() {
+			return []kubePod{other, agent}
+		}
+		return []kubePod{other}
+	})
+	exp := startExporter(t, nil, "--kubelet.url="+url, "--kubelet.ca-file="+ca, "--kubelet.token-file="+token,
+		"--kubelet.refresh-interval=200ms", "--collector.resolve-attempts=100")
+	waitFor(t, "the first pod list", 15*time.Second, func() bool {
+		pods := exp.scrapeQuiet().samples("connection_exporter_kubelet_pods", nil)
+		return len(pods) == 1 && pods[0].value >= 1
+	})
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held until the test ends
+		}
+	}()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+
+	// The agent: bash named "agent", in the host's namespace, moved into
+	// its pod's cgroup before it connects.
+	cg := containerCgroup(t, agent.uid, agentID)
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "agent")
+	if err := os.Symlink(bash, link); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf("echo ready; read -r _; exec 3<>/dev/tcp/%s/%d || exit 1; exec 4<>/dev/tcp/%s/%d || exit 1; echo ready; read -r _",
+		dst.Addr(), dst.Port(), dst.Addr(), dst.Port())
+	cmd := exec.Command(link, "-c", script)
+	stdin, out := waitReady(t, cmd, "agent")
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0o644); err != nil {
+		t.Fatalf("move the agent into its cgroup: %v", err)
+	}
+	io.WriteString(stdin, "go\n")
+	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("agent did not connect: %q %v", line, err)
+	}
+
+	match := map[string]string{"destination": dst.String()}
+	for range 3 {
+		if got := exp.scrape().samples("connection_active", match); len(got) != 0 {
+			t.Fatalf("exported before the kubelet listed the pod: %v", got)
+		}
+	}
+	started.Store(true)
+	waitFor(t, "the connections under the pod's name", 15*time.Second, func() bool {
+		return len(exp.scrapeQuiet().samples("connection_active", match)) > 0
+	})
+	s := exp.scrape()
+	got := s.samples("connection_active", match)
+	if len(got) != 1 || got[0].value != 2 {
+		t.Fatalf("connections to %s: %v\n%s", dst, got, grep(s.text, "connection_active"))
+	}
+	want := map[string]string{"namespace": "monitoring", "pod": agent.name, "container": "agent", "workload": "node-agent",
+		"process": "agent", "actual_destination": dst.String(), "resolver": "none"}
+	for k, v := range want {
+		if got[0].labels[k] != v {
+			t.Errorf("label %s = %q, want %q (labels %v)", k, got[0].labels[k], v, got[0].labels)
+		}
 	}
 }
