@@ -430,8 +430,11 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 		return o, false
 	}
 	if n.kube != nil {
-		if o, ok := n.kube.Owner(c.PID, c.NetNS); ok {
-			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, true
+		if o, ok := n.kube.Owner(c.PID, c.NetNS); ok || o.Pod != "" {
+			// Without ok, a container started in a known pod since the
+			// last list: the pod's name for now, and the container's
+			// once the next list has it.
+			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, ok
 		}
 	}
 	// The process's cgroup ties a host-network container to its process;

@@ -413,43 +413,93 @@ func TestKubeletDown(t *testing.T) {
 // instead of keeping the process's.
 func TestKubeletNamesHostNetworkPod(t *testing.T) {
 	agentID := randomHex(32)
-	agent := kubePod{namespace: "monitoring", name: "node-agent-7f9c8d6b5-q4w8z", uid: podUID(), rs: "node-agent", hash: "7f9c8d6b5",
-		ips: []string{"192.0.2.10"}, hostNetwork: true, containers: map[string]string{"agent": agentID}}
+	agent := hostAgentPod(map[string]string{"agent": agentID})
 	other := kubePod{namespace: "shop", name: "web-6b7c8d9f5-m2n3p", uid: podUID(), rs: "web", hash: "6b7c8d9f5",
 		ips: []string{"10.77.9.2"}, containers: map[string]string{"web": randomHex(32)}}
-	var started atomic.Bool
-	url, ca, token := fakeKubeletOf(t, func() []kubePod {
-		if started.Load() {
+	var listed atomic.Bool
+	exp := kubeletExporter(t, func() []kubePod {
+		if listed.Load() {
 			return []kubePod{other, agent}
 		}
 		return []kubePod{other}
 	})
+	dst := startHostAgent(t, agent.uid, agentID)
+	got := namedLate(t, exp, dst, &listed)
+	checkLabels(t, got, map[string]string{"namespace": "monitoring", "pod": agent.name, "container": "agent",
+		"workload": "node-agent", "process": "agent", "actual_destination": dst.String(), "resolver": "none"})
+}
+
+// TestKubeletNamesRestartedContainer: a container that started in a
+// listed pod since the last list (a restart) has its connections wait for
+// the container's name, rather than keep the pod's alone.
+func TestKubeletNamesRestartedContainer(t *testing.T) {
+	oldID, newID := randomHex(32), randomHex(32)
+	before := hostAgentPod(map[string]string{"agent": oldID})
+	after := before
+	after.containers = map[string]string{"agent": newID}
+	var listed atomic.Bool
+	exp := kubeletExporter(t, func() []kubePod {
+		if listed.Load() {
+			return []kubePod{after}
+		}
+		return []kubePod{before}
+	})
+	dst := startHostAgent(t, before.uid, newID)
+	got := namedLate(t, exp, dst, &listed)
+	checkLabels(t, got, map[string]string{"namespace": "monitoring", "pod": before.name, "container": "agent",
+		"workload": "node-agent", "process": "agent"})
+}
+
+// hostAgentPod is a hostNetwork pod of a Deployment "node-agent" with the
+// given containers (name -> id).
+func hostAgentPod(containers map[string]string) kubePod {
+	return kubePod{namespace: "monitoring", name: "node-agent-7f9c8d6b5-q4w8z", uid: podUID(), rs: "node-agent", hash: "7f9c8d6b5",
+		ips: []string{"192.0.2.10"}, hostNetwork: true, containers: containers}
+}
+
+// kubeletExporter starts an exporter naming from a fake kubelet that
+// answers with list, refreshed every 200 ms, and waits for its first list.
+func kubeletExporter(t *testing.T, list func() []kubePod) *exporter {
+	t.Helper()
+	url, ca, token := fakeKubeletOf(t, list)
 	exp := startExporter(t, nil, "--kubelet.url="+url, "--kubelet.ca-file="+ca, "--kubelet.token-file="+token,
 		"--kubelet.refresh-interval=200ms", "--collector.resolve-attempts=100")
 	waitFor(t, "the first pod list", 15*time.Second, func() bool {
 		pods := exp.scrapeQuiet().samples("connection_exporter_kubelet_pods", nil)
 		return len(pods) == 1 && pods[0].value >= 1
 	})
+	return exp
+}
 
+// startHostAgent starts bash named "agent" in the host's namespace, moves
+// it into the cgroup of container id of pod uid, and has it open two
+// connections to a loopback listener of the test's, whose address it
+// returns. The connections are held until the test ends.
+func startHostAgent(t *testing.T, uid, id string) netip.AddrPort {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			defer c.Close() // held until the test ends
+			held = append(held, c)
 		}
 	}()
 	dst := netip.MustParseAddrPort(ln.Addr().String())
 
-	// The agent: bash named "agent", in the host's namespace, moved into
-	// its pod's cgroup before it connects.
-	cg := containerCgroup(t, agent.uid, agentID)
+	cg := containerCgroup(t, uid, id)
 	bash, err := exec.LookPath("bash")
 	if err != nil {
 		t.Fatal(err)
@@ -469,15 +519,22 @@ func TestKubeletNamesHostNetworkPod(t *testing.T) {
 	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
 		t.Fatalf("agent did not connect: %q %v", line, err)
 	}
+	return dst
+}
 
+// namedLate checks that three scrapes export no connection to dst while
+// the kubelet does not list what names them, then sets listed and waits
+// for the two connections' one series, which it returns.
+func namedLate(t *testing.T, exp *exporter, dst netip.AddrPort, listed *atomic.Bool) sample {
+	t.Helper()
 	match := map[string]string{"destination": dst.String()}
 	for range 3 {
 		if got := exp.scrape().samples("connection_active", match); len(got) != 0 {
-			t.Fatalf("exported before the kubelet listed the pod: %v", got)
+			t.Fatalf("exported before the kubelet named them: %v", got)
 		}
 	}
-	started.Store(true)
-	waitFor(t, "the connections under the pod's name", 15*time.Second, func() bool {
+	listed.Store(true)
+	waitFor(t, "the connections under their names", 15*time.Second, func() bool {
 		return len(exp.scrapeQuiet().samples("connection_active", match)) > 0
 	})
 	s := exp.scrape()
@@ -485,11 +542,15 @@ func TestKubeletNamesHostNetworkPod(t *testing.T) {
 	if len(got) != 1 || got[0].value != 2 {
 		t.Fatalf("connections to %s: %v\n%s", dst, got, grep(s.text, "connection_active"))
 	}
-	want := map[string]string{"namespace": "monitoring", "pod": agent.name, "container": "agent", "workload": "node-agent",
-		"process": "agent", "actual_destination": dst.String(), "resolver": "none"}
+	return got[0]
+}
+
+// checkLabels fails the test for each label of want that s does not have.
+func checkLabels(t *testing.T, s sample, want map[string]string) {
+	t.Helper()
 	for k, v := range want {
-		if got[0].labels[k] != v {
-			t.Errorf("label %s = %q, want %q (labels %v)", k, got[0].labels[k], v, got[0].labels)
+		if s.labels[k] != v {
+			t.Errorf("label %s = %q, want %q (labels %v)", k, s.labels[k], v, s.labels)
 		}
 	}
 }

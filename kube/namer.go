@@ -39,10 +39,13 @@ func NewNamer(c *Client, procfs string) *Namer {
 // Owner names the pod container that process pid runs in, or, when the
 // process is gone, the pod whose network namespace netns is (without a
 // container). It reports false for host processes and containers the last
-// pod list does not know.
+// pod list does not know; for a container started in a pod that list
+// holds, the Owner then names the pod alone, the best name until the next
+// list names the container.
 func (n *Namer) Owner(pid, netns uint32) (Owner, bool) {
-	if o, ok := n.byProcess(pid); ok {
-		return o, true
+	o, ok := n.byProcess(pid)
+	if ok || o.Pod != "" {
+		return o, ok
 	}
 	n.mu.RLock()
 	uid, ok := n.netns[netns]
@@ -66,7 +69,7 @@ func (n *Namer) byProcess(pid uint32) (Owner, bool) {
 	}
 	// A container started since the last refresh: its pod may be known.
 	if p, ok := n.client.PodByUID(cg.PodUID); ok && cg.PodUID != "" {
-		return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, true
+		return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, false
 	}
 	return Owner{}, false
 }

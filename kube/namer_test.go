@@ -40,7 +40,7 @@ func TestNamer(t *testing.T) {
 	}{
 		{100, Owner{"default", "nginx-7c79c4bf97-x2k9p", "nginx", "nginx"}, true},
 		{200, Owner{"cache", "redis-0", "redis", "redis"}, true},
-		{300, Owner{"default", "nginx-7c79c4bf97-x2k9p", "", "nginx"}, true},
+		{300, Owner{"default", "nginx-7c79c4bf97-x2k9p", "", "nginx"}, false},
 		{400, Owner{}, false},
 		{999, Owner{}, false},
 		{0, Owner{}, false},
