@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	cf "github.com/connection-exporter/connection_exporter/internal/ciliumfake"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
@@ -73,6 +76,50 @@ func checkBackends(t *testing.T, cl *netlab.Cluster, exp *exporter, dst netip.Ad
 		if smp.labels["resolver"] != "conntrack" {
 			t.Errorf("connection to %v not resolved by conntrack: %v", dst, smp.labels)
 		}
+	}
+}
+
+// TestMappedIPv4: an IPv6 socket that connects to an IPv4 address, in its
+// IPv4-mapped form (what Java does for every IPv4 connection, and any
+// program that opens dual-stack sockets): the kernel connects over IPv4, so
+// its NAT is in the IPv4 conntrack table, and its destination is exported
+// as the IPv4 address.
+func TestMappedIPv4(t *testing.T) {
+	lab := netlab.New(t)
+	cl := lab.KubeProxy()
+	exp := startExporter(t, cl.Node)
+	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
+	mapped := netip.AddrFrom16(cl.VIP4.As16())
+	var conns []net.Conn
+	for range 20 {
+		var c net.Conn
+		err := cl.Client.Do(func() error {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			f := os.NewFile(uintptr(fd), "tcp6")
+			defer f.Close()
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(dst.Port()), Addr: mapped.As16()}); err != nil {
+				return fmt.Errorf("connect to %v: %w", netip.AddrPortFrom(mapped, dst.Port()), err)
+			}
+			c, err = net.FileConn(f)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns = append(conns, c)
+	}
+	want := truth(t, cl, sources(conns))
+	s := exp.scrape()
+	match := map[string]string{"process": process(t), "destination": dst.String(), "resolver": "conntrack"}
+	if got := s.byActual("connection_active", match); !equal(got, want) {
+		t.Errorf("connection_active by actual_destination = %v, backends saw %v\n%s", got, want, grep(s.text, "connection_active"))
 	}
 }
 
