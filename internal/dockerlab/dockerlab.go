@@ -35,9 +35,21 @@ type Daemon struct {
 	done     chan struct{}
 }
 
+// Option changes how Start runs the daemon.
+type Option func(*options)
+
+type options struct {
+	userlandProxy bool
+}
+
+// WithUserlandProxy has published ports served, for connections to the
+// host's loopback addresses, by docker-proxy processes (dockerd's default)
+// instead of DNAT rules alone (the lab's default).
+func WithUserlandProxy() Option { return func(o *options) { o.userlandProxy = true } }
+
 // Start runs a daemon. It skips when not root and fails when dockerd is
 // not installed (scripts/deps installs docker.io).
-func Start(t TB) *Daemon {
+func Start(t TB, opts ...Option) *Daemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("a Docker daemon needs root")
@@ -50,11 +62,15 @@ func Start(t TB) *Daemon {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	d := &Daemon{t: t, Root: root, Host: "unix://" + filepath.Join(root, "d.sock"), ExecRoot: filepath.Join(root, "x"), logs: &tb.Output{}}
 	d.args = []string{
 		"--data-root", filepath.Join(root, "data"), "--exec-root", d.ExecRoot,
 		"--pidfile", filepath.Join(root, "d.pid"), "-H", d.Host,
-		"--userland-proxy=false", "--bip", "172.31.254.1/24",
+		fmt.Sprintf("--userland-proxy=%t", o.userlandProxy), "--bip", "172.31.254.1/24",
 		"--default-address-pool", "base=172.30.0.0/16,size=24",
 		// Containers' cgroups under a parent of the lab's own, removed
 		// at cleanup, rather than dockerd's default /docker, which it
