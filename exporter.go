@@ -191,6 +191,7 @@ func run() int {
 
 	names := &namer{}
 	steps := resolve.Chain{ct.OwnNamespace()}
+	var last resolve.Chain // after the host's conntrack: where it translated nothing
 	if cfg.dockerEnabled {
 		cfg.docker.ProcFS = cfg.procfs
 		dc, err := docker.New(cfg.docker, logger.With("component", "docker"))
@@ -204,6 +205,7 @@ func run() int {
 		steps = append(steps,
 			ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, ServiceNetwork: dc.ServiceNetwork}),
 			ct.Ingress(resolve.IngressConfig{NetNSDir: cfg.dockerNetNS, IngressAddr: dc.IngressAddr}))
+		last = append(last, resolve.DockerProxy(resolve.DockerProxyConfig{HostNetNS: ct.HostNetNS(), Target: dc.PublishedTarget}))
 	}
 	if cfg.kubelet.URL != "" {
 		kc, err := kube.NewClient(cfg.kubelet, logger.With("component", "kubelet"))
@@ -221,6 +223,7 @@ func run() int {
 	steps = append(steps,
 		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
 		ct.HostNamespace())
+	steps = append(steps, last...)
 
 	conns, err := collector.NewConnections(collector.ConnectionsConfig{
 		MaxSeries: cfg.maxSeries, SeriesIdle: cfg.seriesIdle, ResolveAttempts: cfg.resolveAttempts,

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -48,6 +49,16 @@ type Container struct {
 	// Swarm service, task and stack; Compose project and service.
 	Service, Task, Stack           string
 	ComposeProject, ComposeService string
+	// Published are the container's TCP ports published on the host: the
+	// host's side of each binding (an unspecified address for all of the
+	// host's) and the container's port.
+	Published []Published
+}
+
+// Published is one TCP port binding of a container.
+type Published struct {
+	Host netip.AddrPort
+	Port uint16 // the container's
 }
 
 // Workload names what the container is an instance of: its Swarm service,
@@ -87,11 +98,14 @@ type Client struct {
 	ingress  netip.Addr            // ingress_sbox's address on docker_gwbridge
 	subnets  []netip.Prefix        // subnets of the engine's networks
 	gateways map[netip.Addr]bool   // their gateways: the host, not a container
-	up       bool
-	synced   bool // ever synced: an engine exists on this host
-	errors   map[string]float64
-	warned   bool
-	resynced time.Time
+	// published maps the host's side of a TCP port binding to the
+	// container behind it.
+	published map[netip.AddrPort]publishedTarget
+	up        bool
+	synced    bool // ever synced: an engine exists on this host
+	errors    map[string]float64
+	warned    bool
+	resynced  time.Time
 }
 
 // New creates the API client (with API version negotiation, so engines from
@@ -123,7 +137,15 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 	return c, nil
 }
 
+// publishedTarget is the container address behind a published port, and
+// the container's id.
+type publishedTarget struct {
+	addr netip.AddrPort
+	id   string
+}
+
 func (c *Client) reset() {
+	c.published = make(map[netip.AddrPort]publishedTarget)
 	c.gateways = make(map[netip.Addr]bool)
 	c.byID = make(map[string]*Container)
 	c.byNetNS = make(map[uint32]*Container)
@@ -297,6 +319,22 @@ func (c *Client) inspect(ctx context.Context, id string) (*Container, error) {
 				ct.Addrs = append(ct.Addrs, ep.IPAddress.Unmap())
 			}
 		}
+		for port, bindings := range in.NetworkSettings.Ports {
+			if port.Proto() != network.TCP {
+				continue
+			}
+			for _, b := range bindings {
+				hp, err := strconv.ParseUint(b.HostPort, 10, 16)
+				if err != nil || hp == 0 {
+					continue
+				}
+				host := b.HostIP.Unmap()
+				if !host.IsValid() {
+					host = netip.IPv4Unspecified() // the engine's "" for all addresses
+				}
+				ct.Published = append(ct.Published, Published{Host: netip.AddrPortFrom(host, uint16(hp)), Port: port.Num()})
+			}
+		}
 	}
 	return ct, nil
 }
@@ -321,6 +359,13 @@ func (c *Client) addLocked(ct *Container) {
 	for _, a := range ct.Addrs {
 		c.byIP[a] = ct.Workload()
 	}
+	// Which network a binding forwards to is not in the inspect answer: a
+	// container on several networks is left out rather than guessed.
+	if len(ct.Addrs) == 1 {
+		for _, p := range ct.Published {
+			c.published[p.Host] = publishedTarget{netip.AddrPortFrom(ct.Addrs[0], p.Port), ct.ID}
+		}
+	}
 }
 
 func (c *Client) removeLocked(id string) {
@@ -335,6 +380,11 @@ func (c *Client) removeLocked(id string) {
 	for _, a := range ct.Addrs {
 		if c.byIP[a] == ct.Workload() {
 			delete(c.byIP, a)
+		}
+	}
+	for _, p := range ct.Published {
+		if c.published[p.Host].id == id {
+			delete(c.published, p.Host)
 		}
 	}
 }
@@ -481,6 +531,27 @@ func (c *Client) ByNetNS(ino uint32) (Container, bool) {
 		return Container{}, false
 	}
 	return *ct, true
+}
+
+// PublishedTarget returns the container address and port behind a TCP
+// port published on the host, for a connection from the host to dst, one
+// of the host's own addresses: the binding to dst's address, else the one
+// to all addresses of its family. It reports false when no container of
+// a single network publishes that port there.
+func (c *Client) PublishedTarget(dst netip.AddrPort) (netip.AddrPort, bool) {
+	a := dst.Addr().Unmap()
+	all := netip.IPv4Unspecified()
+	if a.Is6() {
+		all = netip.IPv6Unspecified()
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, host := range []netip.Addr{a, all} {
+		if t, ok := c.published[netip.AddrPortFrom(host, dst.Port())]; ok {
+			return t.addr, true
+		}
+	}
+	return netip.AddrPort{}, false
 }
 
 // ByID returns a container by its full id.

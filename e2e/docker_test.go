@@ -21,9 +21,9 @@ import (
 )
 
 // dockerLab starts a private daemon with the peer image built.
-func dockerLab(t *testing.T) *dockerlab.Daemon {
+func dockerLab(t *testing.T, opts ...dockerlab.Option) *dockerlab.Daemon {
 	t.Helper()
-	d := dockerlab.Start(t)
+	d := dockerlab.Start(t, opts...)
 	bin := dockerlab.BuildStatic(t, "github.com/connection-exporter/connection_exporter/internal/dockerlab/peer", t.TempDir(), "peer")
 	d.BuildImage("peer", bin)
 	return d
@@ -233,36 +233,58 @@ func (p *gatedProxy) forward(c net.Conn, daemon string) {
 func (p *gatedProxy) hold()    { p.gate.Lock() }
 func (p *gatedProxy) release() { p.gate.Unlock() }
 
-// TestDockerPublished: a published port reached through the host's DNAT
-// resolves to the container.
+// TestDockerPublished: a port published on the host's loopback address
+// resolves to the container behind it, whether dockerd serves it with a
+// DNAT rule (--userland-proxy=false) or, its default, with a docker-proxy
+// process: then the client's connection ends at the proxy, with no NAT, and
+// the proxy's own connection to the container is a second one.
 func TestDockerPublished(t *testing.T) {
-	d := dockerLab(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	d.Docker("run", "-d", "--name", "pub", "-p", fmt.Sprintf("127.0.0.1:%d:8080", port), "peer", "serve", ":8080")
-	exp := startExporter(t, nil, dockerArgs(d)...)
-	waitContainers(t, exp, 1)
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
-	for range 4 {
-		c, err := net.Dial("tcp4", dst.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	waitFor(t, "pub to accept 4 connections", 10*time.Second, func() bool { return acceptedBy(d, "pub") >= 4 })
-	pub := containerIP(d, "pub") + ":8080"
-	s := exp.scrape()
-	got := s.samples("connection_active", map[string]string{"process": process(t), "destination": dst.String()})
-	if len(got) != 1 || got[0].value != 4 {
-		t.Fatalf("connections to %v: %v", dst, got)
-	}
-	if l := got[0].labels; l["actual_destination"] != pub || l["resolver"] != "conntrack" || l["destination_workload"] != "pub" {
-		t.Errorf("labels %v, want actual %s by conntrack, destination_workload pub", l, pub)
+	for _, mode := range []struct {
+		name     string
+		opts     []dockerlab.Option
+		resolver string
+	}{
+		{"dnat", nil, "conntrack"},
+		{"userland-proxy", []dockerlab.Option{dockerlab.WithUserlandProxy()}, "docker_proxy"},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			d := dockerLab(t, mode.opts...)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+			d.Docker("run", "-d", "--name", "pub", "-p", fmt.Sprintf("127.0.0.1:%d:8080", port), "peer", "serve", ":8080")
+			exp := startExporter(t, nil, dockerArgs(d)...)
+			waitContainers(t, exp, 1)
+			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+			for range 4 {
+				c, err := net.Dial("tcp4", dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+			waitFor(t, "pub to accept 4 connections", 10*time.Second, func() bool { return acceptedBy(d, "pub") >= 4 })
+			pub := containerIP(d, "pub") + ":8080"
+			s := exp.scrape()
+			got := s.samples("connection_active", map[string]string{"process": process(t), "destination": dst.String()})
+			if len(got) != 1 || got[0].value != 4 {
+				t.Fatalf("connections to %v: %v\n%s", dst, got, grep(s.text, "connection_active"))
+			}
+			if l := got[0].labels; l["actual_destination"] != pub || l["resolver"] != mode.resolver || l["destination_workload"] != "pub" {
+				t.Errorf("labels %v, want actual %s by %s, destination_workload pub", l, pub, mode.resolver)
+			}
+			if mode.resolver != "docker_proxy" {
+				return
+			}
+			// The proxy's own connections, straight to the container.
+			proxied := s.samples("connection_active", map[string]string{"process": "docker-proxy", "destination": pub})
+			if len(proxied) != 1 || proxied[0].value != 4 || proxied[0].labels["resolver"] != "none" {
+				t.Errorf("docker-proxy's connections to %s: %v", pub, proxied)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,50 @@
+package resolve
+
+import (
+	"context"
+	"net/netip"
+)
+
+// ResolverDockerProxy names Docker's userland proxy in the resolver label.
+const ResolverDockerProxy = "docker_proxy"
+
+// DockerProxyConfig configures the Docker userland proxy step.
+type DockerProxyConfig struct {
+	// HostNetNS is the inode of the host's network namespace, where
+	// docker-proxy listens.
+	HostNetNS uint32
+	// Target returns the container address behind a TCP port published
+	// on the host at an address of the host's (from the Docker cache).
+	Target func(netip.AddrPort) (netip.AddrPort, bool)
+}
+
+// DockerProxy returns the step that resolves connections from the host to
+// a port a container publishes on a loopback address, which no NAT rule
+// translates when dockerd runs with its default --userland-proxy=true: a
+// docker-proxy process accepts them and opens its own connection to the
+// container (exported as a connection of its own). With the proxy off,
+// dockerd DNATs them and the conntrack step answers first. The step needs
+// no table: the proxy's target is the container's binding.
+func DockerProxy(cfg DockerProxyConfig) Step { return dockerProxy(cfg) }
+
+type dockerProxy DockerProxyConfig
+
+func (p dockerProxy) Resolve(_ context.Context, qs []Query, idx []int, out []Result) (rest []int) {
+	if p.Target == nil {
+		return idx
+	}
+	rest = idx[:0] // written behind the reading
+	for _, i := range idx {
+		q := &qs[i]
+		if q.NetNS == p.HostNetNS && q.Dst.Addr().Unmap().IsLoopback() {
+			if t, ok := p.Target(q.Dst); ok {
+				// An error an earlier step met stays: a later attempt
+				// may still find a translation there.
+				out[i].Actual, out[i].Resolver = t, ResolverDockerProxy
+				continue
+			}
+		}
+		rest = append(rest, i)
+	}
+	return rest
+}
