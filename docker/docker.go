@@ -554,6 +554,14 @@ func (c *Client) PublishedTarget(dst netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
+// IsGateway reports whether a is the gateway address of one of the
+// engine's networks: an address of the host's, on the network's bridge.
+func (c *Client) IsGateway(a netip.Addr) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.gateways[a.Unmap()]
+}
+
 // ByID returns a container by its full id.
 func (c *Client) ByID(id string) (Container, bool) {
 	c.mu.RLock()

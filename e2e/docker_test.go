@@ -233,10 +233,11 @@ func (p *gatedProxy) forward(c net.Conn, daemon string) {
 func (p *gatedProxy) hold()    { p.gate.Lock() }
 func (p *gatedProxy) release() { p.gate.Unlock() }
 
-// TestDockerPublished: a port published on the host's loopback address
-// resolves to the container behind it, whether dockerd serves it with a
-// DNAT rule (--userland-proxy=false) or, its default, with a docker-proxy
-// process: then the client's connection ends at the proxy, with no NAT, and
+// TestDockerPublished: a published port resolves to the container behind
+// it, from the host on its loopback address and from a container on the
+// default bridge's gateway, whether dockerd serves it with DNAT rules
+// (--userland-proxy=false) or, its default, with a docker-proxy process for
+// both: then the client's connection ends at the proxy, with no NAT, and
 // the proxy's own connection to the container is a second one.
 func TestDockerPublished(t *testing.T) {
 	for _, mode := range []struct {
@@ -255,7 +256,9 @@ func TestDockerPublished(t *testing.T) {
 			}
 			port := ln.Addr().(*net.TCPAddr).Port
 			ln.Close()
-			d.Docker("run", "-d", "--name", "pub", "-p", fmt.Sprintf("127.0.0.1:%d:8080", port), "peer", "serve", ":8080")
+			gw := d.Docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "bridge")
+			d.Docker("run", "-d", "--name", "pub", "-p", fmt.Sprintf("127.0.0.1:%d:8080", port),
+				"-p", fmt.Sprintf("%s:%d:8080", gw, port), "peer", "serve", ":8080")
 			exp := startExporter(t, nil, dockerArgs(d)...)
 			waitContainers(t, exp, 1)
 			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
@@ -276,12 +279,32 @@ func TestDockerPublished(t *testing.T) {
 			if l := got[0].labels; l["actual_destination"] != pub || l["resolver"] != mode.resolver || l["destination_workload"] != "pub" {
 				t.Errorf("labels %v, want actual %s by %s, destination_workload pub", l, pub, mode.resolver)
 			}
+
+			// A container reaching the host, and the port, at its bridge's
+			// gateway.
+			gwDst := net.JoinHostPort(gw, fmt.Sprint(port))
+			d.Docker("run", "-d", "--name", "gwclient", "peer", "connect", gwDst, "2")
+			waitFor(t, "pub to accept 2 more connections", 20*time.Second, func() bool { return acceptedBy(d, "pub") >= 6 })
+			waitContainers(t, exp, 2)
+			match := map[string]string{"container": "gwclient", "destination": gwDst}
+			waitFor(t, "gwclient's connections", 10*time.Second, func() bool {
+				return len(exp.scrapeQuiet().samples("connection_active", match)) > 0
+			})
+			s = exp.scrape()
+			got = s.samples("connection_active", match)
+			if len(got) != 1 || got[0].value != 2 {
+				t.Fatalf("gwclient's connections to %s: %v\n%s", gwDst, got, grep(s.text, "connection_active"))
+			}
+			if l := got[0].labels; l["actual_destination"] != pub || l["resolver"] != mode.resolver || l["destination_workload"] != "pub" {
+				t.Errorf("gwclient's labels %v, want actual %s by %s, destination_workload pub", l, pub, mode.resolver)
+			}
+
 			if mode.resolver != "docker_proxy" {
 				return
 			}
 			// The proxy's own connections, straight to the container.
 			proxied := s.samples("connection_active", map[string]string{"process": "docker-proxy", "destination": pub})
-			if len(proxied) != 1 || proxied[0].value != 4 || proxied[0].labels["resolver"] != "none" {
+			if len(proxied) != 1 || proxied[0].value != 6 || proxied[0].labels["resolver"] != "none" {
 				t.Errorf("docker-proxy's connections to %s: %v", pub, proxied)
 			}
 		})

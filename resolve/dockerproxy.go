@@ -16,15 +16,20 @@ type DockerProxyConfig struct {
 	// Target returns the container address behind a TCP port published
 	// on the host at an address of the host's (from the Docker cache).
 	Target func(netip.AddrPort) (netip.AddrPort, bool)
+	// Gateway reports whether an address is the host's on a Docker
+	// network's bridge, which containers reach the host at (nil: none).
+	Gateway func(netip.Addr) bool
 }
 
-// DockerProxy returns the step that resolves connections from the host to
-// a port a container publishes on a loopback address, which no NAT rule
-// translates when dockerd runs with its default --userland-proxy=true: a
-// docker-proxy process accepts them and opens its own connection to the
-// container (exported as a connection of its own). With the proxy off,
-// dockerd DNATs them and the conntrack step answers first. The step needs
-// no table: the proxy's target is the container's binding.
+// DockerProxy returns the step for connections to a port a container
+// publishes on the host that no NAT rule translates when dockerd runs with
+// its default --userland-proxy=true: from the host to a loopback address,
+// and from a container to its own bridge's gateway (dockerd DNATs only
+// what comes from other interfaces). A docker-proxy process accepts them
+// and opens its own connection to the container (exported as a connection
+// of its own). With the proxy off, dockerd DNATs them and the conntrack
+// steps answer first. The step needs no table: the proxy's target is the
+// container's binding.
 func DockerProxy(cfg DockerProxyConfig) Step { return dockerProxy(cfg) }
 
 type dockerProxy DockerProxyConfig
@@ -36,7 +41,8 @@ func (p dockerProxy) Resolve(_ context.Context, qs []Query, idx []int, out []Res
 	rest = idx[:0] // written behind the reading
 	for _, i := range idx {
 		q := &qs[i]
-		if q.NetNS == p.HostNetNS && q.Dst.Addr().Unmap().IsLoopback() {
+		a := q.Dst.Addr().Unmap()
+		if q.NetNS == p.HostNetNS && a.IsLoopback() || p.Gateway != nil && p.Gateway(a) {
 			if t, ok := p.Target(q.Dst); ok {
 				// An error an earlier step met stays: a later attempt
 				// may still find a translation there.
