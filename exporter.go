@@ -205,7 +205,7 @@ func run() int {
 		steps = append(steps,
 			ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, ServiceNetwork: dc.ServiceNetwork}),
 			ct.Ingress(resolve.IngressConfig{NetNSDir: cfg.dockerNetNS, IngressAddr: dc.IngressAddr}))
-		last = append(last, resolve.DockerProxy(resolve.DockerProxyConfig{HostNetNS: ct.HostNetNS(), Target: dc.PublishedTarget, Gateway: dc.IsGateway}))
+		last = append(last, resolve.DockerProxy(resolve.DockerProxyConfig{HostNetNS: ct.HostNetNS(), Target: dc.PublishedTarget, Gateway: dc.IsBridgeGateway}))
 	}
 	if cfg.kubelet.URL != "" {
 		kc, err := kube.NewClient(cfg.kubelet, logger.With("component", "kubelet"))

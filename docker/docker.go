@@ -97,7 +97,7 @@ type Client struct {
 	vips     map[netip.Addr]string // Swarm service VIP -> network id
 	ingress  netip.Addr            // ingress_sbox's address on docker_gwbridge
 	subnets  []netip.Prefix        // subnets of the engine's networks
-	gateways map[netip.Addr]bool   // their gateways: the host, not a container
+	gateways map[netip.Addr]string // their gateways (not containers), by network driver
 	// published maps the host's side of a TCP port binding to the
 	// container behind it.
 	published map[netip.AddrPort]publishedTarget
@@ -146,7 +146,7 @@ type publishedTarget struct {
 
 func (c *Client) reset() {
 	c.published = make(map[netip.AddrPort]publishedTarget)
-	c.gateways = make(map[netip.Addr]bool)
+	c.gateways = make(map[netip.Addr]string)
 	c.byID = make(map[string]*Container)
 	c.byNetNS = make(map[uint32]*Container)
 	c.byIP = make(map[netip.Addr]string)
@@ -423,8 +423,8 @@ func (c *Client) swarmAddresses(ctx context.Context) (vips map[netip.Addr]string
 
 // networkSubnets lists the subnets of the engine's networks, where an
 // address with no container known is one that is starting.
-func (c *Client) networkSubnets(ctx context.Context) ([]netip.Prefix, map[netip.Addr]bool) {
-	gateways := make(map[netip.Addr]bool)
+func (c *Client) networkSubnets(ctx context.Context) ([]netip.Prefix, map[netip.Addr]string) {
+	gateways := make(map[netip.Addr]string)
 	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	nets, err := c.api.NetworkList(tctx, client.NetworkListOptions{})
@@ -438,7 +438,7 @@ func (c *Client) networkSubnets(ctx context.Context) ([]netip.Prefix, map[netip.
 				out = append(out, cfg.Subnet.Masked())
 			}
 			if cfg.Gateway.IsValid() {
-				gateways[cfg.Gateway.Unmap()] = true
+				gateways[cfg.Gateway.Unmap()] = n.Driver
 			}
 		}
 	}
@@ -466,7 +466,7 @@ type networkState struct {
 	vips, tasks map[netip.Addr]string
 	ingress     netip.Addr
 	subnets     []netip.Prefix
-	gateways    map[netip.Addr]bool
+	gateways    map[netip.Addr]string
 }
 
 // networks reads the engine's networks: Swarm VIPs and tasks, the routing
@@ -554,12 +554,12 @@ func (c *Client) PublishedTarget(dst netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-// IsGateway reports whether a is the gateway address of one of the
-// engine's networks: an address of the host's, on the network's bridge.
-func (c *Client) IsGateway(a netip.Addr) bool {
+// IsBridgeGateway reports whether a is the gateway address of one of the
+// engine's bridge networks: the host's address on the network's bridge.
+func (c *Client) IsBridgeGateway(a netip.Addr) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.gateways[a.Unmap()]
+	return c.gateways[a.Unmap()] == "bridge"
 }
 
 // ByID returns a container by its full id.
@@ -583,7 +583,8 @@ func (c *Client) Workload(addr netip.Addr) (workload string, local bool) {
 	if w, ok := c.byIP[addr]; ok {
 		return w, true
 	}
-	if _, vip := c.vips[addr]; vip || c.gateways[addr] || addr == c.ingress {
+	_, vip := c.vips[addr]
+	if _, gw := c.gateways[addr]; vip || gw || addr == c.ingress {
 		return "", false
 	}
 	for _, p := range c.subnets {
