@@ -39,10 +39,17 @@ func (p dockerProxy) Resolve(_ context.Context, qs []Query, idx []int, out []Res
 		return idx
 	}
 	rest = idx[:0] // written behind the reading
+	// Connections come in runs to the same address: ask the cache once
+	// per run.
+	var last netip.Addr
+	var gateway bool
 	for _, i := range idx {
 		q := &qs[i]
 		a := q.Dst.Addr().Unmap()
-		if q.NetNS == p.HostNetNS && a.IsLoopback() || p.Gateway != nil && p.Gateway(a) {
+		if a != last || !last.IsValid() {
+			last, gateway = a, p.Gateway != nil && p.Gateway(a)
+		}
+		if q.NetNS == p.HostNetNS && a.IsLoopback() || gateway {
 			if t, ok := p.Target(q.Dst); ok {
 				// An error an earlier step met stays: a later attempt
 				// may still find a translation there.
