@@ -432,24 +432,29 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 		o, _ := collector.ProcessNamer{}.Owner(c)
 		return o, false
 	}
+	// The process's cgroup ties it to its pod, and a host-network
+	// container to its process: read once, and only when needed.
+	var cg kube.CgroupContainer
+	inContainer, read := false, false
+	cgroup := func() {
+		if !read && c.PID != 0 {
+			cg, inContainer = kube.ProcessCgroup(n.procfs, c.PID)
+		}
+		read = true
+	}
 	if n.kube != nil {
-		if o, ok := n.kube.Owner(c.PID, c.NetNS); ok || o.Pod != "" {
+		cgroup()
+		if o, ok := n.kube.OwnerOf(cg, inContainer, c.NetNS); ok || o.Pod != "" {
 			// Without ok, a container started in a known pod since the
 			// last list: the pod's name for now, and the container's
 			// once the next list has it.
 			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, ok
 		}
 	}
-	// The process's cgroup ties a host-network container to its process;
-	// it is read once, and only when needed.
-	var cg kube.CgroupContainer
-	inContainer, read := false, false
 	if n.docker != nil {
 		ct, ok := n.docker.ByNetNS(c.NetNS)
 		if !ok {
-			cg, inContainer = kube.ProcessCgroup(n.procfs, c.PID)
-			read = true
-			if inContainer {
+			if cgroup(); inContainer {
 				ct, ok = n.docker.ByID(cg.ID)
 			}
 		}
@@ -468,9 +473,7 @@ func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
 	if c.NetNS != n.hostNS {
 		waiting = (n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known())
 	} else if n.kube != nil || n.docker != nil {
-		if !read {
-			cg, inContainer = kube.ProcessCgroup(n.procfs, c.PID)
-		}
+		cgroup()
 		waiting = inContainer &&
 			((n.kube != nil && n.kube.Synced() && cg.PodUID != "") || (n.docker != nil && n.docker.Known()))
 	}

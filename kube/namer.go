@@ -43,33 +43,31 @@ func NewNamer(c *Client, procfs string) *Namer {
 // holds, the Owner then names the pod alone, the best name until the next
 // list names the container.
 func (n *Namer) Owner(pid, netns uint32) (Owner, bool) {
-	o, ok := n.byProcess(pid)
-	if ok || o.Pod != "" {
-		return o, ok
+	var cg CgroupContainer
+	inContainer := false
+	if pid != 0 {
+		cg, inContainer = ProcessCgroup(n.procfs, pid)
+	}
+	return n.OwnerOf(cg, inContainer, netns)
+}
+
+// OwnerOf is Owner for a process whose cgroup the caller read already
+// (ProcessCgroup): cg is the container it names, if inContainer.
+func (n *Namer) OwnerOf(cg CgroupContainer, inContainer bool, netns uint32) (Owner, bool) {
+	if inContainer {
+		if p, name, ok := n.client.Container(cg.ID); ok {
+			return Owner{Namespace: p.Namespace, Pod: p.Name, Container: name, Workload: p.Workload}, true
+		}
+		// A container started since the last refresh: its pod may be known.
+		if p, ok := n.client.PodByUID(cg.PodUID); ok && cg.PodUID != "" {
+			return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, false
+		}
 	}
 	n.mu.RLock()
 	uid, ok := n.netns[netns]
 	n.mu.RUnlock()
 	if p, found := n.client.PodByUID(uid); ok && found {
 		return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, true
-	}
-	return Owner{}, false
-}
-
-func (n *Namer) byProcess(pid uint32) (Owner, bool) {
-	if pid == 0 {
-		return Owner{}, false
-	}
-	cg, ok := ProcessCgroup(n.procfs, pid)
-	if !ok {
-		return Owner{}, false
-	}
-	if p, name, ok := n.client.Container(cg.ID); ok {
-		return Owner{Namespace: p.Namespace, Pod: p.Name, Container: name, Workload: p.Workload}, true
-	}
-	// A container started since the last refresh: its pod may be known.
-	if p, ok := n.client.PodByUID(cg.PodUID); ok && cg.PodUID != "" {
-		return Owner{Namespace: p.Namespace, Pod: p.Name, Workload: p.Workload}, false
 	}
 	return Owner{}, false
 }
