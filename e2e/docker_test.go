@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,23 +115,7 @@ func TestDockerBridge(t *testing.T) {
 func TestDockerHostNetwork(t *testing.T) {
 	d := dockerLab(t)
 	proxy := newGatedProxy(t, strings.TrimPrefix(d.Host, "unix://"))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var accepted atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			defer c.Close() // held until the test ends
-		}
-	}()
-	addr := ln.Addr().String()
+	dst, accepted := holdingListener(t)
 
 	args := dockerArgs(d)
 	for i, a := range args {
@@ -149,29 +132,11 @@ func TestDockerHostNetwork(t *testing.T) {
 	proxy.hold()
 	release := sync.OnceFunc(proxy.release)
 	defer release()
-	d.Docker("run", "-d", "--name", "hostclient", "--network", "host", "peer", "connect", addr, "2")
+	d.Docker("run", "-d", "--name", "hostclient", "--network", "host", "peer", "connect", dst.String(), "2")
 	waitFor(t, "2 connections from the host-network container", 20*time.Second, func() bool { return accepted.Load() >= 2 })
-	dest := map[string]string{"destination": addr}
-	for range 3 {
-		s := exp.scrape()
-		if got := s.samples("connection_active", dest); len(got) != 0 {
-			t.Fatalf("exported before the engine named the container: %v", got)
-		}
-	}
-	release()
-
-	waitFor(t, "the connections under the container's name", 15*time.Second, func() bool {
-		return len(exp.scrapeQuiet().samples("connection_active", dest)) > 0
-	})
-	s := exp.scrape()
-	got := s.samples("connection_active", dest)
-	if len(got) != 1 || got[0].value != 2 {
-		t.Fatalf("connections to %s: %v\n%s", addr, got, grep(s.text, "connection_active"))
-	}
-	if l := got[0].labels; l["container"] != "hostclient" || l["workload"] != "hostclient" || l["process"] != "peer" ||
-		l["actual_destination"] != addr || l["resolver"] != "none" {
-		t.Errorf("labels %v, want container and workload hostclient, process peer, actual %s, resolver none", l, addr)
-	}
+	got := namedLate(t, exp, dst, release)
+	checkLabels(t, got, map[string]string{"container": "hostclient", "workload": "hostclient", "process": "peer",
+		"actual_destination": dst.String(), "resolver": "none"})
 }
 
 // gatedProxy forwards connections on a unix socket of its own to the

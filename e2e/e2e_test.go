@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -288,5 +289,68 @@ func promtoolCheck(t *testing.T, text string) {
 	cmd.Stdin = strings.NewReader(text)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// holdingListener listens on a loopback port and holds every connection it
+// accepts until the test ends; it returns its address and the count of
+// connections accepted.
+func holdingListener(t *testing.T) (netip.AddrPort, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := new(atomic.Int32)
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+			accepted.Add(1)
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String()), accepted
+}
+
+// namedLate checks that three scrapes export no connection to dst while
+// what names them is held back, then calls release and waits for the two
+// connections' one series, which it returns.
+func namedLate(t *testing.T, exp *exporter, dst netip.AddrPort, release func()) sample {
+	t.Helper()
+	match := map[string]string{"destination": dst.String()}
+	for range 3 {
+		if got := exp.scrape().samples("connection_active", match); len(got) != 0 {
+			t.Fatalf("exported before their names were known: %v", got)
+		}
+	}
+	release()
+	waitFor(t, "the connections under their names", 15*time.Second, func() bool {
+		return len(exp.scrapeQuiet().samples("connection_active", match)) > 0
+	})
+	s := exp.scrape()
+	got := s.samples("connection_active", match)
+	if len(got) != 1 || got[0].value != 2 {
+		t.Fatalf("connections to %s: %v\n%s", dst, got, grep(s.text, "connection_active"))
+	}
+	return got[0]
+}
+
+// checkLabels fails the test for each label of want that s does not have.
+func checkLabels(t *testing.T, s sample, want map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if s.labels[k] != v {
+			t.Errorf("label %s = %q, want %q (labels %v)", k, s.labels[k], v, s.labels)
+		}
 	}
 }

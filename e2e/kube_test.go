@@ -187,12 +187,19 @@ func (k *kubeCluster) exporterArgs() []string {
 // pod's cgroup and namespace, holding n connections to dst.
 func (k *kubeCluster) app(t *testing.T, n int, dst netip.AddrPort) {
 	t.Helper()
-	cg := containerCgroup(t, k.client.uid, k.appID)
+	startInCgroup(t, containerCgroup(t, k.client.uid, k.appID), "app", k.Client, n, dst)
+}
+
+// startInCgroup starts bash named name in namespace ns (nil: the test's
+// own), moves it into cgroup cg, and has it open n connections to dst,
+// held until the test ends.
+func startInCgroup(t *testing.T, cg, name string, ns *netlab.NS, n int, dst netip.AddrPort) {
+	t.Helper()
 	bash, err := exec.LookPath("bash")
 	if err != nil {
 		t.Fatal(err)
 	}
-	link := filepath.Join(t.TempDir(), "app")
+	link := filepath.Join(t.TempDir(), name)
 	if err := os.Symlink(bash, link); err != nil {
 		t.Fatal(err)
 	}
@@ -203,14 +210,18 @@ func (k *kubeCluster) app(t *testing.T, n int, dst netip.AddrPort) {
 		script += fmt.Sprintf("exec %d<>/dev/tcp/%s/%d || exit 1; ", i+3, dst.Addr(), dst.Port())
 	}
 	script += "echo ready; read -r _"
-	cmd := exec.Command("ip", "netns", "exec", k.Client.Name, link, "-c", script)
-	stdin, out := waitReady(t, cmd, "app")
+	argv := []string{link, "-c", script}
+	if ns != nil {
+		argv = append([]string{"ip", "netns", "exec", ns.Name}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stdin, out := waitReady(t, cmd, name)
 	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0o644); err != nil {
-		t.Fatalf("move the app into its cgroup: %v", err)
+		t.Fatalf("move the %s into its cgroup: %v", name, err)
 	}
 	io.WriteString(stdin, "go\n")
 	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-		t.Fatalf("app did not connect: %q %v", line, err)
+		t.Fatalf("%s did not connect: %q %v", name, line, err)
 	}
 }
 
@@ -424,7 +435,7 @@ func TestKubeletNamesHostNetworkPod(t *testing.T) {
 		return []kubePod{other}
 	})
 	dst := startHostAgent(t, agent.uid, agentID)
-	got := namedLate(t, exp, dst, &listed)
+	got := namedLate(t, exp, dst, func() { listed.Store(true) })
 	checkLabels(t, got, map[string]string{"namespace": "monitoring", "pod": agent.name, "container": "agent",
 		"workload": "node-agent", "process": "agent", "actual_destination": dst.String(), "resolver": "none"})
 }
@@ -445,7 +456,7 @@ func TestKubeletNamesRestartedContainer(t *testing.T) {
 		return []kubePod{before}
 	})
 	dst := startHostAgent(t, before.uid, newID)
-	got := namedLate(t, exp, dst, &listed)
+	got := namedLate(t, exp, dst, func() { listed.Store(true) })
 	checkLabels(t, got, map[string]string{"namespace": "monitoring", "pod": before.name, "container": "agent",
 		"workload": "node-agent", "process": "agent"})
 }
@@ -471,86 +482,12 @@ func kubeletExporter(t *testing.T, list func() []kubePod) *exporter {
 	return exp
 }
 
-// startHostAgent starts bash named "agent" in the host's namespace, moves
-// it into the cgroup of container id of pod uid, and has it open two
-// connections to a loopback listener of the test's, whose address it
-// returns. The connections are held until the test ends.
+// startHostAgent starts bash named "agent" in the host's namespace, in the
+// cgroup of container id of pod uid, holding two connections to a loopback
+// listener of the test's, whose address it returns.
 func startHostAgent(t *testing.T, uid, id string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	dst := netip.MustParseAddrPort(ln.Addr().String())
-
-	cg := containerCgroup(t, uid, id)
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(t.TempDir(), "agent")
-	if err := os.Symlink(bash, link); err != nil {
-		t.Fatal(err)
-	}
-	script := fmt.Sprintf("echo ready; read -r _; exec 3<>/dev/tcp/%s/%d || exit 1; exec 4<>/dev/tcp/%s/%d || exit 1; echo ready; read -r _",
-		dst.Addr(), dst.Port(), dst.Addr(), dst.Port())
-	cmd := exec.Command(link, "-c", script)
-	stdin, out := waitReady(t, cmd, "agent")
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0o644); err != nil {
-		t.Fatalf("move the agent into its cgroup: %v", err)
-	}
-	io.WriteString(stdin, "go\n")
-	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-		t.Fatalf("agent did not connect: %q %v", line, err)
-	}
+	dst, _ := holdingListener(t)
+	startInCgroup(t, containerCgroup(t, uid, id), "agent", nil, 2, dst)
 	return dst
-}
-
-// namedLate checks that three scrapes export no connection to dst while
-// the kubelet does not list what names them, then sets listed and waits
-// for the two connections' one series, which it returns.
-func namedLate(t *testing.T, exp *exporter, dst netip.AddrPort, listed *atomic.Bool) sample {
-	t.Helper()
-	match := map[string]string{"destination": dst.String()}
-	for range 3 {
-		if got := exp.scrape().samples("connection_active", match); len(got) != 0 {
-			t.Fatalf("exported before the kubelet named them: %v", got)
-		}
-	}
-	listed.Store(true)
-	waitFor(t, "the connections under their names", 15*time.Second, func() bool {
-		return len(exp.scrapeQuiet().samples("connection_active", match)) > 0
-	})
-	s := exp.scrape()
-	got := s.samples("connection_active", match)
-	if len(got) != 1 || got[0].value != 2 {
-		t.Fatalf("connections to %s: %v\n%s", dst, got, grep(s.text, "connection_active"))
-	}
-	return got[0]
-}
-
-// checkLabels fails the test for each label of want that s does not have.
-func checkLabels(t *testing.T, s sample, want map[string]string) {
-	t.Helper()
-	for k, v := range want {
-		if s.labels[k] != v {
-			t.Errorf("label %s = %q, want %q (labels %v)", k, s.labels[k], v, s.labels)
-		}
-	}
 }
