@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -37,10 +36,32 @@ import (
 	"github.com/connection-exporter/connection_exporter/collector"
 	"github.com/connection-exporter/connection_exporter/docker"
 	"github.com/connection-exporter/connection_exporter/kube"
+	"github.com/connection-exporter/connection_exporter/naming"
 	"github.com/connection-exporter/connection_exporter/resolve"
 )
 
 const exporterName = "connection_exporter"
+
+// serviceAccount is where a pod finds its service account's token and
+// the cluster's CA.
+const serviceAccount = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// kubeletDefaults fills in, for an https kubelet URL, the service account's
+// token and CA where the flags left them empty and the files exist: inside
+// a pod they do; outside one, or for an http URL, nothing is needed.
+func kubeletDefaults(c kube.Config) kube.Config {
+	if !strings.HasPrefix(c.URL, "https://") {
+		return c
+	}
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+	if c.TokenFile == "" && exists(serviceAccount+"/token") {
+		c.TokenFile = serviceAccount + "/token"
+	}
+	if c.CAFile == "" && !c.InsecureSkipVerify && exists(serviceAccount+"/ca.crt") {
+		c.CAFile = serviceAccount + "/ca.crt"
+	}
+	return c
+}
 
 // defaultListenAddress is the exporter's port: free in Prometheus' list of
 // default ports, and clear of Zabbix (10050-10053) and Kubernetes
@@ -63,6 +84,8 @@ type config struct {
 	maxSeries       int
 	seriesIdle      time.Duration
 	resolveAttempts int
+	nameTimeout     time.Duration
+	nameWait        time.Duration
 	pprof           bool
 	kubelet         kube.Config
 }
@@ -98,6 +121,10 @@ func run() int {
 		Default("10m").DurationVar(&cfg.seriesIdle)
 	app.Flag("collector.resolve-attempts", "Scrapes that may retry resolving an open connection whose NAT table could not be read.").
 		Default("3").IntVar(&cfg.resolveAttempts)
+	app.Flag("collector.name-timeout", "Longest a new connection waits for the kubelet's or Docker's cache to catch up with it, so that it is named by its pod or container; then it is exported with the names known and counted in connection_exporter_naming_timeouts_total.").
+		Default(collector.DefaultNameTimeout.String()).DurationVar(&cfg.nameTimeout)
+	app.Flag("collector.name-wait", "Longest a scrape waits, within its deadline, for the cache refreshes its new connections asked for, so that they are exported named at this scrape rather than the next; 0 leaves them to the next scrape.").
+		Default("1s").DurationVar(&cfg.nameWait)
 	app.Flag("docker", "Name containers and resolve Swarm service addresses from the Docker Engine API (off when no engine answers: names come back when it does).").
 		Default("true").BoolVar(&cfg.dockerEnabled)
 	app.Flag("docker.host", "Docker Engine API address; default DOCKER_HOST or the standard socket.").
@@ -106,12 +133,12 @@ func run() int {
 		Default("5m").DurationVar(&cfg.docker.Resync)
 	app.Flag("path.docker-netns", "Docker's directory of network namespaces, where Swarm load balancers live (lb_<network>).").
 		Default("/run/docker/netns").StringVar(&cfg.dockerNetNS)
-	app.Flag("kubelet.url", "Kubelet API of this node (e.g. https://$(NODE_NAME):10250) to name pods; empty disables Kubernetes naming.").
+	app.Flag("kubelet.url", "Kubelet API of this node (e.g. https://$(HOST_IP):10250, or http:// for the read-only port or a local proxy) to name pods; empty disables Kubernetes naming.").
 		StringVar(&cfg.kubelet.URL)
-	app.Flag("kubelet.token-file", "Bearer token for the kubelet API.").
-		Default("/var/run/secrets/kubernetes.io/serviceaccount/token").StringVar(&cfg.kubelet.TokenFile)
-	app.Flag("kubelet.ca-file", "CA of the kubelet's serving certificate.").
-		Default("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt").StringVar(&cfg.kubelet.CAFile)
+	app.Flag("kubelet.token-file", "Bearer token for an https kubelet URL. Default: the pod's service account token, if it exists.").
+		PlaceHolder(serviceAccount + "/token").StringVar(&cfg.kubelet.TokenFile)
+	app.Flag("kubelet.ca-file", "CA of the kubelet's serving certificate, for an https kubelet URL. Default: the pod's service account CA if it exists, else the system's roots.").
+		PlaceHolder(serviceAccount + "/ca.crt").StringVar(&cfg.kubelet.CAFile)
 	app.Flag("kubelet.insecure-skip-verify", "Do not verify the kubelet's serving certificate.").
 		Default("false").BoolVar(&cfg.kubelet.InsecureSkipVerify)
 	app.Flag("kubelet.refresh-interval", "How often the node's pods are fetched.").
@@ -189,7 +216,7 @@ func run() int {
 	static.MustRegister(versioncollector.NewCollector(exporterName))
 	static.MustRegister(collectors.NewGoCollector(), proc, ct)
 
-	names := &namer{}
+	namingCfg := naming.Config{ProcFS: cfg.procfs, HostNetNS: ct.HostNetNS()}
 	steps := resolve.Chain{ct.OwnNamespace()}
 	var last resolve.Chain // after the host's conntrack: where it translated nothing
 	if cfg.dockerEnabled {
@@ -201,25 +228,23 @@ func run() int {
 		}
 		go dc.Run(ctx)
 		static.MustRegister(dc)
-		names.docker = dc
+		namingCfg.Containers = dc
 		steps = append(steps,
-			ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, ServiceNetwork: dc.ServiceNetwork}),
+			ct.Swarm(resolve.SwarmConfig{NetNSDir: cfg.dockerNetNS, Network: dc.OverlayNetwork}),
 			ct.Ingress(resolve.IngressConfig{NetNSDir: cfg.dockerNetNS, IngressAddr: dc.IngressAddr}))
 		last = append(last, resolve.DockerProxy(resolve.DockerProxyConfig{HostNetNS: ct.HostNetNS(), Target: dc.PublishedTarget, Gateway: dc.IsBridgeGateway}))
 	}
 	if cfg.kubelet.URL != "" {
-		kc, err := kube.NewClient(cfg.kubelet, logger.With("component", "kubelet"))
+		cfg.kubelet.ProcFS = cfg.procfs
+		kc, err := kube.NewClient(kubeletDefaults(cfg.kubelet), logger.With("component", "kubelet"))
 		if err != nil {
 			logger.Error("invalid kubelet configuration", "err", err)
 			return 1
 		}
 		go kc.Run(ctx)
 		static.MustRegister(kc)
-		kn := kube.NewNamer(kc, cfg.procfs)
-		go kn.Run(ctx, cfg.kubelet.Refresh)
-		names.kube = kn
+		namingCfg.Pods = kc
 	}
-	names.procfs, names.hostNS = cfg.procfs, ct.HostNetNS()
 	steps = append(steps,
 		resolve.NewCilium(resolve.CiliumConfig{BPFFS: cfg.bpffs}, logger.With("component", "cilium")),
 		ct.HostNamespace())
@@ -227,7 +252,8 @@ func run() int {
 
 	conns, err := collector.NewConnections(collector.ConnectionsConfig{
 		MaxSeries: cfg.maxSeries, SeriesIdle: cfg.seriesIdle, ResolveAttempts: cfg.resolveAttempts,
-	}, &trackerSource{t: tracker}, &chainResolver{chain: steps}, names, logger.With("collector", "connections"))
+		NameTimeout: cfg.nameTimeout, NameSettle: cfg.nameWait,
+	}, &trackerSource{t: tracker}, &chainResolver{chain: steps}, naming.New(namingCfg), logger.With("collector", "connections"))
 	if err != nil {
 		logger.Error("invalid collector configuration", "err", err)
 		return 1
@@ -381,7 +407,7 @@ func adaptConn(fn func(*collector.Conn)) func(*bpf.Conn) {
 	return func(c *bpf.Conn) {
 		k = collector.Conn{
 			Cookie: c.Cookie, PID: c.PID, Comm: c.Comm, NetNS: c.NetNS, CgroupID: c.CgroupID,
-			Src: c.Src, Dst: c.Dst, State: collector.State(c.State), Reported: c.Reported,
+			Src: c.Src, Dst: c.Dst, State: collector.State(c.State), Reported: c.Reported, Seeded: c.Seeded,
 		}
 		fn(&k)
 	}
@@ -413,87 +439,4 @@ func (r *chainResolver) Resolve(ctx context.Context, in []collector.Lookup, out 
 func (r *chainResolver) Prepare(ctx context.Context, n int) (collector.Resolver, bool) {
 	chain, whole := r.chain.Prepare(ctx, n)
 	return &chainResolver{chain: chain}, whole
-}
-
-// namer names connections from Kubernetes pods first, then Docker
-// containers (by network namespace, or by cgroup for host-network ones),
-// then by process.
-type namer struct {
-	kube   *kube.Namer
-	docker *docker.Client
-	procfs string
-	hostNS uint32
-}
-
-func (n *namer) Owner(c *collector.Conn) (collector.Owner, bool) {
-	if n.docker != nil && c.NetNS != n.hostNS && n.docker.Known() && !n.docker.Up() {
-		// The engine is away or restarting: the cache may name a new
-		// container after an old one that had its namespace or address.
-		o, _ := collector.ProcessNamer{}.Owner(c)
-		return o, false
-	}
-	// The process's cgroup ties it to its pod, and a host-network
-	// container to its process: read once, and only when needed.
-	var cg kube.CgroupContainer
-	inContainer, read := false, false
-	cgroup := func() {
-		if !read && c.PID != 0 {
-			cg, inContainer = kube.ProcessCgroup(n.procfs, c.PID)
-		}
-		read = true
-	}
-	if n.kube != nil {
-		cgroup()
-		if o, ok := n.kube.OwnerOf(cg, inContainer, c.NetNS); ok || o.Pod != "" {
-			// Without ok, a container started in a known pod since the
-			// last list: the pod's name for now, and the container's
-			// once the next list has it.
-			return collector.Owner{Container: o.Container, Pod: o.Pod, Namespace: o.Namespace, Workload: o.Workload}, ok
-		}
-	}
-	if n.docker != nil {
-		ct, ok := n.docker.ByNetNS(c.NetNS)
-		if !ok {
-			if cgroup(); inContainer {
-				ct, ok = n.docker.ByID(cg.ID)
-			}
-		}
-		if ok {
-			return collector.Owner{Container: ct.Name, Workload: ct.Workload()}, true
-		}
-	}
-	o, _ := collector.ProcessNamer{}.Owner(c)
-	// Outside the host's namespace a process most likely runs in a
-	// container that a cache will know shortly, if there is a runtime to
-	// know it (one reached at least once, even if restarting now). In the
-	// host's namespace, so does a process whose cgroup names a container
-	// (a pod's, for the kubelet) that the caches do not know yet: a
-	// host-network container or pod that just started.
-	var waiting bool
-	if c.NetNS != n.hostNS {
-		waiting = (n.kube != nil && n.kube.Synced()) || (n.docker != nil && n.docker.Known())
-	} else if n.kube != nil || n.docker != nil {
-		cgroup()
-		waiting = inContainer &&
-			((n.kube != nil && n.kube.Synced() && cg.PodUID != "") || (n.docker != nil && n.docker.Known()))
-	}
-	return o, !waiting
-}
-
-func (n *namer) DestinationWorkload(addr netip.AddrPort) (string, bool) {
-	if n.kube != nil {
-		if w, ok := n.kube.Workload(addr.Addr()); ok {
-			return w, true
-		}
-	}
-	if n.docker != nil {
-		w, local := n.docker.Workload(addr.Addr())
-		if w != "" {
-			return w, true
-		}
-		// An address of a local container network that no container holds
-		// yet: one is starting, and the cache will know it shortly.
-		return "", !local || !n.docker.Up()
-	}
-	return "", true
 }

@@ -81,6 +81,9 @@ type Conn struct {
 	// Reported says whether a Read reported the connection before this
 	// one: a connection that Read reports unreported is new to its caller.
 	Reported bool
+	// Seeded says that the connection was found at start-up: it existed
+	// before the tracker, and before anything started after it.
+	Seeded bool
 }
 
 // Command returns the process's command name.
@@ -487,6 +490,7 @@ func convert(c *Conn, cookie uint64, v *trackerConn) {
 		CgroupID: v.CgroupId,
 		State:    State(v.State),
 		Reported: v.Reported != 0,
+		Seeded:   v.Seeded != 0,
 	}
 	for i, b := range v.Comm {
 		c.Comm[i] = byte(b)

@@ -50,6 +50,9 @@ type Conn struct {
 	// Reported says whether the source reported the connection before: a
 	// connection it reports for the first time is new to the collector.
 	Reported bool
+	// Seeded says that the connection existed before the source started:
+	// before any cache that names connections started too.
+	Seeded bool
 }
 
 // Command returns the connecting process's command name.
@@ -119,18 +122,54 @@ type Owner struct {
 	Container, Pod, Namespace, Workload string
 }
 
+// Wait says which caches a name waits for, because they may not have
+// caught up yet with the moment the connection was first seen; zero means
+// that the name is final.
+type Wait uint8
+
+// The caches a name can wait for.
+const (
+	// WaitKubelet waits for a pod list fetched after the moment.
+	WaitKubelet Wait = 1 << iota
+	// WaitDocker waits for the Docker cache to have listed or inspected
+	// the containers, or read the networks, after the moment (or for the
+	// engine to come back).
+	WaitDocker
+)
+
+// waitReasons are the reason label values of the naming metrics, by bit.
+var waitReasons = [...]string{"kubelet", "docker"}
+
+// reason returns the reason label value of the first cache w waits for.
+func (w Wait) reason() string {
+	for i, r := range waitReasons {
+		if w&(1<<i) != 0 {
+			return r
+		}
+	}
+	return "none"
+}
+
 // Namer names the owner of a connection and the workload behind an address.
-// It must answer from memory: it is called within a scrape.
+// It must answer from memory: it is called within a scrape. since is the
+// moment the connection was first seen (zero for one that existed before
+// the exporter started): an answer is final once every cache that could
+// change it has caught up with that moment; until then the Namer says what
+// it waits for, asks the caches to catch up, and gives the best name it
+// has.
 type Namer interface {
-	// Owner names who opened c. It returns false when c likely belongs to
-	// a container its caches do not know yet (one that just started): the
-	// collector then asks again at later scrapes, up to ResolveAttempts,
-	// before taking the answer as final.
-	Owner(c *Conn) (Owner, bool)
-	// DestinationWorkload names the workload at addr. It returns false
-	// when addr likely belongs to a workload its caches do not know yet;
-	// the collector then waits as for an owner.
-	DestinationWorkload(addr netip.AddrPort) (string, bool)
+	// Owner names who opened c.
+	Owner(c *Conn, since time.Time) (Owner, Wait)
+	// DestinationWorkload names the workload at addr.
+	DestinationWorkload(addr netip.AddrPort, since time.Time) (string, Wait)
+}
+
+// Settler is a Namer whose caches can be waited for: Settle returns once
+// the refreshes its answers asked for are done, or ctx is done. A scrape
+// waits for them (up to ConnectionsConfig.NameSettle) and names the
+// connections that waited at once, rather than at the next scrape.
+type Settler interface {
+	Settle(ctx context.Context)
 }
 
 // ProcessNamer names every connection by its process: the Namer for hosts
@@ -138,10 +177,10 @@ type Namer interface {
 type ProcessNamer struct{}
 
 // Owner returns the process name as the workload.
-func (ProcessNamer) Owner(c *Conn) (Owner, bool) { return Owner{Workload: c.Command()}, true }
+func (ProcessNamer) Owner(c *Conn, _ time.Time) (Owner, Wait) { return Owner{Workload: c.Command()}, 0 }
 
 // DestinationWorkload knows no destinations.
-func (ProcessNamer) DestinationWorkload(netip.AddrPort) (string, bool) { return "", true }
+func (ProcessNamer) DestinationWorkload(netip.AddrPort, time.Time) (string, Wait) { return "", 0 }
 
 // ConnectionsConfig configures the connections collector.
 type ConnectionsConfig struct {
@@ -154,7 +193,19 @@ type ConnectionsConfig struct {
 	// connection whose tables could not be read before its best known
 	// destination is taken as final.
 	ResolveAttempts int
+	// NameTimeout is how long a connection may wait, from the scrape that
+	// first saw it, for the caches its names wait for (Wait); then it is
+	// counted under the best names known. Zero means DefaultNameTimeout.
+	NameTimeout time.Duration
+	// NameSettle is how long a scrape waits for the refreshes that its new
+	// connections' names asked for, within its own deadline, before it
+	// names those connections again; zero leaves them to the next scrape.
+	NameSettle time.Duration
 }
+
+// DefaultNameTimeout is the default of ConnectionsConfig.NameTimeout: two
+// of the kubelet's default refresh intervals.
+const DefaultNameTimeout = 30 * time.Second
 
 // Label names of the connection metrics, in order.
 var connLabels = []string{
@@ -195,7 +246,19 @@ var (
 		"Bound on the label sets of the connection metrics (--collector.max-series).", nil, nil)
 	overflowDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "series_overflow_connections_total"),
 		"Connections counted in the overflow label set because the series bound was reached.", nil, nil)
+	namingWaitingDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "naming", "waiting_connections"),
+		"Connections not exported yet because a cache that names them (reason) may not have caught up with them.",
+		[]string{"reason"}, nil)
+	namingTimeoutsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "naming", "timeouts_total"),
+		"Connections exported with the best names known because a cache that names them (reason) did not catch up within --collector.name-timeout.",
+		[]string{"reason"}, nil)
+	namingDelayDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "naming", "delay_seconds"),
+		"Time from the scrape that first saw a connection to its export, for connections that waited for their names.",
+		nil, nil)
 )
+
+// namingDelayBuckets are the upper bounds of the naming delay histogram.
+var namingDelayBuckets = []float64{0.1, 0.5, 1, 2, 5, 10, 15, 30, 60}
 
 // series is the state of one label set.
 type series struct {
@@ -206,10 +269,14 @@ type series struct {
 	touched        bool // had a connection in the current scrape
 }
 
-// retry counts the failed resolution attempts of an open connection.
+// retry is a connection postponed to a later scrape or pass.
 type retry struct {
-	n    int
+	n    int    // failed attempts to read its tables
 	read uint64 // the scrape that last read it
+	// seen is when the collector first saw it; wait what its names wait
+	// for, zero when it waits for a table only.
+	seen time.Time
+	wait Wait
 }
 
 // Resolvers that can fail, reported with zero errors from the start.
@@ -252,6 +319,11 @@ type Connections struct {
 	free []*batch // batches to reuse, kept between scrapes
 	seen int      // connections recorded at the last scrape
 
+	timeouts    map[string]float64 // naming timeouts by reason
+	delayCounts []uint64           // naming delay histogram, by bucket
+	delayCount  uint64
+	delaySum    float64
+
 	// Per-scrape state.
 	again   []uint64                // postponed connections that did not change
 	release []uint64                // connections to release
@@ -265,21 +337,21 @@ type Connections struct {
 // freshConn is what a new connection is besides its Lookup, without
 // pointers: the two halves are kept apart so that the Lookups need no copy.
 type freshConn struct {
-	cookie, cgroup uint64
-	comm           [16]byte
-	state          State
-	reported       bool
+	cookie, cgroup   uint64
+	comm             [16]byte
+	state            State
+	reported, seeded bool
 }
 
 // conn joins the halves of a new connection.
 func (f *freshConn) conn(l *Lookup) Conn {
 	return Conn{Cookie: f.cookie, PID: l.PID, Comm: f.comm, NetNS: l.NetNS, CgroupID: f.cgroup,
-		Src: l.Src, Dst: l.Dst, State: f.state, Reported: f.reported}
+		Src: l.Src, Dst: l.Dst, State: f.state, Reported: f.reported, Seeded: f.seeded}
 }
 
 type dest struct {
-	name  string
-	known bool
+	name string
+	wait Wait
 }
 
 // ownerKey is what a Namer names an owner from.
@@ -291,7 +363,7 @@ type ownerKey struct {
 
 type owned struct {
 	owner Owner
-	known bool
+	wait  Wait
 }
 
 // nameKey is what decides a new connection's label set within one scrape:
@@ -319,17 +391,25 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver Resolver, namer 
 	if cfg.ResolveAttempts < 1 {
 		cfg.ResolveAttempts = 1
 	}
+	if cfg.NameTimeout <= 0 {
+		cfg.NameTimeout = DefaultNameTimeout
+	}
 	c := &Connections{
 		cfg: cfg, src: src, resolver: resolver, namer: namer, logger: logger, now: time.Now,
-		series:   make(map[string]*series),
-		conns:    make(map[uint64]tracked),
-		attempts: make(map[uint64]retry),
-		errors:   make(map[string]float64, len(resolvers)),
-		resolved: make(map[string]float64),
-		warned:   make(map[string]bool),
+		series:      make(map[string]*series),
+		conns:       make(map[uint64]tracked),
+		attempts:    make(map[uint64]retry),
+		errors:      make(map[string]float64, len(resolvers)),
+		resolved:    make(map[string]float64),
+		warned:      make(map[string]bool),
+		timeouts:    make(map[string]float64, len(waitReasons)),
+		delayCounts: make([]uint64, len(namingDelayBuckets)),
 	}
 	for _, r := range resolvers {
 		c.errors[r] = 0
+	}
+	for _, r := range waitReasons {
+		c.timeouts[r] = 0
 	}
 	// The connections recorded by now are new to the first scrape: their
 	// map is made now rather than in that scrape.
@@ -385,6 +465,12 @@ func (c *Connections) account(ctx context.Context) error {
 	postponedRead, err := c.read(st, now)
 	read := time.Since(begin)
 	st.finish()
+	waited := st.waited
+	if c.unnamed > 0 {
+		if serr := c.settle(ctx, now); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}
 	// Admissions were counted by resolver index, not in the map by name
 	// one connection at a time.
 	for i, n := range c.resolvedN {
@@ -396,7 +482,7 @@ func (c *Connections) account(ctx context.Context) error {
 	c.named, c.owners, c.dests = nil, nil, nil
 	if c.fresh > 0 {
 		c.logger.Debug("admitted new connections", "count", c.fresh, "batches", st.batches,
-			"waiting_for_names", c.unnamed, "waited_seconds", st.waited.Seconds())
+			"waiting_for_names", c.unnamed, "waited_seconds", waited.Seconds())
 	}
 	// Releases that fail are tried again at the next scrape: the source
 	// does not report a connection again without a change.
@@ -452,6 +538,46 @@ func (c *Connections) read(st *stream, now time.Time) (postponedRead bool, err e
 		return false, errors.Join(err, fmt.Errorf("read postponed connections: %w", gerr))
 	}
 	return true, err
+}
+
+// settle waits, up to NameSettle and within ctx, for the refreshes that
+// this scrape's answers of the Namer asked for, then reads the connections
+// postponed for names in this scrape again and admits them anew: a
+// connection is exported at the first scrape that can name it.
+func (c *Connections) settle(ctx context.Context, now time.Time) error {
+	s, ok := c.namer.(Settler)
+	if !ok || c.cfg.NameSettle <= 0 {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.NameSettle)
+	s.Settle(sctx)
+	cancel()
+	if ctx.Err() != nil {
+		return nil
+	}
+	c.again = c.again[:0]
+	for cookie, r := range c.attempts {
+		if r.read == c.gen && r.wait != 0 {
+			c.again = append(c.again, cookie)
+		}
+	}
+	if len(c.again) == 0 {
+		return nil
+	}
+	// The answers of the first pass are not asked again from memory.
+	c.named, c.owners, c.dests = nil, nil, nil
+	c.unnamed = 0
+	st := &stream{c: c, ctx: ctx, r: c.resolver, now: now, limit: batchSize}
+	err := c.src.Get(c.again, func(k *Conn) {
+		if k.State != StateConnecting {
+			st.add(k)
+		}
+	})
+	st.finish()
+	if err != nil {
+		return fmt.Errorf("read connections waiting for names: %w", err)
+	}
+	return nil
 }
 
 // tidy forgets postponed connections that left the map (when postponedRead
@@ -556,7 +682,7 @@ func (st *stream) add(k *Conn) {
 		st.cur = st.c.newBatch()
 	}
 	b := st.cur
-	b.fresh = append(b.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State, reported: k.Reported})
+	b.fresh = append(b.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State, reported: k.Reported, seeded: k.Seeded})
 	b.lookups = append(b.lookups, Lookup{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
 	if len(b.lookups) == st.limit {
 		st.dispatch()
@@ -635,6 +761,9 @@ func (c *Connections) admitBatch(b *batch, now time.Time) {
 	if c.named == nil {
 		c.named, c.owners, c.dests = make(map[nameKey]named), make(map[ownerKey]owned), make(map[netip.AddrPort]dest)
 	}
+	// Every connection of the batch was read before this moment: the
+	// moment it was first seen, for the caches that name it.
+	at := c.now()
 	var k Conn // one for all: the namer's interface makes it escape
 	for i := range b.fresh {
 		k = b.fresh[i].conn(&b.lookups[i])
@@ -648,7 +777,7 @@ func (c *Connections) admitBatch(b *batch, now time.Time) {
 			}
 		}
 		c.fresh++
-		if s := c.admit(&k, &b.results[i]); s != nil {
+		if s := c.admit(&k, &b.results[i], at); s != nil {
 			c.apply(tracked{s: s}, &k, now)
 		}
 	}
@@ -707,23 +836,45 @@ func (c *Connections) apply(t tracked, k *Conn, now time.Time) {
 }
 
 // admit returns the label set of a connection seen for the first time,
-// whose destination is d, or nil when it is postponed: when it could not
-// be named or a table could not be read, and attempts are left.
-func (c *Connections) admit(k *Conn, d *Destination) *series {
+// whose destination is d, admitted at at, or nil when it is postponed:
+// while a cache that names it may not have caught up with it and the
+// naming timeout is not over, or while a table could not be read and
+// attempts are left.
+func (c *Connections) admit(k *Conn, d *Destination, at time.Time) *series {
 	nk, keyed := c.nameKeyOf(k, d)
 	if n, ok := c.named[nk]; keyed && ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
-		// destinations, all named: nothing to ask again.
+		// destinations, all named: nothing to ask again. Its names hold
+		// for this one too: they depend on the process and the address,
+		// not on the connection.
 		c.track(k, d, nk, keyed)
 		return n.s
 	}
-	ok := c.owner(k).known
-	if ok && d.Err == nil {
-		_, ok = c.destination(d.Actual)
+	r, postponed := c.attempts[k.Cookie]
+	seen := at
+	if postponed && !r.seen.IsZero() {
+		seen = r.seen
 	}
-	if !ok && k.State == StateEstablished && c.retry(k) {
-		c.unnamed++
-		return nil
+	since := seen
+	if k.Seeded {
+		since = time.Time{} // older than anything the caches read
+	}
+	wait := c.owner(k, since).wait
+	if d.Err == nil {
+		_, w := c.destination(d.Actual, since)
+		wait |= w
+	}
+	if wait != 0 {
+		if c.mayWait(k) && at.Sub(seen) < c.cfg.NameTimeout {
+			c.attempts[k.Cookie] = retry{n: r.n, read: c.gen, seen: seen, wait: wait}
+			c.unnamed++
+			return nil
+		}
+		c.timeouts[wait.reason()]++
+		c.logger.Debug("naming timed out", "reason", wait.reason(), "process", k.Command(), "destination", k.Dst)
+	}
+	if postponed && r.wait != 0 {
+		c.observeDelay(at.Sub(seen))
 	}
 	if d.Err != nil {
 		c.errors[d.ErrResolver]++
@@ -733,15 +884,41 @@ func (c *Connections) admit(k *Conn, d *Destination) *series {
 		} else {
 			c.logger.Debug("cannot resolve connection", "resolver", d.ErrResolver, "err", d.Err)
 		}
-		if k.State == StateEstablished && c.retry(k) {
+		if k.State == StateEstablished && c.retry(k, seen) {
 			return nil
 		}
 	}
 	c.track(k, d, nk, keyed)
 	if !keyed {
-		return c.seriesByLabels(k, d)
+		return c.seriesByLabels(k, d, since)
 	}
-	return c.seriesFor(nk, k, d, ok && d.Err == nil)
+	return c.seriesFor(nk, k, d, since, wait == 0 && d.Err == nil)
+}
+
+// mayWait reports whether a connection may wait for its names: an open one
+// always, a closed one while the source is less than half full (it holds
+// the connection until it is counted), a failed one never (its socket may
+// connect again, which the source records in the same entry).
+func (c *Connections) mayWait(k *Conn) bool {
+	switch k.State {
+	case StateEstablished:
+		return true
+	case StateClosed:
+		return c.seen < int(c.src.Capacity()/2)
+	}
+	return false
+}
+
+// observeDelay adds a naming delay to the histogram.
+func (c *Connections) observeDelay(d time.Duration) {
+	v := d.Seconds()
+	for i, ub := range namingDelayBuckets {
+		if v <= ub {
+			c.delayCounts[i]++
+		}
+	}
+	c.delayCount++
+	c.delaySum += v
 }
 
 // track notes that a connection is admitted, resolved by d; nk is its name
@@ -755,10 +932,11 @@ func (c *Connections) track(k *Conn, d *Destination, nk nameKey, keyed bool) {
 	}
 }
 
-// retry counts an attempt to admit an open connection and reports whether
-// attempts are left, so that the connection should wait for a later scrape.
-func (c *Connections) retry(k *Conn) bool {
-	r := retry{n: c.attempts[k.Cookie].n + 1, read: c.gen}
+// retry counts an attempt to admit an open connection whose tables could
+// not be read, first seen at seen, and reports whether attempts are left,
+// so that the connection should wait for a later scrape.
+func (c *Connections) retry(k *Conn, seen time.Time) bool {
+	r := retry{n: c.attempts[k.Cookie].n + 1, read: c.gen, seen: seen}
 	if r.n < c.cfg.ResolveAttempts {
 		c.attempts[k.Cookie] = r
 		return true
@@ -767,26 +945,28 @@ func (c *Connections) retry(k *Conn) bool {
 }
 
 // destination names the workload behind an actual destination, once per
-// address in a scrape.
-func (c *Connections) destination(a netip.AddrPort) (string, bool) {
+// address in a pass of a scrape: an answer holds for every connection to
+// the address, however long ago each was first seen.
+func (c *Connections) destination(a netip.AddrPort, since time.Time) (string, Wait) {
 	if d, ok := c.dests[a]; ok {
-		return d.name, d.known
+		return d.name, d.wait
 	}
-	name, known := c.namer.DestinationWorkload(a)
+	name, wait := c.namer.DestinationWorkload(a, since)
 	if c.dests != nil {
-		c.dests[a] = dest{name, known}
+		c.dests[a] = dest{name, wait}
 	}
-	return name, known
+	return name, wait
 }
 
-// owner names a connection's owner, once per owner in a scrape.
-func (c *Connections) owner(k *Conn) owned {
+// owner names a connection's owner, once per owner in a pass of a scrape:
+// an answer holds for every connection of the process.
+func (c *Connections) owner(k *Conn, since time.Time) owned {
 	ok := ownerKey{comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID}
 	if o, found := c.owners[ok]; found {
 		return o
 	}
 	var o owned
-	o.owner, o.known = c.namer.Owner(k)
+	o.owner, o.wait = c.namer.Owner(k, since)
 	if c.owners != nil {
 		c.owners[ok] = o
 	}
@@ -819,11 +999,11 @@ func (c *Connections) nameKeyOf(k *Conn, d *Destination) (nameKey, bool) {
 // seriesFor returns the label set of a connection, whose name key is nk,
 // creating it if the bound allows, else the overflow label set. known says
 // whether its owner and destination were named and its table read.
-func (c *Connections) seriesFor(nk nameKey, k *Conn, d *Destination, known bool) *series {
+func (c *Connections) seriesFor(nk nameKey, k *Conn, d *Destination, since time.Time, known bool) *series {
 	if n, ok := c.named[nk]; ok {
 		return n.s
 	}
-	s := c.seriesByLabels(k, d)
+	s := c.seriesByLabels(k, d, since)
 	if c.named != nil {
 		c.named[nk] = named{s: s, known: known}
 	}
@@ -831,9 +1011,9 @@ func (c *Connections) seriesFor(nk nameKey, k *Conn, d *Destination, known bool)
 }
 
 // seriesByLabels names a connection and finds or creates its label set.
-func (c *Connections) seriesByLabels(k *Conn, d *Destination) *series {
-	o := c.owner(k).owner
-	dw, _ := c.destination(d.Actual)
+func (c *Connections) seriesByLabels(k *Conn, d *Destination, since time.Time) *series {
+	o := c.owner(k, since).owner
+	dw, _ := c.destination(d.Actual, since)
 	values := []string{
 		o.Container, o.Pod, o.Namespace, o.Workload, k.Command(),
 		k.Dst.String(), d.Actual.String(), dw, d.Resolver,
@@ -890,4 +1070,22 @@ func (c *Connections) emit(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(seriesDesc, prometheus.GaugeValue, float64(len(c.series)))
 	ch <- prometheus.MustNewConstMetric(seriesLimitDesc, prometheus.GaugeValue, float64(c.cfg.MaxSeries))
 	ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, c.overflowConns)
+	var waiting [len(waitReasons)]float64
+	for _, r := range c.attempts {
+		for i := range waitReasons {
+			if r.wait&(1<<i) != 0 {
+				waiting[i]++
+				break
+			}
+		}
+	}
+	for i, r := range waitReasons {
+		ch <- prometheus.MustNewConstMetric(namingWaitingDesc, prometheus.GaugeValue, waiting[i], r)
+		ch <- prometheus.MustNewConstMetric(namingTimeoutsDesc, prometheus.CounterValue, c.timeouts[r], r)
+	}
+	buckets := make(map[float64]uint64, len(namingDelayBuckets))
+	for i, ub := range namingDelayBuckets {
+		buckets[ub] = c.delayCounts[i]
+	}
+	ch <- prometheus.MustNewConstHistogram(namingDelayDesc, c.delayCount, c.delaySum, buckets)
 }

@@ -37,6 +37,7 @@ type fakeSource struct {
 	reported map[uint64]State // the state last reported of each connection
 
 	releaseErr, getErr error
+	capacity           uint32 // 0 for 1024
 }
 
 func (s *fakeSource) Connections(fn func(*Conn)) (int, error) {
@@ -99,7 +100,12 @@ func (s *fakeSource) Recorded() (uint64, error) {
 	return s.recorded, nil
 }
 
-func (s *fakeSource) Capacity() uint32 { return 1024 }
+func (s *fakeSource) Capacity() uint32 {
+	if s.capacity != 0 {
+		return s.capacity
+	}
+	return 1024
+}
 
 // fakeResolver translates by a table and counts the lookups it was asked.
 // Like the real one it may be called for several batches at once.
@@ -400,31 +406,193 @@ func writeText(w io.Writer, mf *dto.MetricFamily) error {
 	return err
 }
 
-// lateNamer does not know a container until it has been asked twice.
-type lateNamer struct{ asked int }
-
-func (n *lateNamer) Owner(c *Conn) (Owner, bool) {
-	n.asked++
-	if n.asked < 2 {
-		return Owner{Workload: c.Command()}, false
-	}
-	return Owner{Container: "web-1", Workload: "web"}, true
+// cacheNamer names the process "nginx" after the container web-1 from a
+// fake cache that knows the container only once a fetch started after the
+// container did, as the kubelet's and Docker's caches do; other processes
+// are host processes. An answer the cache may not have caught up with
+// waits for the kubelet and asks for a fetch, which fetch makes, and
+// Settle too when settles is set.
+type cacheNamer struct {
+	mu        sync.Mutex
+	clock     func() time.Time
+	started   time.Time // when the container started
+	fetched   time.Time // when the last fetch started
+	requested int
+	settles   bool
 }
 
-func (n *lateNamer) DestinationWorkload(netip.AddrPort) (string, bool) { return "", true }
+func (n *cacheNamer) Owner(c *Conn, since time.Time) (Owner, Wait) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if c.Command() == "nginx" && n.fetched.After(n.started) {
+		return Owner{Container: "web-1", Workload: "web"}, 0
+	}
+	if n.fetched.After(since) {
+		return Owner{Workload: c.Command()}, 0 // caught up: a host process
+	}
+	n.requested++
+	return Owner{Workload: c.Command()}, WaitKubelet
+}
 
-func TestConnectionsOwnerRetry(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
-	c, err := NewConnections(ConnectionsConfig{MaxSeries: 10, SeriesIdle: time.Minute, ResolveAttempts: 3}, src, &fakeResolver{}, &lateNamer{}, discardLogger())
+func (n *cacheNamer) DestinationWorkload(netip.AddrPort, time.Time) (string, Wait) { return "", 0 }
+
+func (n *cacheNamer) Settle(context.Context) {
+	if n.settles {
+		n.fetch()
+	}
+}
+
+// fetch is a fetch of the cache, starting now.
+func (n *cacheNamer) fetch() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.fetched = n.clock()
+}
+
+// fakeClock is a clock the test moves.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+func newFakeClock() *fakeClock               { return &fakeClock{t: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)} }
+
+// newNamingCollector returns a collector over src named by n, on clock.
+func newNamingCollector(t *testing.T, cfg ConnectionsConfig, src Source, n *cacheNamer, clock *fakeClock) *Connections {
+	t.Helper()
+	cfg.MaxSeries, cfg.SeriesIdle = 10, time.Hour
+	n.clock = clock.now
+	c, err := NewConnections(cfg, src, &fakeResolver{}, n, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := testutil.GatherAndCount(collect(t, c), "connection_active"); n != 0 {
-		t.Errorf("connection of an unknown container accounted at once: %d series", n)
-	}
+	c.now = clock.now
+	return c
+}
+
+// A connection of a container that started after the cache's last fetch
+// waits, unexported, for a fetch after it was first seen, which it asks
+// for; it is then named by its container.
+func TestConnectionsOwnerWaitsForCache(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	clock := newFakeClock()
+	n := &cacheNamer{started: clock.now()}
+	n.fetched = clock.now().Add(-time.Second) // before the container started
+	c := newNamingCollector(t, ConnectionsConfig{}, src, n, clock)
+	clock.advance(time.Second)
 	reg := collect(t, c)
+	if k, _ := testutil.GatherAndCount(reg, "connection_active"); k != 0 {
+		t.Errorf("connection of an unknown container exported at once: %d series", k)
+	}
+	if n.requested == 0 {
+		t.Error("the cache was not asked to catch up")
+	}
+	if got := value(t, reg, "connection_exporter_naming_waiting_connections", "reason", "kubelet"); got != 1 {
+		t.Errorf("waiting connections = %v, want 1", got)
+	}
+	clock.advance(100 * time.Millisecond)
+	n.fetch()
+	clock.advance(time.Second)
+	checkNamed(t, collect(t, c), "after the fetch")
+}
+
+// checkNamed checks that a scrape has connection 1 named after web-1 and
+// no connection waiting.
+func checkNamed(t *testing.T, reg prometheus.Gatherer, when string) {
+	t.Helper()
 	if got := value(t, reg, "connection_active", "container", "web-1", "workload", "web"); got != 1 {
-		t.Errorf("connection named late: active = %v", got)
+		t.Errorf("%s: connection named web-1 active = %v, want 1", when, got)
+	}
+	if got := value(t, reg, "connection_exporter_naming_waiting_connections", "reason", "kubelet"); got != 0 {
+		t.Errorf("%s: waiting connections = %v, want 0", when, got)
+	}
+}
+
+// With NameSettle, a scrape waits for the fetch its connections asked for
+// and exports them named in the same scrape.
+func TestConnectionsNamedInTheScrapeThatSettles(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	clock := newFakeClock()
+	n := &cacheNamer{started: clock.now(), settles: true}
+	n.fetched = clock.now().Add(-time.Second)
+	c := newNamingCollector(t, ConnectionsConfig{NameSettle: time.Second}, src, n, clock)
+	clock.advance(time.Second)
+	// The fetch that Settle makes starts after the scrape's admission.
+	c.now = func() time.Time { t := clock.now(); clock.advance(time.Millisecond); return t }
+	checkNamed(t, collect(t, c), "the first scrape")
+}
+
+// A cache that never catches up holds a connection back for NameTimeout
+// at most: then it is exported with the best names known and counted.
+func TestConnectionsNameTimeout(t *testing.T) {
+	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	clock := newFakeClock()
+	n := &cacheNamer{started: clock.now()} // never fetched
+	c := newNamingCollector(t, ConnectionsConfig{NameTimeout: 30 * time.Second}, src, n, clock)
+	for _, step := range []time.Duration{time.Second, 15 * time.Second, 14 * time.Second} {
+		clock.advance(step)
+		if k, _ := testutil.GatherAndCount(collect(t, c), "connection_active"); k != 0 {
+			t.Fatalf("exported before the timeout, %v in", step)
+		}
+	}
+	clock.advance(2 * time.Second)
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_active", "container", "", "workload", "nginx", "process", "nginx"); got != 1 {
+		t.Errorf("after the timeout: active = %v, want 1 under the process", got)
+	}
+	if got := value(t, reg, "connection_exporter_naming_timeouts_total", "reason", "kubelet"); got != 1 {
+		t.Errorf("timeouts = %v, want 1", got)
+	}
+	if got := value(t, reg, "connection_exporter_naming_timeouts_total", "reason", "docker"); got != 0 {
+		t.Errorf("docker timeouts = %v, want 0", got)
+	}
+}
+
+// A connection that existed before the exporter started is older than
+// every fetch: the first fetch names it, however late the first scrape.
+// A connection opened after that fetch waits for the next.
+func TestConnectionsSeededOlderThanCaches(t *testing.T) {
+	seeded := conn(1, "curl", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)
+	seeded.Seeded = true
+	later := conn(2, "curl", "10.0.0.5:40002", "10.0.0.1:80", StateEstablished)
+	later.PID = 101 // another process: its owner is named on its own
+	src := &fakeSource{conns: []Conn{seeded, later}}
+	clock := newFakeClock()
+	n := &cacheNamer{started: clock.now().Add(time.Hour)} // no container
+	c := newNamingCollector(t, ConnectionsConfig{}, src, n, clock)
+	n.fetch()
+	clock.advance(5 * time.Second)
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_active", "process", "curl"); got != 1 {
+		t.Errorf("active = %v at the first scrape, want 1: the seeded connection", got)
+	}
+}
+
+// A closed connection waits for its names like an open one; a failed one
+// does not: its socket may connect again in the same entry.
+func TestConnectionsClosedWaitsFailedDoesNot(t *testing.T) {
+	src := &fakeSource{conns: []Conn{
+		conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateClosed),
+		conn(2, "nginx", "10.0.0.5:40002", "10.0.0.1:81", StateFailed),
+	}}
+	clock := newFakeClock()
+	n := &cacheNamer{started: clock.now()}
+	c := newNamingCollector(t, ConnectionsConfig{}, src, n, clock)
+	clock.advance(time.Second)
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_failed_total", "process", "nginx", "container", ""); got != 1 {
+		t.Errorf("failed connection counted at once: %v, want 1", got)
+	}
+	if !slices.Equal(src.released, []uint64{2}) {
+		t.Errorf("released %v, want [2]: the closed connection waits", src.released)
+	}
+	n.fetch()
+	clock.advance(time.Second)
+	reg = collect(t, c)
+	if got := value(t, reg, "connection_opened_total", "container", "web-1"); got != 1 {
+		t.Errorf("closed connection named: opened = %v, want 1", got)
+	}
+	if !slices.Equal(src.released, []uint64{2, 1}) {
+		t.Errorf("released %v, want [2 1]", src.released)
 	}
 }
 
@@ -603,24 +771,30 @@ func TestConnectionsReportedTwice(t *testing.T) {
 
 // A connection postponed for a name at its first report, and reported
 // again, closed, in the same scrape after its first batch was admitted, is
-// counted from its second report (a closed connection waits for no name).
+// counted from its second report, once its name is known.
 func TestConnectionsPostponedReportedTwice(t *testing.T) {
 	n := (maxInFlight+1)*batchSize + 10
 	conns := append([]Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateClosed)}, newConns(2, n-1)...)
-	src := &twiceSource{fakeSource: fakeSource{conns: conns}, first: 0, again: n - 1}
-	c, err := NewConnections(ConnectionsConfig{MaxSeries: 10, SeriesIdle: time.Minute, ResolveAttempts: 3}, src, &fakeResolver{}, &lateNamer{}, discardLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := &twiceSource{fakeSource: fakeSource{conns: conns, capacity: 1 << 20}, first: 0, again: n - 1}
+	clock := newFakeClock()
+	namer := &cacheNamer{started: clock.now()}
+	c := newNamingCollector(t, ConnectionsConfig{}, src, namer, clock)
+	c.cfg.MaxSeries = 10000
+	clock.advance(time.Second)
 	collect(t, c)
+	if len(src.released) != 0 {
+		t.Errorf("released %v before the connection was named", src.released)
+	}
+	namer.fetch()
+	clock.advance(time.Second)
+	reg := collect(t, c)
 	if !slices.Equal(src.released, []uint64{1}) {
 		t.Errorf("released %v, want [1]: the closed report of connection 1 was dropped", src.released)
 	}
-	reg := collect(t, c)
-	if got := value(t, reg, "connection_opened_total", "process", "nginx"); got != 1 {
+	if got := value(t, reg, "connection_opened_total", "container", "web-1"); got != 1 {
 		t.Errorf("closed connection opened = %v, want 1", got)
 	}
-	if got := value(t, reg, "connection_active", "process", "nginx"); got != 0 {
+	if got := value(t, reg, "connection_active", "container", "web-1"); got != 0 {
 		t.Errorf("closed connection active = %v, want 0", got)
 	}
 }
@@ -678,15 +852,17 @@ func TestConnectionsAccountsChanges(t *testing.T) {
 // kept postponed while the source cannot be read.
 func TestConnectionsPostponedSurvivesFailedRead(t *testing.T) {
 	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
-	namer := &lateNamer{}
-	c, err := NewConnections(ConnectionsConfig{MaxSeries: 10, SeriesIdle: time.Minute, ResolveAttempts: 5}, src, &fakeResolver{}, namer, discardLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	clock := newFakeClock()
+	namer := &cacheNamer{started: clock.now()}
+	c := newNamingCollector(t, ConnectionsConfig{}, src, namer, clock)
+	clock.advance(time.Second)
 	collect(t, c)
+	namer.fetch()
 	src.getErr = errors.New("map gone")
+	clock.advance(time.Second)
 	collect(t, c)
 	src.getErr = nil
+	clock.advance(time.Second)
 	if got := value(t, collect(t, c), "connection_active", "container", "web-1", "workload", "web"); got != 1 {
 		t.Errorf("postponed connection: active = %v, want 1", got)
 	}

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -104,10 +105,10 @@ func TestClientNamesContainers(t *testing.T) {
 	if !ok || p.Namespace != "default" || p.Workload != "nginx" || name != "nginx" {
 		t.Errorf("Container = %+v, %q, %v", p, name, ok)
 	}
-	if p, ok := c.PodByIP("10.42.1.8"); !ok || p.Name != "redis-0" {
+	if p, ok := c.PodByIP(netip.MustParseAddr("10.42.1.8")); !ok || p.Name != "redis-0" {
 		t.Errorf("PodByIP = %+v, %v", p, ok)
 	}
-	if _, ok := c.PodByIP("192.0.2.10"); ok {
+	if _, ok := c.PodByIP(netip.MustParseAddr("192.0.2.10")); ok {
 		t.Error("a host-network pod's address names the pod")
 	}
 	if n, err := testutil.GatherAndCount(registry(c), "connection_endpoint_info"); err != nil || n != 4 {

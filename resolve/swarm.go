@@ -19,15 +19,20 @@ type SwarmConfig struct {
 	// NetNSDir is Docker's directory of network namespaces
 	// (/run/docker/netns, or <exec-root>/netns).
 	NetNSDir string
-	// ServiceNetwork returns the id of the overlay network on which an
-	// address is a service's virtual IP (from the Docker cache).
-	ServiceNetwork func(netip.Addr) (string, bool)
+	// Network returns the id of the overlay network whose load balancer
+	// may have translated a connection to an address (from the Docker
+	// cache): the network on which it is a service's virtual IP, else the
+	// overlay network whose subnet holds it, so that a service created
+	// after the cache last read its networks resolves all the same.
+	Network func(netip.Addr) (string, bool)
 }
 
-// Swarm returns the step that resolves connections to Swarm service VIPs
-// in the conntrack of their overlay network's load-balancer namespace,
-// lb_<first 9 characters of the network id>, where IPVS (with
-// net.ipv4.vs.conntrack=1) leaves the translated entry.
+// Swarm returns the step that resolves connections to addresses of Swarm
+// overlay networks in the conntrack of the network's load-balancer
+// namespace, lb_<first 9 characters of the network id>, where IPVS (with
+// net.ipv4.vs.conntrack=1) leaves the translated entry of a connection to a
+// service VIP. A connection to a task's own address finds no entry there
+// and goes on to the next step.
 func (c *Conntrack) Swarm(cfg SwarmConfig) Step { return swarmLB{c: c, cfg: cfg} }
 
 type swarmLB struct {
@@ -44,7 +49,7 @@ func lbNamespace(networkID string) string {
 }
 
 func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
-	if s.cfg.ServiceNetwork == nil {
+	if s.cfg.Network == nil {
 		return idx
 	}
 	byNet := make(map[string][]int)
@@ -57,7 +62,7 @@ func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 	for _, i := range idx {
 		if a := qs[i].Dst.Addr(); a != last || !last.IsValid() {
 			last = a
-			id, ok = s.cfg.ServiceNetwork(a)
+			id, ok = s.cfg.Network(a)
 		}
 		if ok {
 			byNet[id] = append(byNet[id], i)

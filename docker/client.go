@@ -1,8 +1,8 @@
 // Package docker owns knowing which Docker container a process or a network
 // namespace belongs to, and which container or Swarm task stands behind an
-// address: a cache of the Docker Engine's containers and Swarm service
-// addresses, fed by its events stream with periodic full resyncs, that
-// lookups answer from without ever calling the daemon.
+// address: a cache of the Docker Engine's containers and networks, fed by
+// its events stream with periodic full resyncs and refreshed on request,
+// that lookups answer from without ever calling the daemon.
 package docker
 
 import (
@@ -21,6 +21,7 @@ import (
 	"github.com/moby/moby/client"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/connection-exporter/connection_exporter/internal/catchup"
 	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
@@ -35,6 +36,9 @@ type Config struct {
 	Resync time.Duration
 	// Timeout bounds one API call.
 	Timeout time.Duration
+	// MinInterval is the shortest time between the starts of two rounds
+	// of refreshes that Request* ask for. Zero means one second.
+	MinInterval time.Duration
 }
 
 // Container is what the cache knows of one running container.
@@ -89,6 +93,7 @@ type Client struct {
 	logger *slog.Logger
 	api    *client.Client
 	hostNS uint32
+	asked  *catchup.Requests // Request*'s
 
 	mu       sync.RWMutex
 	byID     map[string]*Container
@@ -96,16 +101,19 @@ type Client struct {
 	byIP     map[netip.Addr]string // address -> workload (containers and Swarm tasks)
 	vips     map[netip.Addr]string // Swarm service VIP -> network id
 	ingress  netip.Addr            // ingress_sbox's address on docker_gwbridge
-	subnets  []netip.Prefix        // subnets of the engine's networks
+	subnets  []subnet              // subnets of the engine's networks
 	gateways map[netip.Addr]string // their gateways (not containers), by network driver
 	// published maps the host's side of a TCP port binding to the
 	// container behind it.
 	published map[netip.AddrPort]publishedTarget
 	up        bool
 	synced    bool // ever synced: an engine exists on this host
+	attempted bool // the first sync has finished, well or not
 	errors    map[string]float64
 	warned    bool
 	resynced  time.Time
+	fresh     freshness
+	wants     wants
 }
 
 // New creates the API client (with API version negotiation, so engines from
@@ -120,6 +128,9 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.MinInterval <= 0 {
+		cfg.MinInterval = time.Second
+	}
 	opts := []client.Opt{client.FromEnv} // the API version is negotiated by default
 	if cfg.Host != "" {
 		opts = append(opts, client.WithHost(cfg.Host))
@@ -128,12 +139,13 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	c := &Client{cfg: cfg, logger: logger, api: api, errors: make(map[string]float64)}
+	c := &Client{cfg: cfg, logger: logger, api: api, errors: make(map[string]float64), asked: catchup.New()}
 	for _, r := range []string{"connect", "events", "inspect"} {
 		c.errors[r] = 0
 	}
 	c.hostNS, _ = netns.Inode(filepath.Join(cfg.ProcFS, "self", "ns", "net"))
 	c.reset()
+	c.fresh.absent = make(map[string]time.Time)
 	return c, nil
 }
 
@@ -154,8 +166,9 @@ func (c *Client) reset() {
 }
 
 // Run keeps the cache until ctx is done: a full sync, then the events
-// stream, with a full resync every Resync; when the daemon is away it
-// retries with backoff, keeping what it knew.
+// stream, with a full resync every Resync and the refreshes that Request*
+// ask for; when the daemon is away it retries with backoff, keeping what
+// it knew.
 func (c *Client) Run(ctx context.Context) {
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -190,6 +203,20 @@ func (c *Client) session(ctx context.Context) (bool, error) {
 	}
 	resync := time.NewTicker(c.cfg.Resync)
 	defer resync.Stop()
+	// Requested refreshes run no sooner than MinInterval after the last
+	// round started: later wake-ups come from deferred.
+	deferred := time.NewTimer(0)
+	<-deferred.C
+	defer deferred.Stop()
+	var last time.Time
+	serve := func() {
+		if d := time.Until(last.Add(c.cfg.MinInterval)); d > 0 {
+			deferred.Reset(d)
+			return
+		}
+		last = c.asked.Starting(time.Now())
+		c.serveWants(ctx, last)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,10 +230,15 @@ func (c *Client) session(ctx context.Context) (bool, error) {
 			}
 		case m := <-ev.Messages:
 			c.handle(ctx, m)
+		case <-c.asked.Kicked():
+			serve()
+		case <-deferred.C:
+			serve()
 		}
 	}
 }
 
+// handle applies one event to the cache.
 func (c *Client) handle(ctx context.Context, m events.Message) {
 	switch m.Type {
 	case events.ContainerEventType:
@@ -224,9 +256,9 @@ func (c *Client) handle(ctx context.Context, m events.Message) {
 				c.refreshContainer(ctx, id)
 			}
 		}
-		c.refreshNetworks(ctx)
+		c.refreshNetworks(ctx, time.Now())
 	case events.ServiceEventType:
-		c.refreshNetworks(ctx)
+		c.refreshNetworks(ctx, time.Now())
 	}
 }
 
@@ -253,15 +285,24 @@ func (c *Client) setUp(up bool) {
 		c.warned = false
 	}
 	c.mu.Unlock()
+	if !up {
+		// Nothing is served while the engine is away: whoever waits on
+		// a request waits no more.
+		c.asked.Drop()
+	}
 }
 
-// Sync lists and inspects every running container and the Swarm services
-// of the networks this node is attached to, replacing the cache.
+// Sync lists and inspects every running container and the engine's
+// networks, replacing the cache.
 func (c *Client) Sync(ctx context.Context) error {
+	start := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	list, err := c.api.ContainerList(tctx, client.ContainerListOptions{})
 	cancel()
 	if err != nil {
+		c.mu.Lock()
+		c.attempted = true
+		c.mu.Unlock()
 		c.setUp(false)
 		c.fail("connect", err)
 		return err
@@ -275,7 +316,7 @@ func (c *Client) Sync(ctx context.Context) error {
 		}
 		found = append(found, ct)
 	}
-	n := c.networks(ctx)
+	n, nerr := c.networks(ctx)
 	c.mu.Lock()
 	c.reset()
 	for _, ct := range found {
@@ -283,7 +324,12 @@ func (c *Client) Sync(ctx context.Context) error {
 	}
 	c.setNetworksLocked(n)
 	c.resynced = time.Now()
-	c.synced = true
+	c.synced, c.attempted = true, true
+	c.fresh.containers = start
+	if nerr == nil {
+		c.fresh.networks = start
+	}
+	clear(c.fresh.absent)
 	c.mu.Unlock()
 	c.setUp(true)
 	return nil
@@ -339,6 +385,8 @@ func (c *Client) inspect(ctx context.Context, id string) (*Container, error) {
 	return ct, nil
 }
 
+// refreshContainer inspects one container again and replaces what the
+// cache knew of it.
 func (c *Client) refreshContainer(ctx context.Context, id string) {
 	ct, err := c.inspect(ctx, id)
 	if err != nil {
@@ -387,221 +435,6 @@ func (c *Client) removeLocked(id string) {
 			delete(c.published, p.Host)
 		}
 	}
-}
-
-// swarmAddresses reads, from the overlay networks this node is attached
-// to, each Swarm service's VIP (with its network) and each task's address
-// (with its service).
-func (c *Client) swarmAddresses(ctx context.Context) (vips map[netip.Addr]string, tasks map[netip.Addr]string) {
-	vips, tasks = make(map[netip.Addr]string), make(map[netip.Addr]string)
-	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	defer cancel()
-	nets, err := c.api.NetworkList(tctx, client.NetworkListOptions{Filters: make(client.Filters).Add("driver", "overlay")})
-	if err != nil {
-		c.fail("inspect", err)
-		return vips, tasks
-	}
-	for _, n := range nets.Items {
-		r, err := c.api.NetworkInspect(tctx, n.ID, client.NetworkInspectOptions{Verbose: true})
-		if err != nil {
-			// A network this node is not attached to has no verbose view.
-			continue
-		}
-		for name, svc := range r.Network.Services {
-			if svc.VIP.IsValid() {
-				vips[svc.VIP.Unmap()] = n.ID
-			}
-			for _, task := range svc.Tasks {
-				if task.EndpointIP.IsValid() {
-					tasks[task.EndpointIP.Unmap()] = name
-				}
-			}
-		}
-	}
-	return vips, tasks
-}
-
-// networkSubnets lists the subnets of the engine's networks, where an
-// address with no container known is one that is starting.
-func (c *Client) networkSubnets(ctx context.Context) ([]netip.Prefix, map[netip.Addr]string) {
-	gateways := make(map[netip.Addr]string)
-	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	defer cancel()
-	nets, err := c.api.NetworkList(tctx, client.NetworkListOptions{})
-	if err != nil {
-		return nil, gateways
-	}
-	var out []netip.Prefix
-	for _, n := range nets.Items {
-		for _, cfg := range n.IPAM.Config {
-			if cfg.Subnet.IsValid() {
-				out = append(out, cfg.Subnet.Masked())
-			}
-			if cfg.Gateway.IsValid() {
-				gateways[cfg.Gateway.Unmap()] = n.Driver
-			}
-		}
-	}
-	return out, gateways
-}
-
-// ingressAddress reads the address of the routing mesh's sandbox on
-// docker_gwbridge, where the host's DNAT sends published ports of Swarm
-// services. It is invalid when the node is in no Swarm.
-func (c *Client) ingressAddress(ctx context.Context) netip.Addr {
-	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	defer cancel()
-	r, err := c.api.NetworkInspect(tctx, "docker_gwbridge", client.NetworkInspectOptions{})
-	if err != nil {
-		return netip.Addr{}
-	}
-	if ep, ok := r.Network.Containers["ingress-sbox"]; ok && ep.IPv4Address.IsValid() {
-		return ep.IPv4Address.Addr()
-	}
-	return netip.Addr{}
-}
-
-// networkState is what the cache knows of the engine's networks.
-type networkState struct {
-	vips, tasks map[netip.Addr]string
-	ingress     netip.Addr
-	subnets     []netip.Prefix
-	gateways    map[netip.Addr]string
-}
-
-// networks reads the engine's networks: Swarm VIPs and tasks, the routing
-// mesh sandbox, subnets and gateways.
-func (c *Client) networks(ctx context.Context) networkState {
-	var n networkState
-	n.vips, n.tasks = c.swarmAddresses(ctx)
-	n.ingress = c.ingressAddress(ctx)
-	n.subnets, n.gateways = c.networkSubnets(ctx)
-	return n
-}
-
-// setNetworksLocked installs n; a container's own address takes precedence
-// over a task record of it.
-func (c *Client) setNetworksLocked(n networkState) {
-	c.vips, c.ingress, c.subnets, c.gateways = n.vips, n.ingress, n.subnets, n.gateways
-	for ip, w := range n.tasks {
-		if _, ok := c.byIP[ip]; !ok {
-			c.byIP[ip] = w
-		}
-	}
-}
-
-func (c *Client) refreshNetworks(ctx context.Context) {
-	n := c.networks(ctx)
-	c.mu.Lock()
-	c.setNetworksLocked(n)
-	c.mu.Unlock()
-}
-
-// Up reports whether the cache follows a running engine now. While it does
-// not, what it holds may be stale: containers restarted with the engine can
-// have other addresses and namespaces.
-func (c *Client) Up() bool {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.up
-}
-
-// Known reports whether an engine was ever reached: its containers may be
-// behind connections the cache cannot name yet, during a restart too.
-func (c *Client) Known() bool {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.synced
-}
-
-// IngressAddr returns the routing mesh sandbox's address on docker_gwbridge,
-// if this node is in a Swarm.
-func (c *Client) IngressAddr() (netip.Addr, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.ingress, c.ingress.IsValid()
-}
-
-// ByNetNS returns the container whose network namespace is ino.
-func (c *Client) ByNetNS(ino uint32) (Container, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	ct, ok := c.byNetNS[ino]
-	if !ok {
-		return Container{}, false
-	}
-	return *ct, true
-}
-
-// PublishedTarget returns the container address and port behind a TCP
-// port published on the host, for a connection from the host to dst, one
-// of the host's own addresses: the binding to dst's address, else the one
-// to all addresses of its family. It reports false when no container of
-// a single network publishes that port there.
-func (c *Client) PublishedTarget(dst netip.AddrPort) (netip.AddrPort, bool) {
-	a := dst.Addr().Unmap()
-	all := netip.IPv4Unspecified()
-	if a.Is6() {
-		all = netip.IPv6Unspecified()
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	for _, host := range []netip.Addr{a, all} {
-		if t, ok := c.published[netip.AddrPortFrom(host, dst.Port())]; ok {
-			return t.addr, true
-		}
-	}
-	return netip.AddrPort{}, false
-}
-
-// IsBridgeGateway reports whether a is the gateway address of one of the
-// engine's bridge networks: the host's address on the network's bridge.
-func (c *Client) IsBridgeGateway(a netip.Addr) bool {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.gateways[a.Unmap()] == "bridge"
-}
-
-// ByID returns a container by its full id.
-func (c *Client) ByID(id string) (Container, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	ct, ok := c.byID[id]
-	if !ok {
-		return Container{}, false
-	}
-	return *ct, true
-}
-
-// Workload names the container or Swarm task at addr. It reports whether
-// addr belongs to one of the engine's networks: such an address that no
-// container holds yet belongs to one that is starting.
-func (c *Client) Workload(addr netip.Addr) (workload string, local bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	addr = addr.Unmap()
-	if w, ok := c.byIP[addr]; ok {
-		return w, true
-	}
-	_, vip := c.vips[addr]
-	if _, gw := c.gateways[addr]; vip || gw || addr == c.ingress {
-		return "", false
-	}
-	for _, p := range c.subnets {
-		if p.Contains(addr) {
-			return "", true
-		}
-	}
-	return "", false
-}
-
-// ServiceNetwork returns the id of the overlay network on which addr is a
-// Swarm service's virtual IP.
-func (c *Client) ServiceNetwork(addr netip.Addr) (string, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	id, ok := c.vips[addr.Unmap()]
-	return id, ok
 }
 
 var (

@@ -1,10 +1,14 @@
-// Package kube owns knowing which Kubernetes pod a process or a network
-// namespace belongs to: the pods of this node from the kubelet API, and the
-// container ids in processes' cgroup paths that tie processes to them.
-package kube
+// Package cgroup owns reading which container, and which Kubernetes pod, a
+// process runs in from its cgroup path (/proc/<pid>/cgroup): the one tie
+// between a process and its container that holds for every runtime and
+// cgroup driver, and for containers that share the host's network
+// namespace. Both the kubelet's and Docker's naming use it.
+package cgroup
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,13 +17,14 @@ import (
 	"strings"
 )
 
-// CgroupContainer is what a cgroup path says about a container.
-type CgroupContainer struct {
+// Container is what a cgroup path says about a container.
+type Container struct {
 	// PodUID is the pod's uid in its canonical dashed form, empty when the
 	// path is not under a kubepods hierarchy.
 	PodUID string
 	// ID is the 64-hex-digit container id, as the runtime reports it
-	// without its "containerd://" style prefix.
+	// without its "containerd://" style prefix; empty when the path names
+	// no container.
 	ID string
 }
 
@@ -37,16 +42,17 @@ var (
 	podRE = regexp.MustCompile(`^(?:[a-z]+(?:-[a-z]+)*-)?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?$`)
 )
 
-// ParseCgroupPath finds a container in one cgroup path, such as
+// ParsePath finds a container in one cgroup path, such as
 // "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1f2e...slice/cri-containerd-<id>.scope".
-func ParseCgroupPath(path string) (CgroupContainer, bool) {
-	var c CgroupContainer
+// It reports false when the path names no container.
+func ParsePath(path string) (Container, bool) {
+	var c Container
 	elems := strings.Split(path, "/")
 	for i := len(elems) - 1; i >= 0; i-- {
 		e := elems[i]
 		if c.ID == "" {
 			if strings.HasPrefix(e, "crio-conmon-") {
-				return CgroupContainer{}, false
+				return Container{}, false
 			}
 			if m := containerRE.FindStringSubmatch(e); m != nil {
 				c.ID = m[1]
@@ -61,10 +67,11 @@ func ParseCgroupPath(path string) (CgroupContainer, bool) {
 	return c, c.ID != ""
 }
 
-// ParseProcCgroup reads a /proc/<pid>/cgroup file (cgroup v1 or v2) and
-// returns the container it names, preferring the unified hierarchy's line.
-func ParseProcCgroup(r io.Reader) (CgroupContainer, bool) {
-	var found CgroupContainer
+// Parse reads a /proc/<pid>/cgroup file (cgroup v1 or v2) and returns the
+// container it names, preferring the unified hierarchy's line. It reports
+// false when no line names a container.
+func Parse(r io.Reader) (Container, bool) {
+	var found Container
 	ok := false
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
@@ -73,7 +80,7 @@ func ParseProcCgroup(r io.Reader) (CgroupContainer, bool) {
 		if len(parts) != 3 {
 			continue
 		}
-		c, cok := ParseCgroupPath(parts[2])
+		c, cok := ParsePath(parts[2])
 		if !cok {
 			continue
 		}
@@ -84,13 +91,26 @@ func ParseProcCgroup(r io.Reader) (CgroupContainer, bool) {
 	return found, ok
 }
 
-// ProcessCgroup reads /proc/<pid>/cgroup under procfs and returns the
-// container it names; false for host processes and processes that are gone.
-func ProcessCgroup(procfs string, pid uint32) (CgroupContainer, bool) {
+// ErrGone is returned by Read for a process that has exited (or a pid of
+// 0, which stands for an unknown process).
+var ErrGone = errors.New("process gone")
+
+// Read reads /proc/<pid>/cgroup under procfs and returns the container it
+// names: the zero Container for a process in none (a host process). Any
+// error means that it cannot tell; ErrGone, wrapped, that the process has
+// exited.
+func Read(procfs string, pid uint32) (Container, error) {
+	if pid == 0 {
+		return Container{}, ErrGone
+	}
 	f, err := os.Open(filepath.Join(procfs, strconv.FormatUint(uint64(pid), 10), "cgroup"))
 	if err != nil {
-		return CgroupContainer{}, false
+		if errors.Is(err, os.ErrNotExist) {
+			return Container{}, fmt.Errorf("cgroup of process %d: %w", pid, ErrGone)
+		}
+		return Container{}, fmt.Errorf("cgroup of process %d: %w", pid, err)
 	}
 	defer f.Close()
-	return ParseProcCgroup(f)
+	c, _ := Parse(f)
+	return c, nil
 }
