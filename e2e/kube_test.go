@@ -160,6 +160,7 @@ func podListJSON(pods []kubePod) ([]byte, error) {
 type kubeCluster struct {
 	*netlab.Cluster
 	client             kubePod
+	pods               []kubePod // the client first, then the backends
 	appID, proxyID     string
 	kubelet, ca, token string
 }
@@ -175,6 +176,7 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 		pods = append(pods, kubePod{namespace: "shop", name: fmt.Sprintf("nginx-5d9c7b6f4-%05d", i), uid: podUID(), rs: "nginx",
 			hash: "5d9c7b6f4", ips: []string{b.Addr4.String(), b.Addr6.String()}, containers: map[string]string{"nginx": randomHex(32)}})
 	}
+	k.pods = pods
 	k.kubelet, k.ca, k.token = fakeKubelet(t, pods)
 	return k
 }

@@ -2,8 +2,9 @@
 // named network namespaces joined by veth pairs, iptables rules inside them,
 // and sockets opened from inside a namespace without moving the test's own
 // threads. Everything it creates is removed by t.Cleanup, even when the test
-// fails. It never touches the namespace the test runs in. It also finds the
-// cgroup v2 hierarchy for tests that put processes in groups of their own.
+// fails. It touches the namespace the test runs in only to link one of its
+// own to it (HostLink). It also finds the cgroup v2 hierarchy for tests
+// that put processes in groups of their own.
 package netlab
 
 import (
@@ -163,6 +164,25 @@ func (l *Lab) Link(a *NS, aAddrs []string, b *NS, bAddrs []string) (aIf, bIf str
 		side.ns.Run("ip", "link", "set", side.ifc, "up")
 	}
 	return aIf, bIf
+}
+
+// HostLink joins ns to the test's own namespace with a veth pair: hostAddr
+// (CIDR notation) on the test's side, nsAddr in ns, with ns's default route
+// through the test's side. It is the one thing the lab puts in the test's
+// namespace; the pair goes at cleanup, or with ns.
+func (l *Lab) HostLink(ns *NS, hostAddr, nsAddr string) {
+	l.t.Helper()
+	b := make([]byte, 3)
+	rand.Read(b)
+	hostIf, nsIf := "vh"+hex.EncodeToString(b), "vn"+hex.EncodeToString(b)
+	l.Cmd("ip", "link", "add", hostIf, "type", "veth", "peer", "name", nsIf, "netns", ns.Name)
+	l.t.Cleanup(func() { exec.Command("ip", "link", "del", hostIf).Run() })
+	l.Cmd("ip", "addr", "add", hostAddr, "dev", hostIf)
+	l.Cmd("ip", "link", "set", hostIf, "up")
+	ns.Run("ip", "addr", "add", nsAddr, "dev", nsIf)
+	ns.Run("ip", "link", "set", nsIf, "up")
+	gw, _, _ := strings.Cut(hostAddr, "/")
+	ns.Run("ip", "route", "add", "default", "via", gw)
 }
 
 // Do runs fn on an OS thread that has entered the namespace. Sockets created
