@@ -1,3 +1,5 @@
+//go:build bench
+
 // Command bench measures what a scrape costs at 1k, 10k and 50k connections
 // against the machine's own floors, and what the kernel programs cost a
 // connecting application. Run it as root: `scripts/bench`.
@@ -20,6 +22,10 @@
 // With -compare it instead measures two builds of the exporter in turns on
 // the same connections, which shows differences smaller than this machine's
 // variation from one run to the next.
+//
+// The floors read the kernel map and the conntrack table through entry
+// points that only builds with the bench tag have: go build -tags bench
+// ./bench (scripts/bench does).
 package main
 
 import (
@@ -56,6 +62,7 @@ import (
 
 	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 	"github.com/connection-exporter/connection_exporter/resolve"
 )
 
@@ -464,7 +471,7 @@ func (r *runner) batchFloor() float64 {
 		r.Fatalf("load programs: %v", err)
 	}
 	defer tr.Close()
-	var buf []bpf.Conn
+	var buf []record.Conn
 	return median(repeat(7, func() float64 {
 		start := time.Now()
 		buf, err = tr.Snapshot(buf[:0])
@@ -595,8 +602,8 @@ func (r *runner) throughput(cycles int) []row {
 	var closed []uint64
 	release := func() {
 		closed = closed[:0]
-		if _, err := tr.Read(func(c *bpf.Conn) {
-			if c.State == bpf.StateClosed || c.State == bpf.StateFailed {
+		if _, err := tr.Read(func(c *record.Conn) {
+			if c.State == record.StateClosed || c.State == record.StateFailed {
 				closed = append(closed, c.Cookie)
 			}
 		}); err != nil {
@@ -656,12 +663,12 @@ func (r *runner) throughput(cycles int) []row {
 	toggle(tr.Attach)
 	for _, cl := range clients {
 		k := per * 10
-		run0, n0, err := tr.RunTime()
+		run0, n0, err := tr.ProgramStats()
 		if err != nil {
 			r.Fatalf("%v", err)
 		}
 		d := block(cl.kind, k)
-		run1, n1, err := tr.RunTime()
+		run1, n1, err := tr.ProgramStats()
 		if err != nil {
 			r.Fatalf("%v", err)
 		}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // fill inserts n established entries into the connection map from user
@@ -23,7 +24,7 @@ func fill(b *testing.B, tr *Tracker, n int) (change func()) {
 	vals := make([]trackerConn, n)
 	for i := range keys {
 		keys[i] = uint64(1<<40 + i)
-		vals[i] = trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(StateEstablished),
+		vals[i] = trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(record.StateEstablished),
 			Sport: uint16(i), Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}, Version: 1}
 	}
 	change = func() {
@@ -42,11 +43,11 @@ func fill(b *testing.B, tr *Tracker, n int) (change func()) {
 func BenchmarkSnapshot(b *testing.B) {
 	tr := newTracker(b, Config{})
 	fill(b, tr, 50000)
-	var buf []Conn
+	var buf []record.Conn
 	var err error
 	b.ReportAllocs()
 	for b.Loop() {
-		if buf, err = tr.Snapshot(buf[:0]); err != nil {
+		if buf, err = tr.snapshot(buf[:0]); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -62,7 +63,7 @@ func BenchmarkRead(b *testing.B) {
 	change := fill(b, tr, 50000)
 	read := func(b *testing.B) int {
 		n := 0
-		if _, err := tr.Read(func(*Conn) { n++ }); err != nil {
+		if _, err := tr.Read(func(*record.Conn) { n++ }); err != nil {
 			b.Fatal(err)
 		}
 		return n
@@ -111,12 +112,12 @@ func BenchmarkLookupConntrack(b *testing.B) {
 	lab := netlab.New(b)
 	full, empty := lab.NetNS("full"), lab.NetNS("empty")
 	// The table holds each connection's entry, translated to a backend.
-	orig := make([]Tuple, n)
+	orig := make([]record.Tuple, n)
 	entries := make([]netlab.NATEntry, n)
 	client, svc := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	for i := range orig {
 		sport := uint16(1024 + i)
-		orig[i] = Tuple{client.As16(), svc.As16(), sport, 80}
+		orig[i] = record.Tuple{Src: client.As16(), Dst: svc.As16(), SrcPort: sport, DstPort: 80}
 		entries[i] = netlab.NATEntry{
 			Client:  netip.AddrPortFrom(client, sport),
 			Service: netip.AddrPortFrom(svc, 80),
@@ -131,13 +132,13 @@ func BenchmarkLookupConntrack(b *testing.B) {
 		name string
 		ns   *netlab.NS
 		want bool
-		orig []Tuple
+		orig []record.Tuple
 	}{{"found", full, true, orig}, {"shuffled", full, true, shuffled}, {"missing", empty, false, orig}} {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
 				clear(found)
 				err := bc.ns.Do(func() error {
-					return l.Lookup(n, func(i int) Tuple { return bc.orig[i] }, func(i int, _ Tuple) { found[i] = true })
+					return l.Lookup(n, func(i int) record.Tuple { return bc.orig[i] }, func(i int, _ record.Tuple) { found[i] = true })
 				})
 				if err != nil {
 					b.Fatal(err)
@@ -169,7 +170,7 @@ func BenchmarkConnectClose(b *testing.B) {
 	tr := newTracker(b, Config{})
 	ln := listen(b, "tcp4", "127.0.0.1:0")
 	netlab.CloseAccepted(ln)
-	run0, runs0, err := tr.RunTime()
+	run0, runs0, err := tr.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -180,7 +181,7 @@ func BenchmarkConnectClose(b *testing.B) {
 		}
 		c.Close()
 	}
-	run, runs, err := tr.RunTime()
+	run, runs, err := tr.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,19 +9,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // ErrNoKernelLookup wraps the reason NewConntrackLookup fails: the kernel
 // lacks the conntrack kfuncs (Linux 5.18 or later with conntrack built in or
 // loaded) or refused the program.
 var ErrNoKernelLookup = errors.New("conntrack lookups from BPF are not available on this kernel")
-
-// Tuple is one direction of a conntrack entry: addresses in 16-byte form
-// (IPv4-mapped for IPv4), no pointers.
-type Tuple struct {
-	Src, Dst         [16]byte
-	SrcPort, DstPort uint16
-}
 
 // ConntrackLookup looks tuples up in conntrack tables from inside the
 // kernel, with an XDP program that never sees a packet, run through
@@ -114,7 +109,7 @@ func (l *ConntrackLookup) Close() error {
 // each whose original tuple is that of an entry of the table, with the
 // entry's reply tuple. The caller locks its goroutine to an OS thread in the
 // namespace whose table it wants.
-func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error {
+func (l *ConntrackLookup) Lookup(n int, orig func(int) record.Tuple, found func(int, record.Tuple)) error {
 	s, ok := <-l.slots
 	if !ok {
 		return fmt.Errorf("conntrack lookup: %w", ErrClosed)
@@ -144,7 +139,7 @@ func (l *ConntrackLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tu
 		for i := range qs {
 			if q := &qs[i]; q.Found != 0 {
 				r := &q.Reply
-				found(start+i, Tuple{r.Saddr, r.Daddr, r.Sport, r.Dport})
+				found(start+i, record.Tuple{Src: r.Saddr, Dst: r.Daddr, SrcPort: r.Sport, DstPort: r.Dport})
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // TestLookupConntrack runs the lookup program in a namespace whose
@@ -46,7 +47,7 @@ func TestLookupConntrack(t *testing.T) {
 	netlab.Serve(node.Listen("tcp6", "[fd00:99::1]:8080"))
 	netlab.Serve(other.Listen("tcp4", "127.0.0.1:8080"))
 
-	var orig []Tuple
+	var orig []record.Tuple
 	var want []string // the reply source, empty when not found
 	dial := func(ns *netlab.NS, network, addr, backend string) {
 		t.Helper()
@@ -62,7 +63,7 @@ func TestLookupConntrack(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 		src, dst := addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
-		orig = append(orig, Tuple{src.Addr().As16(), dst.Addr().As16(), src.Port(), dst.Port()})
+		orig = append(orig, record.Tuple{Src: src.Addr().As16(), Dst: dst.Addr().As16(), SrcPort: src.Port(), DstPort: dst.Port()})
 		want = append(want, backend)
 	}
 	dial(node, "tcp4", "10.99.0.2:80", "10.99.0.1:8080")
@@ -74,12 +75,12 @@ func TestLookupConntrack(t *testing.T) {
 	// The first connection's entry seen from its reply direction is not an
 	// entry whose original tuple it is.
 	o := orig[0]
-	orig = append(orig, Tuple{[16]byte(netip.MustParseAddr("::ffff:10.99.0.1").As16()), o.Src, 8080, o.SrcPort})
+	orig = append(orig, record.Tuple{Src: netip.MustParseAddr("::ffff:10.99.0.1").As16(), Dst: o.Src, SrcPort: 8080, DstPort: o.SrcPort})
 	want = append(want, "")
 
-	reply, found := make([]Tuple, len(orig)), make([]bool, len(orig))
+	reply, found := make([]record.Tuple, len(orig)), make([]bool, len(orig))
 	err := node.Do(func() error {
-		return l.Lookup(len(orig), func(i int) Tuple { return orig[i] }, func(i int, r Tuple) {
+		return l.Lookup(len(orig), func(i int) record.Tuple { return orig[i] }, func(i int, r record.Tuple) {
 			if found[i] {
 				t.Errorf("%d answered twice", i)
 			}
@@ -114,7 +115,7 @@ func TestLookupConntrack(t *testing.T) {
 
 // replyDst asks the conntrack tool in ns for the entry whose original
 // tuple is o, and returns the destination of the entry's reply direction.
-func replyDst(t *testing.T, ns *netlab.NS, o Tuple) netip.AddrPort {
+func replyDst(t *testing.T, ns *netlab.NS, o record.Tuple) netip.AddrPort {
 	t.Helper()
 	src, dst := netip.AddrFrom16(o.Src).Unmap(), netip.AddrFrom16(o.Dst).Unmap()
 	// The family follows from the addresses' form.
@@ -185,12 +186,12 @@ func newLookup(t *testing.T, run, slots int) *ConntrackLookup {
 func TestLookupCloseDuringLookup(t *testing.T) {
 	l := newLookup(t, 4, 2)
 	closeWaits(t, "a Lookup filling the array", func(hold func()) error {
-		return l.Lookup(8, func(int) Tuple {
+		return l.Lookup(8, func(int) record.Tuple {
 			hold()
-			return Tuple{}
-		}, func(int, Tuple) {})
+			return record.Tuple{}
+		}, func(int, record.Tuple) {})
 	}, l.Close)
-	if err := l.Lookup(1, func(int) Tuple { return Tuple{} }, func(int, Tuple) {}); !errors.Is(err, ErrClosed) {
+	if err := l.Lookup(1, func(int) record.Tuple { return record.Tuple{} }, func(int, record.Tuple) {}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Lookup after Close: %v, want ErrClosed", err)
 	}
 	if err := l.Close(); err != nil {

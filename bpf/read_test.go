@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // readOurs reads the map and returns the states of the connections to dst
@@ -13,7 +15,7 @@ import (
 // have had the same local address. Other connections of the host may be
 // reported twice in a read that takes several runs of the reader: once as
 // established, once more if they close before the next run walks by.
-func readOurs(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]State, int) {
+func readOurs(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool) (map[netip.AddrPort]record.State, int) {
 	t.Helper()
 	r := readSlowly(t, tr, dst, srcs, 0)
 	return r.got, r.total
@@ -21,19 +23,19 @@ func readOurs(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.Addr
 
 // aRead is what readSlowly saw.
 type aRead struct {
-	got      map[netip.AddrPort]State // ours, by local address
-	reported map[netip.AddrPort]bool  // ours reported before
-	total    int                      // as Read returned it
-	calls    int                      // of the callback, for any connection
+	got      map[netip.AddrPort]record.State // ours, by local address
+	reported map[netip.AddrPort]bool         // ours reported before
+	total    int                             // as Read returned it
+	calls    int                             // of the callback, for any connection
 }
 
 // readSlowly is readOurs whose first callback takes pause: the reader's
 // ring fills meanwhile if the changes do not fit it.
 func readSlowly(t *testing.T, tr *Tracker, dst netip.AddrPort, srcs map[netip.AddrPort]bool, pause time.Duration) aRead {
 	t.Helper()
-	r := aRead{got: make(map[netip.AddrPort]State), reported: make(map[netip.AddrPort]bool)}
+	r := aRead{got: make(map[netip.AddrPort]record.State), reported: make(map[netip.AddrPort]bool)}
 	cookies := make(map[uint64]bool)
-	total, err := tr.Read(func(c *Conn) {
+	total, err := tr.Read(func(c *record.Conn) {
 		if r.calls++; r.calls == 1 {
 			time.Sleep(pause)
 		}
@@ -87,11 +89,11 @@ func TestTrackerReadsChanges(t *testing.T) {
 		t.Errorf("first read took %d runs of the reader, want at least 2 (the ring filled)", tr.runs)
 	}
 	for src, st := range got {
-		if st != StateEstablished || reported[src] {
+		if st != record.StateEstablished || reported[src] {
 			t.Fatalf("%v: state %v, reported before %v; want established, new", src, st, reported[src])
 		}
 	}
-	snap, err := tr.Snapshot(nil)
+	snap, err := tr.snapshot(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,9 +139,9 @@ func TestTrackerReadsChanges(t *testing.T) {
 		c.Close()
 	}
 	conns = conns[n/3:]
-	var last map[netip.AddrPort]State
+	var last map[netip.AddrPort]record.State
 	deadline := time.Now().Add(5 * time.Second)
-	seen := make(map[netip.AddrPort]State)
+	seen := make(map[netip.AddrPort]record.State)
 	for len(seen) < len(closed) && time.Now().Before(deadline) {
 		r := readSlowly(t, tr, addrPort(ln.Addr()), srcs, 0)
 		last = r.got
@@ -150,7 +152,7 @@ func TestTrackerReadsChanges(t *testing.T) {
 			if !closed[src] {
 				t.Fatalf("%v reported although it did not change (state %v)", src, st)
 			}
-			if st != StateClosed {
+			if st != record.StateClosed {
 				t.Fatalf("%v: state %v, want closed", src, st)
 			}
 			if _, dup := seen[src]; dup {
@@ -177,8 +179,8 @@ func TestTrackerGet(t *testing.T) {
 	if !ok {
 		t.Fatal("connection not recorded")
 	}
-	var got []Conn
-	if err := tr.Get([]uint64{k.Cookie, 1<<63 + 5}, func(c *Conn) { got = append(got, *c) }); err != nil {
+	var got []record.Conn
+	if err := tr.Get([]uint64{k.Cookie, 1<<63 + 5}, func(c *record.Conn) { got = append(got, *c) }); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || got[0] != k {

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netns"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // Kernel TCP states (include/net/tcp_states.h) that seeding cares about.
@@ -84,7 +86,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 				SockIno:  r.SockIno,
 				Netns:    r.Netns,
 				Family:   r.Family,
-				State:    uint8(StateEstablished),
+				State:    uint8(record.StateEstablished),
 				Seeded:   1,
 				Version:  1, // to be read like any changed entry
 				Sport:    r.Sport,
@@ -93,7 +95,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 				Daddr:    r.Daddr,
 			}
 			if r.State == tcpSynSent {
-				c.State = uint8(StateConnecting)
+				c.State = uint8(record.StateConnecting)
 			}
 			if o, ok := owners[r.SockIno]; ok {
 				c.Pid, c.Comm = o.Pid, o.Comm
@@ -120,13 +122,13 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 			continue
 		}
 		var c trackerConn
-		if err := t.objs.Conns.Lookup(cookie, &c); err != nil || State(c.State) != s.state {
+		if err := t.objs.Conns.Lookup(cookie, &c); err != nil || record.State(c.State) != s.state {
 			continue
 		}
 		c.Version++
-		c.State = uint8(StateClosed)
-		if s.state == StateConnecting {
-			c.State = uint8(StateFailed)
+		c.State = uint8(record.StateClosed)
+		if s.state == record.StateConnecting {
+			c.State = uint8(record.StateFailed)
 		}
 		if err := t.objs.Conns.Update(cookie, &c, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return len(inserted), fmt.Errorf("mark closed connection: %w", err)
@@ -138,7 +140,7 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 // seeded is a connection the seed inserted: its state and namespace, and
 // whether the second listing found it.
 type seeded struct {
-	state State
+	state record.State
 	netns uint32
 	alive bool
 }
@@ -164,7 +166,7 @@ func (t *Tracker) insertNew(recs []trackerConnRec, inserted map[uint64]seeded) e
 	// The program zeroed the cookies of the records it did not insert.
 	for i := range recs {
 		if r := &t.changes.elems[i]; r.Cookie != 0 {
-			inserted[r.Cookie] = seeded{state: State(r.Conn.State), netns: r.Conn.Netns}
+			inserted[r.Cookie] = seeded{state: record.State(r.Conn.State), netns: r.Conn.Netns}
 		}
 	}
 	return nil

@@ -29,71 +29,9 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
-
-// State is where a recorded connection is in its life.
-type State uint8
-
-// States of a recorded connection. Closed and Failed are final: the entry is
-// deleted from the kernel map once the caller has released it.
-const (
-	StateConnecting  State = 1 // connect() called, handshake not finished
-	StateEstablished State = 2 // open, tuple valid
-	StateClosed      State = 3 // was established, now closed
-	StateFailed      State = 4 // closed without ever being established
-)
-
-// String returns the state's lowercase name.
-func (s State) String() string {
-	switch s {
-	case StateConnecting:
-		return "connecting"
-	case StateEstablished:
-		return "established"
-	case StateClosed:
-		return "closed"
-	case StateFailed:
-		return "failed"
-	}
-	return fmt.Sprintf("state(%d)", uint8(s))
-}
-
-// Conn is one actively opened TCP connection as the kernel recorded it.
-type Conn struct {
-	// Cookie is the socket cookie: unique for the lifetime of the kernel.
-	Cookie uint64
-	// PID is the thread group id of the process that called connect(), or 0
-	// when a seeded connection's owner could not be found.
-	PID uint32
-	// NetNS is the inode of the socket's network namespace.
-	NetNS uint32
-	// CgroupID is the cgroup v2 id of the connecting task.
-	CgroupID uint64
-	// Comm is the NUL-padded command name of the process.
-	Comm [16]byte
-	// Src and Dst are the local address and the address the application
-	// dialled. They are invalid while the state is StateConnecting, and Src is
-	// zero for a failure that happened before a source port was chosen.
-	// IPv4-mapped IPv6 addresses are unmapped.
-	Src, Dst netip.AddrPort
-	// State is the connection's state at the time of the snapshot.
-	State State
-	// Reported says whether a Read reported the connection before this
-	// one: a connection that Read reports unreported is new to its caller.
-	Reported bool
-	// Seeded says that the connection was found at start-up: it existed
-	// before the tracker, and before anything started after it.
-	Seeded bool
-}
-
-// Command returns the process's command name.
-func (c *Conn) Command() string {
-	n := 0
-	for n < len(c.Comm) && c.Comm[n] != 0 {
-		n++
-	}
-	return string(c.Comm[:n])
-}
 
 // Config configures a Tracker.
 type Config struct {
@@ -306,13 +244,12 @@ var ErrClosed = errors.New("closed")
 // Capacity returns the size of the connection map.
 func (t *Tracker) Capacity() uint32 { return t.max }
 
-// Snapshot appends every recorded connection to dst and returns it, with a
-// batch read of the map that marks nothing reported (tests and the
-// benchmark's floor use it; scrapes use Read). The order is unspecified.
-// Entries updated while the snapshot is taken may show either their old or
-// new state.
-func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
-	err := t.Walk(func(c *Conn) { dst = append(dst, *c) })
+// snapshot appends every recorded connection to dst and returns it, with a
+// batch read of the map that marks nothing reported (the tests use it;
+// scrapes use Read). The order is unspecified. Entries updated while the
+// snapshot is taken may show either their old or new state.
+func (t *Tracker) snapshot(dst []record.Conn) ([]record.Conn, error) {
+	err := t.walk(func(c *record.Conn) { dst = append(dst, *c) })
 	return dst, err
 }
 
@@ -332,7 +269,7 @@ func (t *Tracker) Snapshot(dst []Conn) ([]Conn, error) {
 // change and no new entry since the last walk, Read does not walk at all.
 // Changes the walk copied out count as reported even if the Read then
 // fails: they are handed to fn all the same.
-func (t *Tracker) Read(fn func(*Conn)) (int, error) {
+func (t *Tracker) Read(fn func(*record.Conn)) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.changes == nil {
@@ -353,7 +290,7 @@ func (t *Tracker) Read(fn func(*Conn)) (int, error) {
 	p := t.progress
 	atomic.StoreUint32(&p.Written, 0)
 	atomic.StoreUint32(&p.Read, 0)
-	var c Conn
+	var c record.Conn
 	var taken uint32 // entries handed to fn, counted as progress counts
 	// take hands the entries up to count to fn, read in place, and frees
 	// their places in the ring a chunk at a time.
@@ -438,9 +375,9 @@ func bytesOf[T any](s []T) []byte {
 // Get calls fn for each of cookies that is still recorded, whether or not
 // its state changed; the Conn is only valid during the call. It costs a
 // system call per cookie.
-func (t *Tracker) Get(cookies []uint64, fn func(*Conn)) error {
+func (t *Tracker) Get(cookies []uint64, fn func(*record.Conn)) error {
 	var v trackerConn
-	var c Conn
+	var c record.Conn
 	for _, cookie := range cookies {
 		err := t.objs.Conns.Lookup(cookie, &v)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -455,10 +392,10 @@ func (t *Tracker) Get(cookies []uint64, fn func(*Conn)) error {
 	return nil
 }
 
-// Walk calls fn for every recorded connection, reading the map in batches;
+// walk calls fn for every recorded connection, reading the map in batches;
 // the Conn is only valid during the call. Calls are serialised: fn must not
 // call the Tracker's read methods.
-func (t *Tracker) Walk(fn func(*Conn)) error {
+func (t *Tracker) walk(fn func(*record.Conn)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.keys == nil {
@@ -466,7 +403,7 @@ func (t *Tracker) Walk(fn func(*Conn)) error {
 		t.values = make([]trackerConn, batchSize)
 	}
 	var cursor ebpf.MapBatchCursor
-	var c Conn
+	var c record.Conn
 	for {
 		n, err := t.objs.Conns.BatchLookup(&cursor, t.keys, t.values, nil)
 		for i := range n {
@@ -482,20 +419,20 @@ func (t *Tracker) Walk(fn func(*Conn)) error {
 	}
 }
 
-func convert(c *Conn, cookie uint64, v *trackerConn) {
-	*c = Conn{
+func convert(c *record.Conn, cookie uint64, v *trackerConn) {
+	*c = record.Conn{
 		Cookie:   cookie,
 		PID:      v.Pid,
 		NetNS:    v.Netns,
 		CgroupID: v.CgroupId,
-		State:    State(v.State),
+		State:    record.State(v.State),
 		Reported: v.Reported != 0,
 		Seeded:   v.Seeded != 0,
 	}
 	for i, b := range v.Comm {
 		c.Comm[i] = byte(b)
 	}
-	if c.State != StateConnecting {
+	if c.State != record.StateConnecting {
 		c.Src = netip.AddrPortFrom(addr(v.Family, &v.Saddr), v.Sport)
 		c.Dst = netip.AddrPortFrom(addr(v.Family, &v.Daddr), v.Dport)
 	}
@@ -553,10 +490,11 @@ func (t *Tracker) released(n int) {
 	t.mu.Unlock()
 }
 
-// RunTime returns how long the recording program has run in all and how
-// many times, as the kernel counts while BPF statistics are enabled
-// (ebpf.EnableStats); both stay zero otherwise.
-func (t *Tracker) RunTime() (time.Duration, uint64, error) {
+// ProgramStats returns how long the recording program has run in all and
+// how many times, as the kernel counts while BPF statistics are enabled
+// (sysctl kernel.bpf_stats_enabled=1, or ebpf.EnableStats); both stay zero
+// otherwise.
+func (t *Tracker) ProgramStats() (runTime time.Duration, runs uint64, err error) {
 	st, err := t.objs.OnState.Stats()
 	if err != nil {
 		return 0, 0, fmt.Errorf("program statistics: %w", err)

@@ -25,6 +25,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // testTypes is the kernel's type information, decoded once for the
@@ -66,9 +67,9 @@ func listen(t testing.TB, network, address string) net.Listener {
 }
 
 // find returns the snapshot entry whose local address is src.
-func find(t *testing.T, tr *Tracker, src netip.AddrPort) (Conn, bool) {
+func find(t *testing.T, tr *Tracker, src netip.AddrPort) (record.Conn, bool) {
 	t.Helper()
-	conns, err := tr.Snapshot(nil)
+	conns, err := tr.snapshot(nil)
 	if err != nil {
 		t.Fatalf("snapshot: %v", err)
 	}
@@ -77,7 +78,7 @@ func find(t *testing.T, tr *Tracker, src netip.AddrPort) (Conn, bool) {
 			return c, true
 		}
 	}
-	return Conn{}, false
+	return record.Conn{}, false
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -107,7 +108,7 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 			if !ok {
 				t.Fatalf("connection from %v not recorded", src)
 			}
-			if got.State != StateEstablished {
+			if got.State != record.StateEstablished {
 				t.Errorf("state = %v, want established", got.State)
 			}
 			if got.Dst != addrPort(ln.Addr()) {
@@ -132,14 +133,14 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 			}
 
 			c.Close()
-			var closed Conn
+			var closed record.Conn
 			for range 100 {
-				if closed, _ = find(t, tr, src); closed.State == StateClosed {
+				if closed, _ = find(t, tr, src); closed.State == record.StateClosed {
 					break
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			if closed.State != StateClosed {
+			if closed.State != record.StateClosed {
 				t.Fatalf("state after close = %v, want closed", closed.State)
 			}
 			if err := tr.Release([]uint64{closed.Cookie}); err != nil {
@@ -170,13 +171,13 @@ func TestTrackerRecordsRefusedAttempt(t *testing.T) {
 	if _, err := net.Dial("tcp4", dst.String()); err == nil {
 		t.Fatal("dial to a closed port succeeded")
 	}
-	conns, err := tr.Snapshot(nil)
+	conns, err := tr.snapshot(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range conns {
 		if c.Dst == dst {
-			if c.State != StateFailed {
+			if c.State != record.StateFailed {
 				t.Errorf("state = %v, want failed", c.State)
 			}
 			// The kernel released the port before the attempt closed.
@@ -266,11 +267,11 @@ func TestTrackerSeedsExistingConnections(t *testing.T) {
 	if !ok {
 		t.Fatal("connection opened before start-up not seeded")
 	}
-	if got.State != StateEstablished || got.Dst != addrPort(ln.Addr()) || got.PID != uint32(os.Getpid()) {
+	if got.State != record.StateEstablished || got.Dst != addrPort(ln.Addr()) || got.PID != uint32(os.Getpid()) {
 		t.Errorf("seeded %+v, want established to %v by pid %d", got, ln.Addr(), os.Getpid())
 	}
 	// The accepted (inbound) side must not be taken for an outbound one.
-	conns, err := tr.Snapshot(nil)
+	conns, err := tr.snapshot(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +279,7 @@ func TestTrackerSeedsExistingConnections(t *testing.T) {
 		if c.Src == addrPort(ln.Addr()) {
 			t.Errorf("inbound side seeded as outbound: %+v", c)
 		}
-		if c.Src == closedSrc && c.State == StateEstablished {
+		if c.Src == closedSrc && c.State == record.StateEstablished {
 			t.Errorf("connection closed before start-up seeded as open")
 		}
 	}
@@ -403,26 +404,26 @@ func TestInsertNewKeepsExisting(t *testing.T) {
 	}
 	// Cookies far above any the kernel handed out in this test's life.
 	const first = 1 << 62
-	recorded := trackerConn{State: uint8(StateClosed), Version: 7, Pid: 42}
+	recorded := trackerConn{State: uint8(record.StateClosed), Version: 7, Pid: 42}
 	if err := tr.objs.Conns.Update(uint64(first), &recorded, ebpf.UpdateNoExist); err != nil {
 		t.Fatal(err)
 	}
 	recs := []trackerConnRec{
-		{Cookie: first, Conn: trackerConn{State: uint8(StateEstablished), Version: 1}},
-		{Cookie: first + 1, Conn: trackerConn{State: uint8(StateConnecting), Version: 1}},
+		{Cookie: first, Conn: trackerConn{State: uint8(record.StateEstablished), Version: 1}},
+		{Cookie: first + 1, Conn: trackerConn{State: uint8(record.StateConnecting), Version: 1}},
 	}
 	inserted := make(map[uint64]seeded)
 	if err := tr.insertNew(recs, inserted); err != nil {
 		t.Fatal(err)
 	}
-	if len(inserted) != 1 || inserted[first+1] != (seeded{state: StateConnecting}) {
+	if len(inserted) != 1 || inserted[first+1] != (seeded{state: record.StateConnecting}) {
 		t.Errorf("inserted %v, want only the new cookie, connecting", inserted)
 	}
 	var got trackerConn
 	if err := tr.objs.Conns.Lookup(uint64(first), &got); err != nil || got != recorded {
 		t.Errorf("existing entry = %+v, %v; want it as the tracepoint left it", got, err)
 	}
-	if err := tr.objs.Conns.Lookup(uint64(first+1), &got); err != nil || got.State != uint8(StateConnecting) {
+	if err := tr.objs.Conns.Lookup(uint64(first+1), &got); err != nil || got.State != uint8(record.StateConnecting) {
 		t.Errorf("new entry = %+v, %v", got, err)
 	}
 	// The map holds 4: inserting 3 more fails with the kernel's error.
@@ -538,7 +539,7 @@ func TestTrackerReconnect(t *testing.T) {
 	if !ok {
 		t.Fatalf("connection from %v not recorded", src)
 	}
-	if c.State != StateEstablished || c.Dst != open {
+	if c.State != record.StateEstablished || c.Dst != open {
 		t.Errorf("entry %v -> %v %v, want established to %v", c.Src, c.Dst, c.State, open)
 	}
 }
@@ -550,17 +551,17 @@ func TestTrackerReconnect(t *testing.T) {
 // kill the process, not return an error).
 func TestTrackerCloseDuringRead(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024})
-	conn := trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(StateEstablished),
+	conn := trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(record.StateEstablished),
 		Sport: 1, Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}, Version: 1}
 	if err := tr.objs.Conns.Put(uint64(1<<41), conn); err != nil {
 		t.Fatal(err)
 	}
 	tr.walked = false // the kernel's counters do not see a change made here
 	closeWaits(t, "a Read handing out connections", func(hold func()) error {
-		_, err := tr.Read(func(*Conn) { hold() })
+		_, err := tr.Read(func(*record.Conn) { hold() })
 		return err
 	}, tr.Close)
-	if _, err := tr.Read(func(*Conn) {}); !errors.Is(err, ErrClosed) {
+	if _, err := tr.Read(func(*record.Conn) {}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Read after Close: %v, want ErrClosed", err)
 	}
 }

@@ -1,8 +1,12 @@
-// Package collector owns turning what the other packages know into
-// Prometheus metrics: each scrape reads the connections that changed, has
-// the new ones resolved and named, keeps the per-label-set counters, and reports
-// its own health. It depends only on the small interfaces it defines; the
-// main package wires the concrete capture, resolution and naming in.
+// Package collector owns every metric the exporter serves but the Go and
+// process ones: the connection series (each scrape reads the connections
+// that changed, has the new ones resolved and named, and keeps the
+// per-label-set counters), this node's pod addresses, and the exporter's
+// own health: the Docker and kubelet caches, conntrack lookups and the
+// kernel program's cost, and each collector's scrape success and duration.
+// One file per concern. It depends only on the small interfaces it defines
+// and on the plain records of package record; the main package wires the
+// concrete capture (bpf), resolution (resolve), naming and caches in.
 package collector
 
 import (

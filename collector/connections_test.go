@@ -22,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -30,30 +32,30 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // read reports those whose state changed since a read reported them. It
 // records releases.
 type fakeSource struct {
-	conns    []Conn
+	conns    []record.Conn
 	released []uint64
 	err      error
 	recorded uint64
-	reported map[uint64]State // the state last reported of each connection
+	reported map[uint64]record.State // the state last reported of each connection
 
 	releaseErr, getErr error
 	capacity           uint32 // 0 for 1024
 }
 
-func (s *fakeSource) Connections(fn func(*Conn)) (int, error) {
+func (s *fakeSource) Read(fn func(*record.Conn)) (int, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
 	if s.reported == nil {
-		s.reported = make(map[uint64]State)
+		s.reported = make(map[uint64]record.State)
 	}
-	var c Conn // one copy reused, as the real source does: it must not be kept
+	var c record.Conn // one copy reused, as the real source does: it must not be kept
 	for i := range s.conns {
 		// The kernel marks a change when a connection is established,
 		// fails or closes, not when it starts connecting.
 		st := s.conns[i].State
 		last, reported := s.reported[s.conns[i].Cookie]
-		if st == StateConnecting || last == st {
+		if st == record.StateConnecting || last == st {
 			continue
 		}
 		s.reported[s.conns[i].Cookie] = st
@@ -64,11 +66,11 @@ func (s *fakeSource) Connections(fn func(*Conn)) (int, error) {
 	return len(s.conns), nil
 }
 
-func (s *fakeSource) Get(cookies []uint64, fn func(*Conn)) error {
+func (s *fakeSource) Get(cookies []uint64, fn func(*record.Conn)) error {
 	if s.getErr != nil {
 		return s.getErr
 	}
-	var c Conn
+	var c record.Conn
 	for i := range s.conns {
 		if slices.Contains(cookies, s.conns[i].Cookie) {
 			c = s.conns[i]
@@ -85,7 +87,7 @@ func (s *fakeSource) Release(cookies []uint64) error {
 	}
 	s.released = append(s.released, cookies...)
 	// Released entries leave the map, as the kernel map does.
-	s.conns = slices.DeleteFunc(s.conns, func(c Conn) bool { return slices.Contains(cookies, c.Cookie) })
+	s.conns = slices.DeleteFunc(s.conns, func(c record.Conn) bool { return slices.Contains(cookies, c.Cookie) })
 	return nil
 }
 
@@ -110,20 +112,20 @@ func (s *fakeSource) Capacity() uint32 {
 // fakeResolver translates by a table and counts the lookups it was asked.
 // Like the real one it may be called for several batches at once.
 type fakeResolver struct {
-	nat     map[netip.AddrPort]Destination
+	nat     map[netip.AddrPort]record.Destination
 	err     error
 	mu      sync.Mutex
 	lookups int
 }
 
-func (r *fakeResolver) Resolve(_ context.Context, in []Lookup, out []Destination) {
+func (r *fakeResolver) Resolve(_ context.Context, in []record.Query, out []record.Destination) {
 	r.mu.Lock()
 	r.lookups += len(in)
 	r.mu.Unlock()
 	for i, l := range in {
 		d, ok := r.nat[l.Dst]
 		if !ok {
-			d = Destination{Actual: l.Dst, Resolver: "none"}
+			d = record.Destination{Actual: l.Dst, Resolver: "none"}
 		}
 		if r.err != nil {
 			d.Err, d.ErrResolver = r.err, "conntrack"
@@ -137,8 +139,8 @@ func comm(s string) (c [16]byte) {
 	return c
 }
 
-func conn(cookie uint64, process, src, dst string, st State) Conn {
-	return Conn{
+func conn(cookie uint64, process, src, dst string, st record.State) record.Conn {
+	return record.Conn{
 		Cookie: cookie, PID: 100, Comm: comm(process), NetNS: 4026531840,
 		Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), State: st,
 	}
@@ -148,7 +150,7 @@ var vip = netip.MustParseAddrPort("10.43.0.10:80")
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newTestCollector(t *testing.T, cfg ConnectionsConfig, src Source, res Resolver) *Connections {
+func newTestCollector(t *testing.T, cfg ConnectionsConfig, src Source, res record.Resolver) *Connections {
 	t.Helper()
 	if cfg.MaxSeries == 0 {
 		cfg.MaxSeries = 100
@@ -211,14 +213,14 @@ func golden(t *testing.T, reg prometheus.Gatherer, name string, metrics ...strin
 var connMetrics = []string{"connection_destination_info", "connection_active", "connection_opened_total", "connection_failed_total"}
 
 func TestConnectionsLifecycle(t *testing.T) {
-	src := &fakeSource{conns: []Conn{
-		conn(1, "curl", "10.0.0.5:40001", "10.43.0.10:80", StateEstablished),
-		conn(2, "curl", "10.0.0.5:40002", "10.43.0.10:80", StateClosed), // opened and closed before the scrape
-		conn(3, "curl", "10.0.0.5:40003", "10.43.0.10:81", StateFailed),
-		conn(4, "curl", "10.0.0.5:0", "10.43.0.10:80", StateConnecting),
-		conn(5, "nginx", "[fd00::5]:40005", "[fd00::9]:443", StateEstablished),
+	src := &fakeSource{conns: []record.Conn{
+		conn(1, "curl", "10.0.0.5:40001", "10.43.0.10:80", record.StateEstablished),
+		conn(2, "curl", "10.0.0.5:40002", "10.43.0.10:80", record.StateClosed), // opened and closed before the scrape
+		conn(3, "curl", "10.0.0.5:40003", "10.43.0.10:81", record.StateFailed),
+		conn(4, "curl", "10.0.0.5:0", "10.43.0.10:80", record.StateConnecting),
+		conn(5, "nginx", "[fd00::5]:40005", "[fd00::9]:443", record.StateEstablished),
 	}}
-	res := &fakeResolver{nat: map[netip.AddrPort]Destination{
+	res := &fakeResolver{nat: map[netip.AddrPort]record.Destination{
 		vip:                                      {Actual: netip.MustParseAddrPort("10.42.1.7:8080"), Resolver: "conntrack"},
 		netip.MustParseAddrPort("10.43.0.10:81"): {Actual: netip.MustParseAddrPort("10.42.1.7:8081"), Resolver: "conntrack"},
 	}}
@@ -234,8 +236,8 @@ func TestConnectionsLifecycle(t *testing.T) {
 
 	// Second scrape: connection 1 closes, 4 establishes. Nothing seen
 	// before is resolved again.
-	src.conns[0].State = StateClosed
-	src.conns[1].State = StateEstablished
+	src.conns[0].State = record.StateClosed
+	src.conns[1].State = record.StateEstablished
 	src.conns[1].Src = netip.MustParseAddrPort("10.0.0.5:40004")
 	golden(t, collect(t, c), "lifecycle_2", connMetrics...)
 	if res.lookups != 5 {
@@ -250,10 +252,10 @@ func sorted(s []uint64) []uint64 {
 }
 
 func TestConnectionsSeriesBound(t *testing.T) {
-	src := &fakeSource{conns: []Conn{
-		conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished),
-		conn(2, "b", "10.0.0.5:40002", "10.0.0.2:80", StateEstablished),
-		conn(3, "c", "10.0.0.5:40003", "10.0.0.3:80", StateEstablished),
+	src := &fakeSource{conns: []record.Conn{
+		conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished),
+		conn(2, "b", "10.0.0.5:40002", "10.0.0.2:80", record.StateEstablished),
+		conn(3, "c", "10.0.0.5:40003", "10.0.0.3:80", record.StateEstablished),
 	}}
 	c := newTestCollector(t, ConnectionsConfig{MaxSeries: 1}, src, &fakeResolver{})
 	reg := collect(t, c)
@@ -264,7 +266,7 @@ func TestConnectionsSeriesBound(t *testing.T) {
 }
 
 func TestConnectionsIdleSeriesDropped(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateClosed)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", record.StateClosed)}}
 	c := newTestCollector(t, ConnectionsConfig{SeriesIdle: time.Minute}, src, &fakeResolver{})
 	now := time.Unix(1000, 0)
 	c.now = func() time.Time { return now }
@@ -289,8 +291,8 @@ func TestConnectionsIdleSeriesDropped(t *testing.T) {
 }
 
 func TestConnectionsResolveRetry(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.43.0.10:80", StateEstablished)}}
-	res := &fakeResolver{err: errors.New("netns gone"), nat: map[netip.AddrPort]Destination{
+	src := &fakeSource{conns: []record.Conn{conn(1, "a", "10.0.0.5:40001", "10.43.0.10:80", record.StateEstablished)}}
+	res := &fakeResolver{err: errors.New("netns gone"), nat: map[netip.AddrPort]record.Destination{
 		vip: {Actual: netip.MustParseAddrPort("10.42.1.7:8080"), Resolver: "conntrack"},
 	}}
 	c := newTestCollector(t, ConnectionsConfig{ResolveAttempts: 2}, src, res)
@@ -312,7 +314,7 @@ func TestConnectionsResolveRetry(t *testing.T) {
 }
 
 func TestConnectionsSourceFailureKeepsCounters(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}}
 	c := newTestCollector(t, ConnectionsConfig{}, src, &fakeResolver{})
 	collect(t, c)
 	src.err, src.conns = errors.New("map gone"), nil
@@ -324,14 +326,14 @@ func TestConnectionsSourceFailureKeepsCounters(t *testing.T) {
 		t.Errorf("counter lost after a failed read: %d series", n)
 	}
 	// The map reads again: the connection is the one already counted.
-	src.err, src.conns = nil, []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}
+	src.err, src.conns = nil, []record.Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}
 	if got := value(t, collect(t, c), "connection_opened_total"); got != 1 {
 		t.Errorf("opened = %v after the map read again, want the connection counted once", got)
 	}
 }
 
 func TestConnectionsLint(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "a", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}}
 	c := newTestCollector(t, ConnectionsConfig{}, src, &fakeResolver{})
 	exp := NewExporter(map[string]Collector{"connections": c}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	problems, err := testutil.CollectAndLint(exp.Scrape(context.Background()))
@@ -421,20 +423,22 @@ type cacheNamer struct {
 	settles   bool
 }
 
-func (n *cacheNamer) Owner(c *Conn, since time.Time) (Owner, Wait) {
+func (n *cacheNamer) Owner(c *record.Conn, since time.Time) (record.Owner, record.Wait) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if c.Command() == "nginx" && n.fetched.After(n.started) {
-		return Owner{Container: "web-1", Workload: "web"}, 0
+		return record.Owner{Container: "web-1", Workload: "web"}, 0
 	}
 	if n.fetched.After(since) {
-		return Owner{Workload: c.Command()}, 0 // caught up: a host process
+		return record.Owner{Workload: c.Command()}, 0 // caught up: a host process
 	}
 	n.requested++
-	return Owner{Workload: c.Command()}, WaitKubelet
+	return record.Owner{Workload: c.Command()}, record.WaitKubelet
 }
 
-func (n *cacheNamer) DestinationWorkload(netip.AddrPort, time.Time) (string, Wait) { return "", 0 }
+func (n *cacheNamer) DestinationWorkload(netip.AddrPort, time.Time) (string, record.Wait) {
+	return "", 0
+}
 
 func (n *cacheNamer) Settle(context.Context) {
 	if n.settles {
@@ -473,7 +477,7 @@ func newNamingCollector(t *testing.T, cfg ConnectionsConfig, src Source, n *cach
 // waits, unexported, for a fetch after it was first seen, which it asks
 // for; it is then named by its container.
 func TestConnectionsOwnerWaitsForCache(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}}
 	clock := newFakeClock()
 	n := &cacheNamer{started: clock.now()}
 	n.fetched = clock.now().Add(-time.Second) // before the container started
@@ -510,7 +514,7 @@ func checkNamed(t *testing.T, reg prometheus.Gatherer, when string) {
 // With NameSettle, a scrape waits for the fetch its connections asked for
 // and exports them named in the same scrape.
 func TestConnectionsNamedInTheScrapeThatSettles(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}}
 	clock := newFakeClock()
 	n := &cacheNamer{started: clock.now(), settles: true}
 	n.fetched = clock.now().Add(-time.Second)
@@ -524,7 +528,7 @@ func TestConnectionsNamedInTheScrapeThatSettles(t *testing.T) {
 // A cache that never catches up holds a connection back for NameTimeout
 // at most: then it is exported with the best names known and counted.
 func TestConnectionsNameTimeout(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}}
 	clock := newFakeClock()
 	n := &cacheNamer{started: clock.now()} // never fetched
 	c := newNamingCollector(t, ConnectionsConfig{NameTimeout: 30 * time.Second}, src, n, clock)
@@ -551,11 +555,11 @@ func TestConnectionsNameTimeout(t *testing.T) {
 // every fetch: the first fetch names it, however late the first scrape.
 // A connection opened after that fetch waits for the next.
 func TestConnectionsSeededOlderThanCaches(t *testing.T) {
-	seeded := conn(1, "curl", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)
+	seeded := conn(1, "curl", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)
 	seeded.Seeded = true
-	later := conn(2, "curl", "10.0.0.5:40002", "10.0.0.1:80", StateEstablished)
+	later := conn(2, "curl", "10.0.0.5:40002", "10.0.0.1:80", record.StateEstablished)
 	later.PID = 101 // another process: its owner is named on its own
-	src := &fakeSource{conns: []Conn{seeded, later}}
+	src := &fakeSource{conns: []record.Conn{seeded, later}}
 	clock := newFakeClock()
 	n := &cacheNamer{started: clock.now().Add(time.Hour)} // no container
 	c := newNamingCollector(t, ConnectionsConfig{}, src, n, clock)
@@ -570,9 +574,9 @@ func TestConnectionsSeededOlderThanCaches(t *testing.T) {
 // A closed connection waits for its names like an open one; a failed one
 // does not: its socket may connect again in the same entry.
 func TestConnectionsClosedWaitsFailedDoesNot(t *testing.T) {
-	src := &fakeSource{conns: []Conn{
-		conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateClosed),
-		conn(2, "nginx", "10.0.0.5:40002", "10.0.0.1:81", StateFailed),
+	src := &fakeSource{conns: []record.Conn{
+		conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateClosed),
+		conn(2, "nginx", "10.0.0.5:40002", "10.0.0.1:81", record.StateFailed),
 	}}
 	clock := newFakeClock()
 	n := &cacheNamer{started: clock.now()}
@@ -603,22 +607,22 @@ type chunkResolver struct {
 	chunks []int
 }
 
-func (r *chunkResolver) Resolve(_ context.Context, in []Lookup, out []Destination) {
+func (r *chunkResolver) Resolve(_ context.Context, in []record.Query, out []record.Destination) {
 	r.mu.Lock()
 	r.chunks = append(r.chunks, len(in))
 	r.mu.Unlock()
 	for i, l := range in {
 		be := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 1, byte(l.Src.Port() % 3)}), 8080)
-		out[i] = Destination{Actual: be, Resolver: "conntrack"}
+		out[i] = record.Destination{Actual: be, Resolver: "conntrack"}
 	}
 }
 
 // newConns returns n established connections from one process to the
 // service address, cookies from first on.
-func newConns(first uint64, n int) []Conn {
-	conns := make([]Conn, n)
+func newConns(first uint64, n int) []record.Conn {
+	conns := make([]record.Conn, n)
 	for i := range conns {
-		conns[i] = conn(first+uint64(i), "app", fmt.Sprintf("10.0.%d.5:%d", i/50000, 10000+i%50000), vip.String(), StateEstablished)
+		conns[i] = conn(first+uint64(i), "app", fmt.Sprintf("10.0.%d.5:%d", i/50000, 10000+i%50000), vip.String(), record.StateEstablished)
 	}
 	return conns
 }
@@ -698,7 +702,7 @@ func TestConnectionsBatched(t *testing.T) {
 // wholeResolver is a Preparer that reads a whole table ahead.
 type wholeResolver struct{ chunkResolver }
 
-func (r *wholeResolver) Prepare(context.Context, int) (Resolver, bool) { return r, true }
+func (r *wholeResolver) Prepare(context.Context, int) (record.Resolver, bool) { return r, true }
 
 // A resolver that reads a whole table is asked about all new connections
 // in one call.
@@ -728,15 +732,15 @@ type twiceSource struct {
 	first, again int // positions of the two reports
 }
 
-func (s *twiceSource) Connections(fn func(*Conn)) (int, error) {
+func (s *twiceSource) Read(fn func(*record.Conn)) (int, error) {
 	if s.first < 0 {
-		return s.fakeSource.Connections(fn)
+		return s.fakeSource.Read(fn)
 	}
-	var c Conn
+	var c record.Conn
 	for i := range s.conns {
 		c = s.conns[i]
 		if i == s.first {
-			c.State = StateEstablished
+			c.State = record.StateEstablished
 		}
 		fn(&c)
 		if i == s.again {
@@ -753,7 +757,7 @@ func (s *twiceSource) Connections(fn func(*Conn)) (int, error) {
 // out in an earlier batch, is counted once and closed.
 func TestConnectionsReportedTwice(t *testing.T) {
 	src := &twiceSource{fakeSource: fakeSource{conns: newConns(1, batchSize+10)}, first: 3, again: batchSize + 5}
-	src.conns[3].State = StateClosed
+	src.conns[3].State = record.StateClosed
 	c := newTestCollector(t, ConnectionsConfig{}, src, &chunkResolver{})
 	reg := collect(t, c)
 	var active, opened float64
@@ -774,7 +778,7 @@ func TestConnectionsReportedTwice(t *testing.T) {
 // counted from its second report, once its name is known.
 func TestConnectionsPostponedReportedTwice(t *testing.T) {
 	n := (maxInFlight+1)*batchSize + 10
-	conns := append([]Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateClosed)}, newConns(2, n-1)...)
+	conns := append([]record.Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateClosed)}, newConns(2, n-1)...)
 	src := &twiceSource{fakeSource: fakeSource{conns: conns, capacity: 1 << 20}, first: 0, again: n - 1}
 	clock := newFakeClock()
 	namer := &cacheNamer{started: clock.now()}
@@ -802,10 +806,10 @@ func TestConnectionsPostponedReportedTwice(t *testing.T) {
 // Only what changed is read, yet every scrape counts every open
 // connection; releases that fail are made again at the next scrape.
 func TestConnectionsAccountsChanges(t *testing.T) {
-	src := &fakeSource{conns: []Conn{
-		conn(1, "a", "10.0.0.5:40001", vip.String(), StateEstablished),
-		conn(2, "a", "10.0.0.5:40002", vip.String(), StateEstablished),
-		conn(3, "a", "10.0.0.5:40003", vip.String(), StateEstablished),
+	src := &fakeSource{conns: []record.Conn{
+		conn(1, "a", "10.0.0.5:40001", vip.String(), record.StateEstablished),
+		conn(2, "a", "10.0.0.5:40002", vip.String(), record.StateEstablished),
+		conn(3, "a", "10.0.0.5:40003", vip.String(), record.StateEstablished),
 	}}
 	res := &fakeResolver{}
 	c := newTestCollector(t, ConnectionsConfig{}, src, res)
@@ -828,13 +832,13 @@ func TestConnectionsAccountsChanges(t *testing.T) {
 		t.Errorf("%d lookups, want 3", res.lookups)
 	}
 
-	src.conns[1].State = StateClosed
+	src.conns[1].State = record.StateClosed
 	check(collect(t, c), 2, 3, 3)
 	if !slices.Equal(src.released, []uint64{2}) {
 		t.Errorf("released %v, want [2]", src.released)
 	}
 
-	src.conns[0].State = StateClosed
+	src.conns[0].State = record.StateClosed
 	src.releaseErr = errors.New("map busy")
 	reg := collect(t, c)
 	check(reg, 1, 3, 2)
@@ -851,7 +855,7 @@ func TestConnectionsAccountsChanges(t *testing.T) {
 // A postponed connection is read again although it did not change, and
 // kept postponed while the source cannot be read.
 func TestConnectionsPostponedSurvivesFailedRead(t *testing.T) {
-	src := &fakeSource{conns: []Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", StateEstablished)}}
+	src := &fakeSource{conns: []record.Conn{conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateEstablished)}}
 	clock := newFakeClock()
 	namer := &cacheNamer{started: clock.now()}
 	c := newNamingCollector(t, ConnectionsConfig{}, src, namer, clock)
@@ -889,9 +893,9 @@ func TestConnectionsMapMadeAtStart(t *testing.T) {
 // source port.
 type manyResolvers struct{}
 
-func (manyResolvers) Resolve(_ context.Context, in []Lookup, out []Destination) {
+func (manyResolvers) Resolve(_ context.Context, in []record.Query, out []record.Destination) {
 	for i, l := range in {
-		out[i] = Destination{Actual: l.Dst, Resolver: fmt.Sprintf("r%d", l.Src.Port()%300)}
+		out[i] = record.Destination{Actual: l.Dst, Resolver: fmt.Sprintf("r%d", l.Src.Port()%300)}
 	}
 }
 

@@ -19,7 +19,6 @@ import (
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/connection-exporter/connection_exporter/internal/catchup"
 	"github.com/connection-exporter/connection_exporter/internal/netns"
@@ -109,7 +108,7 @@ type Client struct {
 	up        bool
 	synced    bool // ever synced: an engine exists on this host
 	attempted bool // the first sync has finished, well or not
-	errors    map[string]float64
+	errors    map[string]uint64
 	warned    bool
 	resynced  time.Time
 	fresh     freshness
@@ -139,7 +138,7 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	c := &Client{cfg: cfg, logger: logger, api: api, errors: make(map[string]float64), asked: catchup.New()}
+	c := &Client{cfg: cfg, logger: logger, api: api, errors: make(map[string]uint64), asked: catchup.New()}
 	for _, r := range []string{"connect", "events", "inspect"} {
 		c.errors[r] = 0
 	}
@@ -437,30 +436,15 @@ func (c *Client) removeLocked(id string) {
 	}
 }
 
-var (
-	upDesc         = prometheus.NewDesc("connection_exporter_docker_up", "Whether the Docker Engine answered the last sync or stream.", nil, nil)
-	containersDesc = prometheus.NewDesc("connection_exporter_docker_containers", "Running containers in the cache.", nil, nil)
-	errorsDesc     = prometheus.NewDesc("connection_exporter_docker_errors_total", "Failed calls to the Docker Engine, by reason.", []string{"reason"}, nil)
-)
-
-// Describe implements prometheus.Collector.
-func (c *Client) Describe(ch chan<- *prometheus.Desc) {
-	ch <- upDesc
-	ch <- containersDesc
-	ch <- errorsDesc
-}
-
-// Collect implements prometheus.Collector from the cache.
-func (c *Client) Collect(ch chan<- prometheus.Metric) {
+// Health returns whether the cache follows a running engine now, how many
+// containers it holds, and the failed calls to the engine since start, by
+// reason (connect, events, inspect).
+func (c *Client) Health() (up bool, containers int, errors map[string]uint64) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	up := 0.0
-	if c.up {
-		up = 1
+	errors = make(map[string]uint64, len(c.errors))
+	for r, n := range c.errors {
+		errors[r] = n
 	}
-	ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up)
-	ch <- prometheus.MustNewConstMetric(containersDesc, prometheus.GaugeValue, float64(len(c.byID)))
-	for r, v := range c.errors {
-		ch <- prometheus.MustNewConstMetric(errorsDesc, prometheus.CounterValue, v, r)
-	}
+	return c.up, len(c.byID), errors
 }

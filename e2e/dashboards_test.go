@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/connection-exporter/connection_exporter/dashboards"
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
-	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
 // TestDashboards runs every query of every bundled dashboard, with its
@@ -167,7 +167,7 @@ scrape_configs:
 	ln.Close()
 	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	logs := &tb.Output{}
+	logs := &lab.Output{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

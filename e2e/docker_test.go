@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/connection-exporter/connection_exporter/internal/dockerlab"
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
-	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
 // dockerLab starts a private daemon with the peer image built.
@@ -346,7 +346,7 @@ func TestDockerImage(t *testing.T) {
 		}
 		d.TryDocker("rm", "-f", "connection_exporter")
 	})
-	exp := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &tb.Output{}}
+	exp := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &lab.Output{}}
 	waitFor(t, "the exporter container to serve", 20*time.Second, func() bool {
 		resp, err := http.Get(exp.url)
 		if err == nil {

@@ -24,8 +24,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
-	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
 var binary string
@@ -69,7 +69,7 @@ type exporter struct {
 	t    *testing.T
 	url  string
 	cmd  *exec.Cmd
-	logs *tb.Output
+	logs *lab.Output
 }
 
 // startExporter runs the binary with the node namespace as its host
@@ -90,7 +90,7 @@ func startWrapped(t *testing.T, node *netlab.NS, wrapper []string, args ...strin
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	e := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &tb.Output{}}
+	e := &exporter{t: t, url: "http://" + addr + "/metrics", logs: &lab.Output{}}
 	argv := append(wrapper, binary, "--web.listen-address="+addr, "--log.level=debug")
 	if node != nil {
 		argv = append(argv, "--path.host-netns="+node.Path())

@@ -20,11 +20,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/connection-exporter/connection_exporter/internal/catchup"
 	"github.com/connection-exporter/connection_exporter/internal/cgroup"
-	"github.com/connection-exporter/connection_exporter/internal/labels"
 	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
@@ -71,10 +68,10 @@ type Client struct {
 	byIP        map[netip.Addr]*Pod
 	byNetNS     map[uint32]*Pod
 	pods        []Pod
-	errors      map[string]float64 // by reason
-	fetched     time.Time          // when the last good list arrived
-	fresh       time.Time          // when the fetch of the last good list started
-	attempted   bool               // a fetch has finished, good or not
+	errors      map[string]uint64 // by reason
+	fetched     time.Time         // when the last good list arrived
+	fresh       time.Time         // when the fetch of the last good list started
+	attempted   bool              // a fetch has finished, good or not
 	warned      bool
 	indexed     time.Time // when the last index of namespaces started
 }
@@ -129,7 +126,7 @@ func NewClient(cfg Config, logger *slog.Logger) (*Client, error) {
 		cfg: cfg, logger: logger,
 		http:   &http.Client{Timeout: cfg.Timeout, Transport: transport},
 		asked:  catchup.New(),
-		errors: make(map[string]float64),
+		errors: make(map[string]uint64),
 	}
 	// Reported from the start, so that rate() sees the first failure.
 	for _, r := range []string{"connect", "timeout", "decode", "http_401", "http_403"} {
@@ -402,39 +399,26 @@ func (c *Client) lookup(find func() *Pod) (Pod, bool) {
 	return *p, true
 }
 
-var (
-	endpointDesc = prometheus.NewDesc("connection_endpoint_info",
-		"A pod address of this node, to name destinations by joining on the address.",
-		[]string{"ip", "namespace", "pod", "workload"}, nil)
-	kubeletErrorsDesc = prometheus.NewDesc("connection_exporter_kubelet_errors_total",
-		"Failed pod list fetches from the kubelet, by reason.", []string{"reason"}, nil)
-	kubeletPodsDesc = prometheus.NewDesc("connection_exporter_kubelet_pods",
-		"Pods in the last pod list fetched from the kubelet.", nil, nil)
-	kubeletAgeDesc = prometheus.NewDesc("connection_exporter_kubelet_last_success_timestamp_seconds",
-		"When the pod list was last fetched successfully.", nil, nil)
-)
-
-// Describe implements prometheus.Collector.
-func (c *Client) Describe(ch chan<- *prometheus.Desc) {
-	ch <- endpointDesc
-	ch <- kubeletErrorsDesc
-	ch <- kubeletPodsDesc
-	ch <- kubeletAgeDesc
+// Health returns the pods of the last list, when a list last arrived
+// (zero before the first), and the failed fetches since start, by reason
+// (connect, timeout, decode, http_<status>...).
+func (c *Client) Health() (pods int, lastSuccess time.Time, errors map[string]uint64) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	errors = make(map[string]uint64, len(c.errors))
+	for r, n := range c.errors {
+		errors[r] = n
+	}
+	return len(c.pods), c.fetched, errors
 }
 
-// Collect implements prometheus.Collector from the cached pod list.
-func (c *Client) Collect(ch chan<- prometheus.Metric) {
+// Endpoints calls fn for each address of a pod of this node (host-network
+// pods excluded), under the cache's read lock: fn must not call the
+// Client.
+func (c *Client) Endpoints(fn func(ip netip.Addr, namespace, pod, workload string)) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for ip, p := range c.byIP {
-		ch <- prometheus.MustNewConstMetric(endpointDesc, prometheus.GaugeValue, 1,
-			ip.String(), labels.Value(p.Namespace), labels.Value(p.Name), labels.Value(p.Workload))
-	}
-	for r, v := range c.errors {
-		ch <- prometheus.MustNewConstMetric(kubeletErrorsDesc, prometheus.CounterValue, v, r)
-	}
-	ch <- prometheus.MustNewConstMetric(kubeletPodsDesc, prometheus.GaugeValue, float64(len(c.pods)))
-	if !c.fetched.IsZero() {
-		ch <- prometheus.MustNewConstMetric(kubeletAgeDesc, prometheus.GaugeValue, float64(c.fetched.UnixNano())/1e9)
+		fn(ip, p.Namespace, p.Name, p.Workload)
 	}
 }

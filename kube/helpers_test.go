@@ -1,35 +1,26 @@
 package kube
 
 import (
+	"net/netip"
 	"testing"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-func registry(c *Client) *prometheus.Registry {
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	return reg
+// counter returns the client's count of failed fetches for reason.
+func counter(t *testing.T, c *Client, reason string) uint64 {
+	t.Helper()
+	_, _, errors := c.Health()
+	n, ok := errors[reason]
+	if !ok {
+		t.Fatalf("no count of errors for reason %q in %v", reason, errors)
+	}
+	return n
 }
 
-// counter returns connection_exporter_kubelet_errors_total{reason}.
-func counter(t *testing.T, c *Client, reason string) float64 {
-	t.Helper()
-	mfs, err := registry(c).Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "connection_exporter_kubelet_errors_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+// endpoints returns the pod addresses the client lists, with their pods.
+func endpoints(c *Client) map[string]string {
+	out := map[string]string{}
+	c.Endpoints(func(ip netip.Addr, namespace, pod, workload string) {
+		out[ip.String()] = namespace + "/" + pod + "/" + workload
+	})
+	return out
 }

@@ -17,10 +17,10 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/connection-exporter/connection_exporter/collector"
 	"github.com/connection-exporter/connection_exporter/docker"
 	"github.com/connection-exporter/connection_exporter/internal/cgroup"
 	"github.com/connection-exporter/connection_exporter/kube"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // Pods is what the policy needs of the kubelet's pod cache (kube.Client).
@@ -112,11 +112,11 @@ func (p *process) cgroup() (cgroup.Container, error) {
 
 // Owner names who opened c, first seen at since, and says which caches the
 // answer waits for.
-func (p *Policy) Owner(c *collector.Conn, since time.Time) (collector.Owner, collector.Wait) {
-	best := collector.Owner{Workload: c.Command()}
+func (p *Policy) Owner(c *record.Conn, since time.Time) (record.Owner, record.Wait) {
+	best := record.Owner{Workload: c.Command()}
 	host := c.NetNS == p.hostNS
 	proc := &process{procfs: p.procfs, pid: c.PID}
-	var wait collector.Wait
+	var wait record.Wait
 
 	if k := p.pods; k != nil {
 		cg, err := proc.cgroup()
@@ -136,7 +136,7 @@ func (p *Policy) Owner(c *collector.Conn, since time.Time) (collector.Owner, col
 			}
 			if k.Waitable() {
 				k.Request()
-				return best, collector.WaitKubelet
+				return best, record.WaitKubelet
 			}
 			return best, 0
 		}
@@ -149,7 +149,7 @@ func (p *Policy) Owner(c *collector.Conn, since time.Time) (collector.Owner, col
 			if err != nil && k.Waitable() && !k.Fresh(since) {
 				// Gone, from a namespace that may be a new pod's.
 				k.Request()
-				wait |= collector.WaitKubelet
+				wait |= record.WaitKubelet
 			}
 		}
 	}
@@ -159,7 +159,7 @@ func (p *Policy) Owner(c *collector.Conn, since time.Time) (collector.Owner, col
 			if d.Waitable() && !d.Up() {
 				// The engine is away or restarting: the cache may name a
 				// new container after an old one that had its namespace.
-				return best, wait | collector.WaitDocker
+				return best, wait | record.WaitDocker
 			}
 			if ct, ok := d.ByNetNS(c.NetNS); ok {
 				return containerOwner(ct), 0
@@ -175,13 +175,13 @@ func (p *Policy) Owner(c *collector.Conn, since time.Time) (collector.Owner, col
 				// A container that started since the cache heard of it
 				// (a host-network one, or an event on its way).
 				d.RequestID(cg.ID)
-				wait |= collector.WaitDocker
+				wait |= record.WaitDocker
 			}
 		case err != nil && !host:
 			// Gone, from a namespace that may be a new container's.
 			if d.Waitable() && !d.ContainersFresh(since) {
 				d.RequestContainers()
-				wait |= collector.WaitDocker
+				wait |= record.WaitDocker
 			}
 		}
 	}
@@ -190,7 +190,7 @@ func (p *Policy) Owner(c *collector.Conn, since time.Time) (collector.Owner, col
 
 // DestinationWorkload names the workload at addr, for a connection first
 // seen at since, and says which caches the answer waits for.
-func (p *Policy) DestinationWorkload(addr netip.AddrPort, since time.Time) (string, collector.Wait) {
+func (p *Policy) DestinationWorkload(addr netip.AddrPort, since time.Time) (string, record.Wait) {
 	a := addr.Addr().Unmap()
 	if a.IsLoopback() || a.IsUnspecified() || a.IsLinkLocalUnicast() {
 		return "", 0 // never a pod's or a container network's
@@ -200,7 +200,7 @@ func (p *Policy) DestinationWorkload(addr netip.AddrPort, since time.Time) (stri
 			return pod.Workload, 0
 		}
 	}
-	var wait collector.Wait
+	var wait record.Wait
 	if d := p.containers; d != nil {
 		w, kind := d.Workload(a)
 		switch kind {
@@ -214,11 +214,11 @@ func (p *Policy) DestinationWorkload(addr netip.AddrPort, since time.Time) (stri
 			if d.Waitable() && d.Up() {
 				if !d.ContainersFresh(since) {
 					d.RequestContainers()
-					wait |= collector.WaitDocker
+					wait |= record.WaitDocker
 				}
 				if kind == docker.AddrOverlaySubnet && !d.NetworksFresh(since) {
 					d.RequestNetworks()
-					wait |= collector.WaitDocker
+					wait |= record.WaitDocker
 				}
 			}
 			return "", wait
@@ -228,7 +228,7 @@ func (p *Policy) DestinationWorkload(addr netip.AddrPort, since time.Time) (stri
 		// A pod of this node that started since the last list, or an
 		// address that no list will name: only a list after since tells.
 		k.Request()
-		wait |= collector.WaitKubelet
+		wait |= record.WaitKubelet
 	}
 	return "", wait
 }
@@ -245,10 +245,10 @@ func (p *Policy) Settle(ctx context.Context) {
 	}
 }
 
-func podOwner(p kube.Pod, container string) collector.Owner {
-	return collector.Owner{Container: container, Pod: p.Name, Namespace: p.Namespace, Workload: p.Workload}
+func podOwner(p kube.Pod, container string) record.Owner {
+	return record.Owner{Container: container, Pod: p.Name, Namespace: p.Namespace, Workload: p.Workload}
 }
 
-func containerOwner(ct docker.Container) collector.Owner {
-	return collector.Owner{Container: ct.Name, Workload: ct.Workload()}
+func containerOwner(ct docker.Container) record.Owner {
+	return record.Owner{Container: ct.Name, Workload: ct.Workload()}
 }

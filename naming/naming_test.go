@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/connection-exporter/connection_exporter/collector"
 	"github.com/connection-exporter/connection_exporter/docker"
 	"github.com/connection-exporter/connection_exporter/kube"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 const (
@@ -161,41 +161,41 @@ var (
 	after  = seen.Add(time.Second)
 )
 
-func connOf(pid, netns uint32, comm string) *collector.Conn {
-	c := &collector.Conn{PID: pid, NetNS: netns}
+func connOf(pid, netns uint32, comm string) *record.Conn {
+	c := &record.Conn{PID: pid, NetNS: netns}
 	copy(c.Comm[:], comm)
 	return c
 }
 
 func TestOwner(t *testing.T) {
 	procfs := fakeProcFS(t)
-	process := func(comm string) collector.Owner { return collector.Owner{Workload: comm} }
-	appOwner := collector.Owner{Container: "app", Pod: clientPod.Name, Namespace: "shop", Workload: "client"}
-	podOnly := collector.Owner{Pod: clientPod.Name, Namespace: "shop", Workload: "client"}
+	process := func(comm string) record.Owner { return record.Owner{Workload: comm} }
+	appOwner := record.Owner{Container: "app", Pod: clientPod.Name, Namespace: "shop", Workload: "client"}
+	podOnly := record.Owner{Pod: clientPod.Name, Namespace: "shop", Workload: "client"}
 	for _, tc := range []struct {
 		name       string
 		kube       *fakePods // nil: no kubelet
 		docker     *fakeContainers
-		conn       *collector.Conn
-		want       collector.Owner
-		wait       collector.Wait
+		conn       *record.Conn
+		want       record.Owner
+		wait       record.Wait
 		kubeAsked  bool
 		dockerWant string // what Docker was asked for: "containers", an id, or ""
 	}{
 		{name: "pod container listed", kube: &fakePods{fetched: before, waitable: true},
 			conn: connOf(pidApp, podNS, "app"), want: appOwner},
 		{name: "new container of a listed pod waits for its name", kube: &fakePods{fetched: after, waitable: true},
-			conn: connOf(pidRestarted, podNS, "app"), want: podOnly, wait: collector.WaitKubelet, kubeAsked: true},
+			conn: connOf(pidRestarted, podNS, "app"), want: podOnly, wait: record.WaitKubelet, kubeAsked: true},
 		{name: "pod not listed yet, list stale", kube: &fakePods{fetched: before, waitable: true},
-			conn: connOf(pidNewPod, otherNS, "job"), want: process("job"), wait: collector.WaitKubelet, kubeAsked: true},
+			conn: connOf(pidNewPod, otherNS, "job"), want: process("job"), wait: record.WaitKubelet, kubeAsked: true},
 		{name: "pod not in a list fetched after", kube: &fakePods{fetched: after, waitable: true},
-			conn: connOf(pidNewPod, otherNS, "job"), want: process("job"), wait: collector.WaitKubelet, kubeAsked: true},
+			conn: connOf(pidNewPod, otherNS, "job"), want: process("job"), wait: record.WaitKubelet, kubeAsked: true},
 		{name: "kubelet never reached", kube: &fakePods{},
 			conn: connOf(pidNewPod, otherNS, "job"), want: process("job")},
 		{name: "process gone, pod's namespace", kube: &fakePods{fetched: before, waitable: true},
 			conn: connOf(pidGone, podNS, "curl"), want: podOnly},
 		{name: "process gone, unknown namespace, list stale", kube: &fakePods{fetched: before, waitable: true},
-			conn: connOf(pidGone, otherNS, "curl"), want: process("curl"), wait: collector.WaitKubelet, kubeAsked: true},
+			conn: connOf(pidGone, otherNS, "curl"), want: process("curl"), wait: record.WaitKubelet, kubeAsked: true},
 		{name: "process gone, unknown namespace, list fresh", kube: &fakePods{fetched: after, waitable: true},
 			conn: connOf(pidGone, otherNS, "curl"), want: process("curl")},
 		{name: "host process", kube: &fakePods{fetched: before, waitable: true}, docker: &fakeContainers{up: true, waitable: true},
@@ -203,27 +203,27 @@ func TestOwner(t *testing.T) {
 		{name: "plain process in a namespace of its own", kube: &fakePods{fetched: before, waitable: true}, docker: &fakeContainers{up: true, waitable: true},
 			conn: connOf(pidHost, otherNS, "curl"), want: process("curl")},
 		{name: "docker container by namespace", docker: &fakeContainers{up: true, waitable: true},
-			conn: connOf(pidWeb, ctrNS, "nginx"), want: collector.Owner{Container: "web", Workload: "web"}},
+			conn: connOf(pidWeb, ctrNS, "nginx"), want: record.Owner{Container: "web", Workload: "web"}},
 		{name: "docker container by namespace, cgroup unread", docker: &fakeContainers{up: true, waitable: true},
-			conn: connOf(pidGone, ctrNS, "nginx"), want: collector.Owner{Container: "web", Workload: "web"}},
+			conn: connOf(pidGone, ctrNS, "nginx"), want: record.Owner{Container: "web", Workload: "web"}},
 		{name: "host-network container by cgroup", docker: &fakeContainers{up: true, waitable: true},
-			conn: connOf(pidHostCtr, hostNS, "agent"), want: collector.Owner{Container: "hostagent", Workload: "agent"}},
+			conn: connOf(pidHostCtr, hostNS, "agent"), want: record.Owner{Container: "hostagent", Workload: "agent"}},
 		{name: "container unknown to the cache is inspected", docker: &fakeContainers{up: true, waitable: true},
-			conn: connOf(pidOtherCtr, hostNS, "podman"), want: process("podman"), wait: collector.WaitDocker, dockerWant: otherID},
+			conn: connOf(pidOtherCtr, hostNS, "podman"), want: process("podman"), wait: record.WaitDocker, dockerWant: otherID},
 		{name: "container of another runtime", docker: &fakeContainers{up: true, waitable: true, absent: map[string]bool{otherID: true}},
 			conn: connOf(pidOtherCtr, hostNS, "podman"), want: process("podman")},
 		{name: "process gone, unknown namespace, containers stale", docker: &fakeContainers{up: true, waitable: true, containersAt: before},
-			conn: connOf(pidGone, otherNS, "curl"), want: process("curl"), wait: collector.WaitDocker, dockerWant: "containers"},
+			conn: connOf(pidGone, otherNS, "curl"), want: process("curl"), wait: record.WaitDocker, dockerWant: "containers"},
 		{name: "process gone, unknown namespace, containers fresh", docker: &fakeContainers{up: true, waitable: true, containersAt: after},
 			conn: connOf(pidGone, otherNS, "curl"), want: process("curl")},
 		{name: "engine away", docker: &fakeContainers{waitable: true},
-			conn: connOf(pidWeb, ctrNS, "nginx"), want: process("nginx"), wait: collector.WaitDocker},
+			conn: connOf(pidWeb, ctrNS, "nginx"), want: process("nginx"), wait: record.WaitDocker},
 		{name: "engine never reached", docker: &fakeContainers{},
 			conn: connOf(pidOtherCtr, otherNS, "podman"), want: process("podman")},
 		{name: "pod named before docker", kube: &fakePods{fetched: before, waitable: true}, docker: &fakeContainers{up: true, waitable: true},
 			conn: connOf(pidApp, ctrNS, "app"), want: appOwner},
 		{name: "a new pod's container waits for the kubelet, not docker", kube: &fakePods{fetched: before, waitable: true}, docker: &fakeContainers{up: true, waitable: true},
-			conn: connOf(pidNewPod, otherNS, "job"), want: process("job"), wait: collector.WaitKubelet, kubeAsked: true},
+			conn: connOf(pidNewPod, otherNS, "job"), want: process("job"), wait: record.WaitKubelet, kubeAsked: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := Config{ProcFS: procfs, HostNetNS: hostNS}
@@ -263,12 +263,12 @@ func TestDestinationWorkload(t *testing.T) {
 		docker *fakeContainers
 		addr   string
 		want   string
-		wait   collector.Wait
+		wait   record.Wait
 		asked  string // "kubelet", "containers", "networks", "containers+networks" or ""
 	}{
 		{name: "pod address", kube: &fakePods{fetched: before, waitable: true}, addr: "10.77.11.2:8080", want: "nginx"},
 		{name: "unknown address, list stale", kube: &fakePods{fetched: before, waitable: true}, addr: "10.77.12.2:8080",
-			wait: collector.WaitKubelet, asked: "kubelet"},
+			wait: record.WaitKubelet, asked: "kubelet"},
 		{name: "unknown address, list fresh", kube: &fakePods{fetched: after, waitable: true}, addr: "10.77.12.2:8080"},
 		{name: "loopback is nobody's", kube: &fakePods{fetched: before, waitable: true}, addr: "127.0.0.1:15001"},
 		{name: "kubelet never reached", kube: &fakePods{}, addr: "10.77.12.2:8080"},
@@ -276,16 +276,16 @@ func TestDestinationWorkload(t *testing.T) {
 		{name: "task address", docker: &fakeContainers{up: true, waitable: true}, addr: "10.0.1.5:8080", want: "svc"},
 		{name: "service VIP", docker: &fakeContainers{up: true, waitable: true}, addr: "10.0.1.2:8080"},
 		{name: "container starting", docker: &fakeContainers{up: true, waitable: true, containersAt: before}, addr: "172.18.0.9:80",
-			wait: collector.WaitDocker, asked: "containers"},
+			wait: record.WaitDocker, asked: "containers"},
 		{name: "no container there after a listing", docker: &fakeContainers{up: true, waitable: true, containersAt: after}, addr: "172.18.0.9:80"},
 		{name: "overlay address unknown", docker: &fakeContainers{up: true, waitable: true, containersAt: after, networksAt: before},
-			addr: "10.0.1.9:8080", wait: collector.WaitDocker, asked: "networks"},
+			addr: "10.0.1.9:8080", wait: record.WaitDocker, asked: "networks"},
 		{name: "overlay address after both reads", docker: &fakeContainers{up: true, waitable: true, containersAt: after, networksAt: after},
 			addr: "10.0.1.9:8080"},
 		{name: "engine away learns nothing", docker: &fakeContainers{waitable: true}, addr: "172.18.0.9:80"},
 		{name: "outside docker's networks, no kubelet", docker: &fakeContainers{up: true, waitable: true}, addr: "192.0.2.1:443"},
 		{name: "outside docker's networks, kubelet stale", kube: &fakePods{fetched: before, waitable: true}, docker: &fakeContainers{up: true, waitable: true},
-			addr: "192.0.2.1:443", wait: collector.WaitKubelet, asked: "kubelet"},
+			addr: "192.0.2.1:443", wait: record.WaitKubelet, asked: "kubelet"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := Config{HostNetNS: hostNS}

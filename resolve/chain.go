@@ -3,6 +3,8 @@ package resolve
 import (
 	"context"
 	"sync"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // Step is one table that can answer where connections go.
@@ -11,7 +13,7 @@ type Step interface {
 	// those it translates (and Err/ErrResolver where its table could not be
 	// read), and returns the indexes it did not translate. The returned
 	// slice may reuse idx's storage: a step allocates nothing per query.
-	Resolve(ctx context.Context, qs []Query, idx []int, out []Result) []int
+	Resolve(ctx context.Context, qs []record.Query, idx []int, out []record.Destination) []int
 }
 
 // Preparer is a Step that can start reading its table before the
@@ -34,7 +36,7 @@ type Chain []Step
 // Resolve fills out[i] with the destination of qs[i]; out must be at least
 // as long as qs. A connection no step translates goes to its dialled
 // address with ResolverNone.
-func (ch Chain) Resolve(ctx context.Context, qs []Query, out []Result) {
+func (ch Chain) Resolve(ctx context.Context, qs []record.Query, out []record.Destination) {
 	p := indexes.Get().(*[]int)
 	defer indexes.Put(p)
 	if cap(*p) < len(qs) {
@@ -42,7 +44,7 @@ func (ch Chain) Resolve(ctx context.Context, qs []Query, out []Result) {
 	}
 	idx := (*p)[:len(qs)]
 	for i, q := range qs {
-		out[i] = Result{Actual: q.Dst, Resolver: ResolverNone}
+		out[i] = record.Destination{Actual: q.Dst, Resolver: ResolverNone}
 		idx[i] = i
 	}
 	for _, s := range ch {

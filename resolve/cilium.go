@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // ResolverCilium names Cilium's eBPF connection tracking in the resolver
@@ -135,7 +137,7 @@ func (c *Cilium) open(ct string, keySize int, backends string, v3, v2 int) (*cil
 
 // Resolve looks each connection's service entry up in Cilium's CT map and
 // its backend in the backend map.
-func (c *Cilium) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
+func (c *Cilium) Resolve(ctx context.Context, qs []record.Query, idx []int, out []record.Destination) (rest []int) {
 	if len(idx) == 0 {
 		return idx
 	}
@@ -190,7 +192,7 @@ func (c *Cilium) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 // lb6_local write at a connection's first SYN: daddr the service, saddr the
 // client, and the ports crossed over (dport the client's, sport the
 // service's), TCP, flags SERVICE.
-func serviceKey(q Query) []byte {
+func serviceKey(q record.Query) []byte {
 	src, dst := q.Src.Addr().Unmap(), q.Dst.Addr().Unmap()
 	if dst.Is4() {
 		k := make([]byte, ct4KeySize)
@@ -213,7 +215,7 @@ func serviceKey(q Query) []byte {
 }
 
 // lookup returns the backend of q's service entry, if there is one.
-func (f *ciliumFamily) lookup(q Query) (netip.AddrPort, bool, error) {
+func (f *ciliumFamily) lookup(q record.Query) (netip.AddrPort, bool, error) {
 	val := make([]byte, ctValueSize)
 	if err := f.ct.Lookup(serviceKey(q), val); errors.Is(err, ebpf.ErrKeyNotExist) {
 		return netip.AddrPort{}, false, nil

@@ -13,10 +13,11 @@ import (
 
 	cf "github.com/connection-exporter/connection_exporter/internal/ciliumfake"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // dialLoopback opens a real connection and returns its tuple.
-func dialLoopback(t *testing.T, network, addr string) Query {
+func dialLoopback(t *testing.T, network, addr string) record.Query {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
@@ -29,13 +30,13 @@ func dialLoopback(t *testing.T, network, addr string) Query {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return Query{Src: tcpAddr(c.LocalAddr()), Dst: tcpAddr(c.RemoteAddr())}
+	return record.Query{Src: tcpAddr(c.LocalAddr()), Dst: tcpAddr(c.RemoteAddr())}
 }
 
-func resolveCilium(t *testing.T, f *cf.BPFFS, qs ...Query) []Result {
+func resolveCilium(t *testing.T, f *cf.BPFFS, qs ...record.Query) []record.Destination {
 	t.Helper()
 	c := NewCilium(CiliumConfig{BPFFS: f.Root}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	out := make([]Result, len(qs))
+	out := make([]record.Destination, len(qs))
 	Chain{c}.Resolve(context.Background(), qs, out)
 	return out
 }
@@ -74,7 +75,7 @@ func TestCilium(t *testing.T) {
 
 			unknown := dialLoopback(t, "tcp4", "127.0.0.1:0")
 			out := resolveCilium(t, f, q4, q6, unknown)
-			want := []Result{
+			want := []record.Destination{
 				{Actual: netip.MustParseAddrPort("10.0.7.7:8080"), Resolver: ResolverCilium},
 				{Actual: netip.MustParseAddrPort("[fd00::9]:8080"), Resolver: ResolverCilium},
 				{Actual: unknown.Dst, Resolver: ResolverNone},
@@ -88,7 +89,7 @@ func TestCilium(t *testing.T) {
 	}
 }
 
-func qs(q ...Query) []Query { return q }
+func qs(q ...record.Query) []record.Query { return q }
 
 // TestCiliumBackendsV2 reads backends from the map of Cilium 1.12 and
 // earlier when _v3 is not pinned.
@@ -100,7 +101,7 @@ func TestCiliumBackendsV2(t *testing.T) {
 	f.Put(ct4, cf.ServiceKey4(q.Src, q.Dst), cf.CTEntry115{BackendID: 3})
 	f.Put(lb4, uint32(3), cf.LB4BackendV2{Address: [4]byte{10, 0, 3, 3}, Port: cf.Port(80), Proto: 6})
 	out := resolveCilium(t, f, q)
-	if want := (Result{Actual: netip.MustParseAddrPort("10.0.3.3:80"), Resolver: ResolverCilium}); out[0] != want {
+	if want := (record.Destination{Actual: netip.MustParseAddrPort("10.0.3.3:80"), Resolver: ResolverCilium}); out[0] != want {
 		t.Errorf("%+v, want %+v", out[0], want)
 	}
 }
@@ -128,7 +129,7 @@ func TestCiliumAbsent(t *testing.T) {
 	f := cf.Mount(t, t.TempDir())
 	q := dialLoopback(t, "tcp4", "127.0.0.1:0")
 	out := resolveCilium(t, f, q)
-	if out[0] != (Result{Actual: q.Dst, Resolver: ResolverNone}) {
+	if out[0] != (record.Destination{Actual: q.Dst, Resolver: ResolverNone}) {
 		t.Errorf("%+v", out[0])
 	}
 }

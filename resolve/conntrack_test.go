@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 func newConntrack(t *testing.T, host *netlab.NS) *Conntrack {
@@ -31,14 +32,14 @@ func tcpAddr(a net.Addr) netip.AddrPort {
 
 // dialQuery opens a connection from the cluster's client namespace to dst,
 // closed when the test ends, and returns it as a query.
-func dialQuery(t *testing.T, cl *netlab.Cluster, dst netip.AddrPort) Query {
+func dialQuery(t *testing.T, cl *netlab.Cluster, dst netip.AddrPort) record.Query {
 	t.Helper()
 	c, err := cl.Client.Dial("tcp", dst.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return Query{NetNS: cl.Client.Inode(), Src: tcpAddr(c.LocalAddr()), Dst: dst}
+	return record.Query{NetNS: cl.Client.Inode(), Src: tcpAddr(c.LocalAddr()), Dst: dst}
 }
 
 // waitAccepted waits for the cluster's servers to record client.
@@ -63,7 +64,7 @@ func TestKubeProxy(t *testing.T) {
 	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
 		t.Run(vip.String(), func(t *testing.T) {
 			dst := netip.AddrPortFrom(vip, cl.Port)
-			var qs []Query
+			var qs []record.Query
 			var want []netip.AddrPort
 			backends := map[netip.AddrPort]bool{}
 			for range 30 {
@@ -76,8 +77,8 @@ func TestKubeProxy(t *testing.T) {
 			if len(backends) < 2 {
 				t.Fatalf("30 connections reached only %v: the random balancing is not working", backends)
 			}
-			check := func(t *testing.T, qs []Query, want []netip.AddrPort) {
-				out := make([]Result, len(qs))
+			check := func(t *testing.T, qs []record.Query, want []netip.AddrPort) {
+				out := make([]record.Destination, len(qs))
 				ct.Resolve(context.Background(), qs, out)
 				for i, r := range out {
 					if r.Err != nil {
@@ -107,7 +108,7 @@ func TestPreparedDump(t *testing.T) {
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
 	ct := newConntrack(t, cl.Node)
-	var qs []Query
+	var qs []record.Query
 	var want []netip.AddrPort
 	dial := func(dst netip.AddrPort) {
 		t.Helper()
@@ -140,11 +141,11 @@ func TestPreparedDump(t *testing.T) {
 	for range 5 {
 		dial(netip.AddrPortFrom(cl.VIP4, cl.Port))
 	}
-	if x := newQueryIndex(qs, []int{before}, make([]Result, len(qs)), ResolverConntrack); func() bool { p.recs.join(x); return x.found[0] != notFound }() {
+	if x := newQueryIndex(qs, []int{before}, make([]record.Destination, len(qs)), ResolverConntrack); func() bool { p.recs.join(x); return x.found[0] != notFound }() {
 		t.Fatalf("a connection opened after the dump is in it")
 	}
 
-	out := make([]Result, len(qs))
+	out := make([]record.Destination, len(qs))
 	chain.Resolve(context.Background(), qs, out)
 	for i, r := range out {
 		resolver := ResolverConntrack
@@ -169,10 +170,10 @@ func TestDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	qs := []Query{{NetNS: cl.Client.Inode(), Src: tcpAddr(c.LocalAddr()), Dst: dst}}
-	out := make([]Result, 1)
+	qs := []record.Query{{NetNS: cl.Client.Inode(), Src: tcpAddr(c.LocalAddr()), Dst: dst}}
+	out := make([]record.Destination, 1)
 	ct.Resolve(context.Background(), qs, out)
-	if out[0] != (Result{Actual: dst, Resolver: ResolverNone}) {
+	if out[0] != (record.Destination{Actual: dst, Resolver: ResolverNone}) {
 		t.Errorf("direct connection resolved to %+v", out[0])
 	}
 }
@@ -200,16 +201,16 @@ func TestSidecar(t *testing.T) {
 	backend := waitAccepted(t, cl, up)
 
 	ns := cl.Client.Inode()
-	qs := []Query{
+	qs := []record.Query{
 		{NetNS: ns, Src: src, Dst: dst},
 		{NetNS: ns, Src: up, Dst: dst},
 	}
-	out := make([]Result, len(qs))
+	out := make([]record.Destination, len(qs))
 	ct.Resolve(context.Background(), qs, out)
-	if want := (Result{Actual: proxy.Addr, Resolver: ResolverConntrackNetNS}); answer(out[0]) != want {
+	if want := (record.Destination{Actual: proxy.Addr, Resolver: ResolverConntrackNetNS}); answer(out[0]) != want {
 		t.Errorf("application connection resolved to %+v, want %+v", out[0], want)
 	}
-	if want := (Result{Actual: backend, Resolver: ResolverConntrack}); answer(out[1]) != want {
+	if want := (record.Destination{Actual: backend, Resolver: ResolverConntrack}); answer(out[1]) != want {
 		t.Errorf("proxy connection resolved to %+v, want %+v", out[1], want)
 	}
 }
@@ -221,8 +222,8 @@ func TestGoneNamespace(t *testing.T) {
 	cl := lab.KubeProxy()
 	ct := newConntrack(t, cl.Node)
 	dst := netip.MustParseAddrPort("10.77.0.10:80")
-	qs := []Query{{NetNS: 1, PID: 0, Src: netip.MustParseAddrPort("10.77.1.2:40000"), Dst: dst}}
-	out := make([]Result, 1)
+	qs := []record.Query{{NetNS: 1, PID: 0, Src: netip.MustParseAddrPort("10.77.1.2:40000"), Dst: dst}}
+	out := make([]record.Destination, 1)
 	ct.Resolve(context.Background(), qs, out)
 	if out[0].Err == nil || out[0].ErrResolver != ResolverConntrackNetNS {
 		t.Errorf("missing namespace not reported: %+v", out[0])
@@ -241,13 +242,13 @@ func TestOwnNamespaceGroups(t *testing.T) {
 	ct := newConntrack(t, cl.Node)
 	dst := netip.MustParseAddrPort("10.77.0.10:80")
 	inos := []uint32{1, ct.HostNetNS(), 2, 0, 1, 2, 3, ct.HostNetNS()}
-	qs := make([]Query, len(inos))
+	qs := make([]record.Query, len(inos))
 	idx := make([]int, len(inos))
 	for i, ino := range inos {
-		qs[i] = Query{NetNS: ino, Src: netip.AddrPortFrom(netip.MustParseAddr("10.77.1.2"), uint16(40000+i)), Dst: dst}
+		qs[i] = record.Query{NetNS: ino, Src: netip.AddrPortFrom(netip.MustParseAddr("10.77.1.2"), uint16(40000+i)), Dst: dst}
 		idx[i] = i
 	}
-	out := make([]Result, len(qs))
+	out := make([]record.Destination, len(qs))
 	rest := ct.OwnNamespace().Resolve(context.Background(), qs, idx, out)
 	if got := slices.Sorted(slices.Values(rest)); !slices.Equal(got, []int{0, 1, 2, 3, 4, 5, 6, 7}) {
 		t.Errorf("handed on %v, want every query once", rest)
@@ -260,10 +261,10 @@ func TestOwnNamespaceGroups(t *testing.T) {
 	}
 }
 
-// answer is what a Result tells the collector, without the lookup's
+// answer is what a record.Destination tells the collector, without the lookup's
 // internal state.
-func answer(r Result) Result {
-	return Result{Actual: r.Actual, Resolver: r.Resolver, Err: r.Err, ErrResolver: r.ErrResolver}
+func answer(r record.Destination) record.Destination {
+	return record.Destination{Actual: r.Actual, Resolver: r.Resolver, Err: r.Err, ErrResolver: r.ErrResolver}
 }
 
 // TestCount reads the number of conntrack entries of a namespace: none in a
@@ -308,7 +309,7 @@ func TestDumpLookup(t *testing.T) {
 		t.Fatalf("the cost model would not dump %d entries for %d connections", n, n)
 	}
 	ct := newConntrack(t, ns)
-	check := func(t *testing.T, out []Result) {
+	check := func(t *testing.T, out []record.Destination) {
 		for i, r := range out {
 			want, _ := parseEntry(msgs[i])
 			if r.Err != nil || r.Actual != want.reply.source() || r.Resolver != ResolverConntrack {
@@ -317,7 +318,7 @@ func TestDumpLookup(t *testing.T) {
 		}
 	}
 	t.Run("dump", func(t *testing.T) {
-		out := make([]Result, n)
+		out := make([]record.Destination, n)
 		Chain{ct.HostNamespace()}.Resolve(context.Background(), qs, out)
 		check(t, out)
 	})
@@ -326,7 +327,7 @@ func TestDumpLookup(t *testing.T) {
 		if !whole {
 			t.Fatal("no dump ahead")
 		}
-		out := make([]Result, n)
+		out := make([]record.Destination, n)
 		chain.Resolve(context.Background(), qs, out)
 		check(t, out)
 	})
@@ -373,15 +374,15 @@ func TestPreparedCountsPerScrape(t *testing.T) {
 	cl := lab.KubeProxy()
 	ct := newConntrack(t, cl.Node)
 	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
-	resolve := func(qs []Query) []Result {
+	resolve := func(qs []record.Query) []record.Destination {
 		chain, _ := Chain{ct.OwnNamespace(), ct.HostNamespace()}.Prepare(context.Background(), len(qs))
-		out := make([]Result, len(qs))
+		out := make([]record.Destination, len(qs))
 		chain.Resolve(context.Background(), qs, out)
 		return out
 	}
 	// A first scrape counts the node's table while nothing goes through it.
 	ns := cl.Client.Inode()
-	resolve([]Query{{NetNS: ns, Src: netip.MustParseAddrPort("10.77.1.2:40000"), Dst: dst}})
+	resolve([]record.Query{{NetNS: ns, Src: netip.MustParseAddrPort("10.77.1.2:40000"), Dst: dst}})
 	c, err := cl.Client.Dial("tcp4", dst.String())
 	if err != nil {
 		t.Fatal(err)
@@ -389,8 +390,8 @@ func TestPreparedCountsPerScrape(t *testing.T) {
 	defer c.Close()
 	src := tcpAddr(c.LocalAddr())
 	backend := waitAccepted(t, cl, src)
-	out := resolve([]Query{{NetNS: ns, Src: src, Dst: dst}})
-	if want := (Result{Actual: backend, Resolver: ResolverConntrack}); answer(out[0]) != want {
+	out := resolve([]record.Query{{NetNS: ns, Src: src, Dst: dst}})
+	if want := (record.Destination{Actual: backend, Resolver: ResolverConntrack}); answer(out[0]) != want {
 		t.Errorf("connection made after a scrape found the table empty resolved to %+v, want %+v", out[0], want)
 	}
 }

@@ -3,6 +3,8 @@ package resolve
 import (
 	"context"
 	"net/netip"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // ResolverDockerProxy names Docker's userland proxy in the resolver label.
@@ -34,7 +36,7 @@ func DockerProxy(cfg DockerProxyConfig) Step { return dockerProxy(cfg) }
 
 type dockerProxy DockerProxyConfig
 
-func (p dockerProxy) Resolve(_ context.Context, qs []Query, idx []int, out []Result) (rest []int) {
+func (p dockerProxy) Resolve(_ context.Context, qs []record.Query, idx []int, out []record.Destination) (rest []int) {
 	if p.Target == nil {
 		return idx
 	}

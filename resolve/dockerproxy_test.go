@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 func TestDockerProxy(t *testing.T) {
@@ -19,7 +21,7 @@ func TestDockerProxy(t *testing.T) {
 	}
 	gateway := func(a netip.Addr) bool { return a == netip.MustParseAddr("172.17.0.1") }
 	step := DockerProxy(DockerProxyConfig{HostNetNS: host, Target: target, Gateway: gateway})
-	qs := []Query{
+	qs := []record.Query{
 		{NetNS: host, Src: ap("127.0.0.1:40000"), Dst: ap("127.0.0.1:8080")},  // to the proxy
 		{NetNS: host, Src: ap("[::1]:40001"), Dst: ap("[::1]:8080")},          // to the proxy over IPv6
 		{NetNS: host, Src: ap("127.0.0.1:40002"), Dst: ap("127.0.0.1:9090")},  // not published
@@ -29,9 +31,9 @@ func TestDockerProxy(t *testing.T) {
 		{NetNS: pod, Src: ap("172.17.0.3:40006"), Dst: ap("172.17.0.1:8080")}, // a container to its bridge's gateway
 		{NetNS: pod, Src: ap("172.17.0.3:40007"), Dst: ap("172.17.0.9:8080")}, // a container to another
 	}
-	out := make([]Result, len(qs))
+	out := make([]record.Destination, len(qs))
 	for i, q := range qs {
-		out[i] = Result{Actual: q.Dst, Resolver: ResolverNone}
+		out[i] = record.Destination{Actual: q.Dst, Resolver: ResolverNone}
 	}
 	failed := errors.New("netns gone")
 	out[5].Err, out[5].ErrResolver = failed, ResolverConntrack

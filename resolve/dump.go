@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netns"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // A lean reader of whole conntrack tables. Decoding every attribute of every
@@ -272,7 +273,7 @@ const getBatchSize = 128
 // Requests are pipelined: a batch goes out in one system call and the
 // answers come back in order, so a lookup costs the kernel's hash lookup
 // rather than a round trip.
-func (s *ctSocket) get(qs []Query, idx []int, replies []tuple) error {
+func (s *ctSocket) get(qs []record.Query, idx []int, replies []tuple) error {
 	req := make([]byte, 0, getBatchSize*128)
 	for start := 0; start < len(idx); start += getBatchSize {
 		end := min(start+getBatchSize, len(idx))
@@ -318,7 +319,7 @@ func (s *ctSocket) get(qs []Query, idx []int, replies []tuple) error {
 }
 
 // appendGet appends a conntrack GET request for q's original tuple.
-func appendGet(b []byte, seq uint32, q Query) []byte {
+func appendGet(b []byte, seq uint32, q record.Query) []byte {
 	start := len(b)
 	family, srcT, dstT := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
 	src, dst := q.Src.Addr().AsSlice(), q.Dst.Addr().AsSlice()
@@ -361,25 +362,6 @@ func appendAttr(b []byte, typ uint16, payload []byte) []byte {
 // endAttr sets the length of the nested attribute starting at off.
 func endAttr(b []byte, off int) {
 	binary.NativeEndian.PutUint16(b[off:], uint16(len(b)-off))
-}
-
-// CountConntrack reads the whole conntrack table of the namespace file at
-// path without decoding it and returns the number of entries: the floor
-// against which the cost of a dump is measured.
-func CountConntrack(path string) (int, error) {
-	ns, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer ns.Close()
-	s, err := openCT(ns)
-	if err != nil {
-		return 0, err
-	}
-	defer s.close()
-	n := 0
-	err = s.dump(func([]byte) { n++ })
-	return n, err
 }
 
 func align4(n int) int { return (n + 3) &^ 3 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // attr encodes one netlink attribute; nested payloads are built by
@@ -99,7 +100,7 @@ func BenchmarkParseEntry(b *testing.B) {
 
 // natTable returns n dumped entries of kube-proxy's shape (clients of one
 // service address DNATed to three backends) and the queries for them.
-func natTable(n int, v6 bool) (msgs [][]byte, qs []Query) {
+func natTable(n int, v6 bool) (msgs [][]byte, qs []record.Query) {
 	vip, backend, client := "10.77.0.10", "10.77.11.%d", "10.77.%d.%d"
 	if v6 {
 		vip, backend, client = "fd77::10", "fd77:11::%d", "fd77:%x::%x"
@@ -109,7 +110,7 @@ func natTable(n int, v6 bool) (msgs [][]byte, qs []Query) {
 		src := netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf(client, 1+i/60000, 2+i%250)), uint16(1024+i%60000))
 		be := netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf(backend, 2+i%3)), 8080)
 		msgs = append(msgs, append(ctTuple(ctaTupleOrig, src, dst), ctTuple(ctaTupleReply, be, src)...))
-		qs = append(qs, Query{Src: src, Dst: dst})
+		qs = append(qs, record.Query{Src: src, Dst: dst})
 	}
 	return msgs, qs
 }
@@ -123,7 +124,7 @@ func BenchmarkJoin(b *testing.B) {
 	for i := range idx {
 		idx[i] = i
 	}
-	out := make([]Result, len(qs))
+	out := make([]record.Destination, len(qs))
 	b.Run("collect", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -157,7 +158,7 @@ func TestJoinResolves(t *testing.T) {
 			r.add(m)
 		}
 		// An untranslated entry: the reply comes from the dialled address.
-		direct := Query{Src: qs[0].Src, Dst: netip.AddrPortFrom(qs[0].Dst.Addr(), 81)}
+		direct := record.Query{Src: qs[0].Src, Dst: netip.AddrPortFrom(qs[0].Dst.Addr(), 81)}
 		r.add(append(ctTuple(ctaTupleOrig, direct.Src, direct.Dst), ctTuple(ctaTupleReply, direct.Dst, direct.Src)...))
 		// The same tuple from another namespace: it shares the entry.
 		twin := qs[5]
@@ -167,7 +168,7 @@ func TestJoinResolves(t *testing.T) {
 		for i := range idx {
 			idx[i] = i
 		}
-		out := make([]Result, len(qs))
+		out := make([]record.Destination, len(qs))
 		x := newQueryIndex(qs, idx, out, ResolverConntrack)
 		r.join(x)
 		rest, missing := x.rest()
@@ -179,7 +180,7 @@ func TestJoinResolves(t *testing.T) {
 		}
 		for i := range 900 {
 			want, _ := parseEntry(msgs[i])
-			if out[i].Actual != want.reply.source() || out[i].via != want.reply.destination() || out[i].Resolver != ResolverConntrack {
+			if out[i].Actual != want.reply.source() || out[i].Via != want.reply.destination() || out[i].Resolver != ResolverConntrack {
 				t.Fatalf("v6=%v: query %d resolved to %+v, want %v via %v", v6, i, out[i], want.reply.source(), want.reply.destination())
 			}
 		}

@@ -10,14 +10,8 @@ import (
 
 	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/record"
 )
-
-// kernelLookup is the real kernel program behind KernelLookup.
-type kernelLookup struct{ l *bpf.ConntrackLookup }
-
-func (k kernelLookup) Lookup(n int, orig func(int) Tuple, found func(int, Tuple)) error {
-	return k.l.Lookup(n, func(i int) bpf.Tuple { return bpf.Tuple(orig(i)) }, func(i int, r bpf.Tuple) { found(i, Tuple(r)) })
-}
 
 // TestKernelLookup resolves through lookups from inside the kernel in the
 // node's table, in one call and one by one: connections of both families
@@ -34,13 +28,13 @@ func TestKernelLookup(t *testing.T) {
 	defer l.Close()
 	lab := netlab.New(t)
 	cl := lab.KubeProxy()
-	ct, err := NewConntrack(ConntrackConfig{HostNetNS: cl.Node.Path(), NetNSDirs: []string{"/run/netns"}, Kernel: kernelLookup{l}},
+	ct, err := NewConntrack(ConntrackConfig{HostNetNS: cl.Node.Path(), NetNSDirs: []string{"/run/netns"}, Kernel: l},
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	var qs []Query
+	var qs []record.Query
 	var want []netip.AddrPort
 	for _, vip := range []netip.Addr{cl.VIP4, cl.VIP6} {
 		for range 20 {
@@ -58,9 +52,9 @@ func TestKernelLookup(t *testing.T) {
 	if whole {
 		t.Errorf("prepared chain %T dumps the table: the kernel's lookups cost less", chain[1])
 	}
-	check := func(t *testing.T, qs []Query, want []netip.AddrPort, direct int) {
+	check := func(t *testing.T, qs []record.Query, want []netip.AddrPort, direct int) {
 		t.Helper()
-		out := make([]Result, len(qs))
+		out := make([]record.Destination, len(qs))
 		chain.Resolve(context.Background(), qs, out)
 		for i, r := range out {
 			resolver := ResolverConntrack

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/connection-exporter/connection_exporter/internal/netns"
+	"github.com/connection-exporter/connection_exporter/record"
 )
 
 // ResolverSwarmLB names a Docker Swarm load balancer's conntrack in the
@@ -48,7 +49,7 @@ func lbNamespace(networkID string) string {
 	return "lb_" + networkID
 }
 
-func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Result) (rest []int) {
+func (s swarmLB) Resolve(ctx context.Context, qs []record.Query, idx []int, out []record.Destination) (rest []int) {
 	if s.cfg.Network == nil {
 		return idx
 	}
@@ -94,7 +95,7 @@ func (s swarmLB) Resolve(ctx context.Context, qs []Query, idx []int, out []Resul
 // Refiner improves answers that earlier steps gave: Chain calls it on every
 // query after all steps.
 type Refiner interface {
-	Refine(ctx context.Context, qs []Query, out []Result)
+	Refine(ctx context.Context, qs []record.Query, out []record.Destination)
 }
 
 // IngressConfig configures the routing mesh step.
@@ -120,9 +121,11 @@ type ingress struct {
 }
 
 // Resolve passes every connection on: the work is done in Refine.
-func (ingress) Resolve(_ context.Context, _ []Query, idx []int, _ []Result) []int { return idx }
+func (ingress) Resolve(_ context.Context, _ []record.Query, idx []int, _ []record.Destination) []int {
+	return idx
+}
 
-func (s ingress) Refine(ctx context.Context, qs []Query, out []Result) {
+func (s ingress) Refine(ctx context.Context, qs []record.Query, out []record.Destination) {
 	if s.cfg.IngressAddr == nil {
 		return
 	}
@@ -130,11 +133,11 @@ func (s ingress) Refine(ctx context.Context, qs []Query, out []Result) {
 	if !ok {
 		return
 	}
-	var hop []Query
+	var hop []record.Query
 	var from []int
 	for i := range out {
-		if out[i].Resolver == ResolverConntrack && out[i].Actual.Addr() == sbox && out[i].via.IsValid() {
-			hop = append(hop, Query{Src: out[i].via, Dst: out[i].Actual})
+		if out[i].Resolver == ResolverConntrack && out[i].Actual.Addr() == sbox && out[i].Via.IsValid() {
+			hop = append(hop, record.Query{Src: out[i].Via, Dst: out[i].Actual})
 			from = append(from, i)
 		}
 	}
@@ -142,10 +145,10 @@ func (s ingress) Refine(ctx context.Context, qs []Query, out []Result) {
 		return
 	}
 	path := filepath.Join(s.cfg.NetNSDir, "ingress_sbox")
-	hopOut := make([]Result, len(hop))
+	hopOut := make([]record.Destination, len(hop))
 	idx := make([]int, len(hop))
 	for n := range hop {
-		hopOut[n] = Result{Actual: hop[n].Dst, Resolver: ResolverNone}
+		hopOut[n] = record.Destination{Actual: hop[n].Dst, Resolver: ResolverNone}
 		idx[n] = n
 	}
 	ino, err := netns.Inode(path)

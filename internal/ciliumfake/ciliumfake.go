@@ -15,11 +15,11 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/connection-exporter/connection_exporter/internal/tb"
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 )
 
 // TB is what the lab needs of a test.
-type TB = tb.TB
+type TB = lab.TB
 
 // Tuple4 mirrors struct ipv4_ct_tuple (packed, 14 bytes), Cilium 1.12-1.19.
 type Tuple4 struct {

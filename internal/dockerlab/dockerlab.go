@@ -17,11 +17,11 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/connection-exporter/connection_exporter/internal/tb"
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 )
 
 // TB is what the lab needs of a test.
-type TB = tb.TB
+type TB = lab.TB
 
 // Daemon is a running private dockerd.
 type Daemon struct {
@@ -30,7 +30,7 @@ type Daemon struct {
 	Host     string // unix:// address of its API
 	ExecRoot string
 	cmd      *exec.Cmd
-	logs     *tb.Output
+	logs     *lab.Output
 	args     []string
 	done     chan struct{}
 }
@@ -66,7 +66,7 @@ func Start(t TB, opts ...Option) *Daemon {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	d := &Daemon{t: t, Root: root, Host: "unix://" + filepath.Join(root, "d.sock"), ExecRoot: filepath.Join(root, "x"), logs: &tb.Output{}}
+	d := &Daemon{t: t, Root: root, Host: "unix://" + filepath.Join(root, "d.sock"), ExecRoot: filepath.Join(root, "x"), logs: &lab.Output{}}
 	d.args = []string{
 		"--data-root", filepath.Join(root, "data"), "--exec-root", d.ExecRoot,
 		"--pidfile", filepath.Join(root, "d.pid"), "-H", d.Host,

@@ -25,12 +25,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 	"github.com/connection-exporter/connection_exporter/internal/netns"
-	"github.com/connection-exporter/connection_exporter/internal/tb"
 )
 
 // TB is what the lab needs of a test.
-type TB = tb.TB
+type TB = lab.TB
 
 // Lab creates namespaces whose names share a random prefix.
 type Lab struct {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,7 +39,7 @@ func Do(ns *os.File, fn func() error) error {
 			return
 		}
 		err := fn()
-		if own != nil && unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
+		if own, _ := ownNS(); own != nil && unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
 		done <- err
@@ -46,13 +47,19 @@ func Do(ns *os.File, fn func() error) error {
 	return <-done
 }
 
-// own is the network namespace the process's threads are in, opened while
-// the process starts, before any thread leaves it; nil if it cannot be
-// opened, and then threads that left never come back.
-var own, _ = os.Open("/proc/thread-self/ns/net")
-
-// ownStat identifies own; its zero value matches no namespace.
-var ownStat = statOf(own)
+// ownNS returns the network namespace the process's threads are in, and
+// its identity, opened at the first call: every thread not locked in
+// another namespace is in it, and Do moves its threads back (or lets them
+// end), so the first caller's thread is. The file is nil if it cannot be
+// opened, and then threads that left never come back; the zero identity
+// matches no namespace.
+var ownNS = sync.OnceValues(func() (*os.File, unix.Stat_t) {
+	f, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, unix.Stat_t{}
+	}
+	return f, statOf(f)
+})
 
 func statOf(f *os.File) (st unix.Stat_t) {
 	if f != nil {
@@ -65,5 +72,6 @@ func statOf(f *os.File) (st unix.Stat_t) {
 // its threads were in when it started.
 func IsOwn(ns *os.File) bool {
 	st := statOf(ns)
-	return st.Ino != 0 && st.Dev == ownStat.Dev && st.Ino == ownStat.Ino
+	_, own := ownNS()
+	return st.Ino != 0 && st.Dev == own.Dev && st.Ino == own.Ino
 }

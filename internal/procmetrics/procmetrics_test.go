@@ -1,4 +1,4 @@
-package collector
+package procmetrics
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 
 func newTestProcess(t *testing.T) *Process {
 	t.Helper()
-	p, err := NewProcess("/proc")
+	p, err := New("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestProcessRereads(t *testing.T) {
 }
 
 func TestProcessClosed(t *testing.T) {
-	p, err := NewProcess("/proc")
+	p, err := New("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestProcessLint(t *testing.T) {
 }
 
 func TestProcessBadProcfs(t *testing.T) {
-	if _, err := NewProcess(t.TempDir()); err == nil || !strings.Contains(err.Error(), "stat") {
+	if _, err := New(t.TempDir()); err == nil || !strings.Contains(err.Error(), "stat") {
 		t.Errorf("NewProcess of an empty directory: %v, want an error naming the stat file", err)
 	}
 }
@@ -318,7 +318,7 @@ func TestCountDirents(t *testing.T) {
 // BenchmarkProcess collects the process metrics with Process and with
 // client_golang's collector.
 func BenchmarkProcess(b *testing.B) {
-	p, err := NewProcess("/proc")
+	p, err := New("/proc")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package compress
 
 import (
 	"bytes"
@@ -65,11 +65,11 @@ func FuzzAcceptsGzip(f *testing.F) {
 // whole either way.
 func TestCompressed(t *testing.T) {
 	body := strings.Repeat("connection_destination_info{destination=\"10.43.0.1:80\"} 1\n", 500)
-	h := compressed(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("Content-Length", fmt.Sprint(len(body))) // of the uncompressed body
 		io.WriteString(w, body)
-	}), newGzipWriters(1))
+	}), NewWriters(1))
 	for _, tc := range []struct {
 		accept string
 		gzip   bool
@@ -108,9 +108,9 @@ func TestCompressed(t *testing.T) {
 // TestCompressedError: an error that the handler writes with http.Error
 // reaches a gzip client compressed, with its status.
 func TestCompressedError(t *testing.T) {
-	h := compressed(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many parallel scrapes", http.StatusServiceUnavailable)
-	}), newGzipWriters(1))
+	}), NewWriters(1))
 	req := httptest.NewRequest("GET", "/metrics", nil)
 	req.Header.Set("Accept-Encoding", "gzip")
 	rec := httptest.NewRecorder()
@@ -127,7 +127,7 @@ func TestCompressedError(t *testing.T) {
 // empty the sync.Pool that promhttp keeps its writers in, and at most keep
 // of them are kept.
 func TestGzipWritersKept(t *testing.T) {
-	p := newGzipWriters(2)
+	p := NewWriters(2)
 	first := p.get(io.Discard)
 	second := p.get(io.Discard) // none kept left: a new one
 	third := p.get(io.Discard)
@@ -165,7 +165,7 @@ func BenchmarkScrapeCompression(b *testing.B) {
 		name string
 		h    http.Handler
 	}{
-		{"kept", compressed(promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true}), newGzipWriters(2))},
+		{"kept", Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true}), NewWriters(2))},
 		{"promhttp", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

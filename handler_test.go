@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -18,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/connection-exporter/connection_exporter/bpf"
 	"github.com/connection-exporter/connection_exporter/collector"
 )
 
@@ -58,36 +55,6 @@ func FuzzScrapeTimeout(f *testing.F) {
 	})
 }
 
-func TestMissingCapabilities(t *testing.T) {
-	all := uint64(1)<<capNetAdmin | 1<<capSysPtrace | 1<<capSysAdmin
-	for _, tc := range []struct {
-		name string
-		eff  uint64
-		want []string
-	}{
-		{"root", ^uint64(0), nil},
-		{"exact set", all, nil},
-		{"none", 0, []string{"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"}},
-		{"no ptrace", all &^ (1 << capSysPtrace), []string{"CAP_SYS_PTRACE"}},
-		{"bpf and perfmon instead of sys_admin", all&^(1<<capSysAdmin) | 1<<39 | 1<<38, []string{"CAP_SYS_ADMIN"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := missingFrom(tc.eff); !slices.Equal(got, tc.want) {
-				t.Errorf("missingFrom(%#x) = %v, want %v", tc.eff, got, tc.want)
-			}
-		})
-	}
-}
-
-func TestEffectiveCapabilities(t *testing.T) {
-	if _, err := effectiveCapabilities("/proc/self/status"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := effectiveCapabilities("/nonexistent"); err == nil {
-		t.Error("missing file accepted")
-	}
-}
-
 // blockingCollector records the deadline of its scrape context and blocks
 // until released or the context is done.
 type blockingCollector struct {
@@ -124,7 +91,6 @@ func TestScrapeDeadline(t *testing.T) {
 	defer srv.Close()
 	req, _ := http.NewRequest("GET", srv.URL, nil)
 	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", "1")
-	start := time.Now()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +99,6 @@ func TestScrapeDeadline(t *testing.T) {
 	resp.Body.Close()
 	if d := <-b.deadline; d <= 0 || d > 500*time.Millisecond {
 		t.Errorf("scrape deadline in %v, want 500ms (1s less the offset)", d)
-	}
-	if took := time.Since(start); took > 900*time.Millisecond {
-		t.Errorf("scrape took %v past its deadline", took)
 	}
 	if !strings.Contains(string(body), `connection_exporter_scrape_collector_success{collector="test"} 0`) {
 		t.Errorf("timed out collector not reported as failed:\n%s", body)
@@ -169,54 +132,6 @@ func TestMaxRequests(t *testing.T) {
 	close(b.release)
 	if code := <-first; code != http.StatusOK {
 		t.Errorf("first scrape: %d", code)
-	}
-}
-
-// adaptConn must carry every field of a recorded connection: a field it
-// drops silently changes what the collector does (Reported, once dropped,
-// made every closing connection look new and left it counted open).
-func TestAdaptConnCarriesEveryField(t *testing.T) {
-	var in bpf.Conn
-	v := reflect.ValueOf(&in).Elem()
-	for i := range v.NumField() {
-		fillNonZero(t, v.Field(i), v.Type().Field(i).Name)
-	}
-	var out collector.Conn
-	adaptConn(func(k *collector.Conn) { out = *k })(&in)
-	got := reflect.ValueOf(out)
-	for i := range v.NumField() {
-		name := v.Type().Field(i).Name
-		f := got.FieldByName(name)
-		if !f.IsValid() {
-			t.Errorf("collector.Conn has no field %s", name)
-			continue
-		}
-		want := v.Field(i)
-		if f.Type() != want.Type() {
-			f = f.Convert(want.Type()) // State: the same values in both packages
-		}
-		if !reflect.DeepEqual(f.Interface(), want.Interface()) {
-			t.Errorf("%s: got %v, want %v", name, f.Interface(), want.Interface())
-		}
-	}
-}
-
-// fillNonZero sets f to a value other than its zero value.
-func fillNonZero(t *testing.T, f reflect.Value, name string) {
-	t.Helper()
-	switch f.Kind() {
-	case reflect.Bool:
-		f.SetBool(true)
-	case reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		f.SetUint(3)
-	case reflect.Array:
-		for j := range f.Len() {
-			f.Index(j).SetUint(uint64('a' + j))
-		}
-	case reflect.Struct: // netip.AddrPort
-		f.Set(reflect.ValueOf(netip.MustParseAddrPort("10.1.2.3:4567")))
-	default:
-		t.Fatalf("field %s of kind %v: teach the test to fill it", name, f.Kind())
 	}
 }
 

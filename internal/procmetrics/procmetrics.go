@@ -1,4 +1,12 @@
-package collector
+// Package procmetrics collects the exporter's own process metrics (the
+// nine process_* series of client_golang's process collector, same names,
+// help and types) from procfs files opened once and read again at each
+// scrape. client_golang's collector opens and parses four procfs files per
+// scrape; on the development VM, where opening a procfs file costs
+// 20-60 µs, that was 31% of the CPU of a scrape with nothing new at 1,000
+// connections: 468 µs and 487 allocations per collection against 74 µs and
+// 40 here (go test -run X -bench Process -benchmem ./internal/procmetrics).
+package procmetrics
 
 import (
 	"bytes"
@@ -66,11 +74,11 @@ var (
 		"Number of bytes sent by the process over the network.", nil, nil)
 )
 
-// NewProcess opens the files of the calling process under procfs (the
+// New opens the files of the calling process under procfs (the
 // mount point of a procfs, usually /proc) and reads its start time. It
 // fails when the process's stat file or the boot time cannot be read; a
 // missing netstat file or fd directory only leaves their metrics out.
-func NewProcess(procfs string) (*Process, error) {
+func New(procfs string) (*Process, error) {
 	self := filepath.Join(procfs, "self")
 	stat, err := os.Open(filepath.Join(self, "stat"))
 	if err != nil {

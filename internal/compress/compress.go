@@ -1,4 +1,13 @@
-package main
+// Package compress serves scrapes gzip-compressed with writers kept from
+// scrape to scrape. promhttp keeps its gzip writers in a sync.Pool, which
+// every garbage collection empties, and compresses at gzip's default
+// level: the first scrape, and any scrape after a collection, allocated and
+// cleared a new compressor of about 1 MB (a quarter of the CPU time of a
+// cold scrape at 1,000 connections on the development VM, most of it page
+// faults), and every scrape spent more time compressing than at the
+// fastest level, for a response of a few kB to a few hundred kB
+// (go test -bench ScrapeCompression ./internal/compress).
+package compress
 
 import (
 	"compress/gzip"
@@ -8,25 +17,16 @@ import (
 	"strings"
 )
 
-// Scrapes are compressed here rather than by promhttp. promhttp keeps its
-// gzip writers in a sync.Pool, which every garbage collection empties, and
-// compresses at gzip's default level: the first scrape, and any scrape after
-// a collection, allocated and cleared a new compressor of about 1 MB (a
-// quarter of the CPU time of a cold scrape at 1,000 connections on the
-// development VM, most of it page faults), and every scrape spent more time
-// compressing than at the fastest level, for a response of a few kB to a few
-// hundred kB that crosses a node's network.
-
-// gzipWriters keeps gzip writers between scrapes, whatever the garbage
+// Writers keeps gzip writers between scrapes, whatever the garbage
 // collector does. It is safe for concurrent use.
-type gzipWriters struct {
+type Writers struct {
 	free chan *gzip.Writer
 }
 
-// newGzipWriters returns a keeper of up to keep writers, one of them made
-// and used already, so that the first scrape finds it ready.
-func newGzipWriters(keep int) *gzipWriters {
-	p := &gzipWriters{free: make(chan *gzip.Writer, keep)}
+// NewWriters returns a keeper of up to keep writers, one of them made and
+// used already, so that the first scrape finds it ready.
+func NewWriters(keep int) *Writers {
+	p := &Writers{free: make(chan *gzip.Writer, keep)}
 	z := p.get(io.Discard)
 	// The compressor is allocated on the first write, not by NewWriter.
 	z.Write([]byte("warm"))
@@ -36,7 +36,7 @@ func newGzipWriters(keep int) *gzipWriters {
 }
 
 // get returns a writer compressing into w: a kept one if any is free.
-func (p *gzipWriters) get(w io.Writer) *gzip.Writer {
+func (p *Writers) get(w io.Writer) *gzip.Writer {
 	select {
 	case z := <-p.free:
 		z.Reset(w)
@@ -48,16 +48,17 @@ func (p *gzipWriters) get(w io.Writer) *gzip.Writer {
 }
 
 // put keeps z for later scrapes, unless enough are kept.
-func (p *gzipWriters) put(z *gzip.Writer) {
+func (p *Writers) put(z *gzip.Writer) {
 	select {
 	case p.free <- z:
 	default:
 	}
 }
 
-// compressed serves h's responses gzip-compressed to clients that accept
-// gzip (Prometheus does), and as they are to others.
-func compressed(h http.Handler, writers *gzipWriters) http.Handler {
+// Handler serves h's responses gzip-compressed, with writers kept in
+// writers, to clients that accept gzip (Prometheus does), and as they are
+// to others.
+func Handler(h http.Handler, writers *Writers) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Vary", "Accept-Encoding")
 		if !acceptsGzip(r.Header.Values("Accept-Encoding")) {

@@ -1,0 +1,19 @@
+// Package lab is the ground the test labs (netlab, dockerlab, ciliumfake)
+// share with commands that build the same topologies, such as the
+// benchmark: the part of testing.TB a lab uses, so that a command can stand
+// in for a test, and a buffer for the output of the daemons a lab starts.
+package lab
+
+import "testing"
+
+// TB is what a lab needs of a test: to skip, fail and clean up.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+	Logf(format string, args ...any)
+}
+
+var _ TB = testing.TB(nil)
