@@ -433,14 +433,20 @@ func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
 // compare measures two exporter builds on the same connections, taking
 // turns so that both see the same state of the machine: per round each
 // one starts, takes a cold scrape, warm scrapes, and a scrape after 10% of
-// the connections were replaced. It prints the medians of each build.
+// the connections were replaced. Which one goes first alternates between
+// rounds. It prints the medians of each build.
 func (r *runner) compare(bins []string, n, rounds int) {
 	defer r.cleanupTo(r.mark())
 	cl, clients := r.kubeProxyLab(n)
 	type figures struct{ cold, coldCPU, warm, churn []float64 }
 	got := make([]figures, len(bins))
-	for range rounds {
-		for b, bin := range bins {
+	for round := range rounds {
+		// Which build goes first alternates: whatever the first of a round
+		// pays for (the previous exporter's exit, the churn before it)
+		// favours neither.
+		for i := range bins {
+			b := (i + round) % len(bins)
+			bin := bins[b]
 			exp := r.startExporter(bin, cl.Node)
 			cpu0 := exp.cpu(r)
 			cold, _ := exp.scrape(r)
