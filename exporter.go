@@ -63,7 +63,8 @@ func run() int {
 	// The kernel's types are decoded once for both loads, and dropped
 	// with start-up's other garbage.
 	types := btf.NewCache()
-	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs, NetNSDirs: cfg.netnsDirs, Types: types},
+	tracker, err := bpf.New(bpf.Config{MaxConnections: cfg.maxConnections, ProcFS: cfg.procfs, NetNSDirs: cfg.netnsDirs, Types: types,
+		TCPStats: cfg.connections.TCPStats},
 		logger.With("component", "bpf"))
 	if err != nil {
 		logger.Error("cannot load the kernel programs", "err", err)

@@ -82,6 +82,8 @@ func parseFlags(args []string) (config, int) {
 		Default("10m").DurationVar(&cfg.connections.SeriesIdle)
 	app.Flag("collector.resolve-attempts", "Scrapes that may retry resolving an open connection whose NAT table could not be read.").
 		Default("3").IntVar(&cfg.connections.ResolveAttempts)
+	app.Flag("collector.tcp-stats", "Export the kernel's counts of each label set's connections: bytes sent and received, retransmits, round-trip time (four series per label set); --no-collector.tcp-stats leaves them out and reads no socket at scrapes.").
+		Default("true").BoolVar(&cfg.connections.TCPStats)
 	app.Flag("collector.name-timeout", "Longest a new connection waits for the kubelet's or Docker's cache to catch up with it, so that it is named by its pod or container; then it is exported with the names known and counted in connection_exporter_naming_timeouts_total.").
 		Default(collector.DefaultNameTimeout.String()).DurationVar(&cfg.connections.NameTimeout)
 	app.Flag("collector.name-wait", "Longest a scrape waits, within its deadline, for the cache refreshes its new connections asked for, so that they are exported named at this scrape rather than the next; 0 leaves them to the next scrape.").

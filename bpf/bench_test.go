@@ -24,7 +24,7 @@ func fill(b *testing.B, tr *Tracker, n int) (change func()) {
 	vals := make([]trackerConn, n)
 	for i := range keys {
 		keys[i] = uint64(1<<40 + i)
-		vals[i] = trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(record.StateEstablished),
+		vals[i] = trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint32(record.StateEstablished),
 			Sport: uint16(i), Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}, Version: 1}
 	}
 	change = func() {

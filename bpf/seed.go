@@ -82,20 +82,19 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 		for i := start; i < min(start+chunk, len(conns)); i++ {
 			r := &conns[i]
 			c := trackerConn{
-				CgroupId: r.CgroupId,
-				SockIno:  r.SockIno,
-				Netns:    r.Netns,
-				Family:   r.Family,
-				State:    uint8(record.StateEstablished),
-				Seeded:   1,
-				Version:  1, // to be read like any changed entry
-				Sport:    r.Sport,
-				Dport:    r.Dport,
-				Saddr:    r.Saddr,
-				Daddr:    r.Daddr,
+				Sk:      r.Sk,
+				Netns:   r.Netns,
+				Family:  r.Family,
+				State:   uint32(record.StateEstablished),
+				Seeded:  1,
+				Version: 1, // to be read like any changed entry
+				Sport:   r.Sport,
+				Dport:   r.Dport,
+				Saddr:   r.Saddr,
+				Daddr:   r.Daddr,
 			}
 			if r.State == tcpSynSent {
-				c.State = uint8(record.StateConnecting)
+				c.State = uint32(record.StateConnecting)
 			}
 			if o, ok := owners[r.SockIno]; ok {
 				c.Pid, c.Comm = o.Pid, o.Comm
@@ -126,10 +125,11 @@ func (t *Tracker) seed(procfs string, dirs []string) (int, error) {
 			continue
 		}
 		c.Version++
-		c.State = uint8(record.StateClosed)
+		c.State = uint32(record.StateClosed)
 		if s.state == record.StateConnecting {
-			c.State = uint8(record.StateFailed)
+			c.State = uint32(record.StateFailed)
 		}
+		c.Sk = 0
 		if err := t.objs.Conns.Update(cookie, &c, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return len(inserted), fmt.Errorf("mark closed connection: %w", err)
 		}

@@ -48,17 +48,36 @@ enum conn_state {
 	CONN_FAILED = 4,      // closed without ever being established
 };
 
+// struct tcp_counts is what the kernel counts of one connection
+// (struct tcp_sock): bytes of sequence space the peer acknowledged (the SYN
+// and, once acknowledged, the FIN included) and received (the peer's FIN
+// included), segments retransmitted, and the smoothed round-trip time in
+// microseconds shifted left by 3, as tcp_sock keeps it.
+struct tcp_counts {
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 retrans;
+	__u32 srtt_us;
+};
+
 // struct conn is the value of the conns map.
 // Addresses are in network byte order, ports and everything else in host
 // byte order. IPv4 addresses occupy the first 4 bytes of saddr and daddr.
+//
+// Two writers share an entry: the tracepoint (the owner at the opening,
+// the end at the close) and read_changes (the tuple once the handshake is
+// over, the live counts, and what it copied out of them). They write different fields, but for the
+// tuple, which both write with the same values, and state, which each
+// changes with an atomic exchange or compare-and-swap, so that the close
+// always wins.
 struct conn {
-	__u64 cgroup_id; // cgroup v2 id of the connecting task (or socket)
-	__u64 sock_ino;  // socket inode; only set for seeded entries
+	__u64 sk;        // the socket's address while it is open, for read_changes; 0 once closed
 	__u32 pid;       // thread group id of the connecting process
 	__u32 netns;     // network namespace inode of the socket
+	__u32 state;     // enum conn_state
 	__u16 family;    // AF_INET or AF_INET6
-	__u8 state;      // enum conn_state
 	__u8 seeded;     // 1 when user space created the entry at start-up
+	__u8 pad;
 	__u16 sport;     // local port
 	__u16 dport;     // remote port
 	__u8 saddr[16];  // local address
@@ -66,13 +85,18 @@ struct conn {
 	char comm[16];   // command name of the thread group leader
 	__u32 version;   // bumped after each change that user space must see
 	__u32 reported;  // version when the read_changed iterator last wrote it
+	struct tcp_counts live;  // as read_changes last read them from the open socket
+	struct tcp_counts final; // as the tracepoint read them at the close
+	struct tcp_counts acct;  // as read_changes last copied them out: user space counts the growth
 };
 
 // conns: key u64 socket cookie (unique for the kernel's lifetime), value
-// struct conn. The tracepoint inserts at CLOSE -> SYN_SENT and updates the
-// entry afterwards, bumping version after each change; read_changes writes
-// reported; user space deletes entries in state CLOSED or FAILED once a
-// scrape has read them. max_entries is set by user space at load time.
+// struct conn. The tracepoint inserts at CLOSE -> SYN_SENT and writes the
+// end at -> CLOSE, bumping version; read_changes follows the open socket
+// in between (the handshake's end, the live counts), bumping version for
+// what changed, and writes reported; user space deletes entries in state
+// CLOSED or FAILED once a scrape has read them. max_entries is set by user
+// space at load time.
 // Entries are preallocated: an insert takes one from a per-CPU free list and
 // a delete puts it back, where an allocating map would allocate on every
 // connection and free each released entry after RCU grace periods, which
@@ -117,18 +141,22 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+// tcp_counts_on is set by user space at load time: read the kernel's
+// counts of connections (at the close here; live ones in read_changes).
+const volatile __u32 tcp_counts_on = 0;
+
 // changed publishes the fields just written: read_changes reads the version
-// before the fields, so the atomic add, a full barrier, orders them. The
-// counter, bumped after, tells user space whether anything changed at all
-// since it last walked the map.
+// before the fields, so the atomic add, a full barrier, orders them.
 static __always_inline void changed(struct conn *c)
 {
 	__sync_fetch_and_add(&c->version, 1);
-	count(COUNTER_CHANGED);
 }
 
-// read_tuple copies the socket's addresses and ports. The socket is a
-// tracepoint argument the verifier trusts: its fields are loaded directly
+// read_tuple copies the socket's addresses and ports. The tracepoint's
+// socket is an argument the verifier trusts, read_changes's one it cast
+// from the address in the entry: their fields are loaded directly
 // (relocated by CO-RE all the same), not copied by helper calls.
 static __always_inline void read_tuple(struct conn *c, const struct sock *sk)
 {
@@ -143,13 +171,23 @@ static __always_inline void read_tuple(struct conn *c, const struct sock *sk)
 	}
 }
 
+// read_counts copies what the kernel counts of a connection.
+static __always_inline void read_counts(struct tcp_counts *t, const struct tcp_sock *tp)
+{
+	t->bytes_acked = tp->bytes_acked;
+	t->bytes_received = tp->bytes_received;
+	t->retrans = tp->total_retrans;
+	t->srtt_us = tp->srtt_us;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	// Only three transitions matter; every TCP socket of the host passes
-	// here several times in its life, so the others leave first.
+	// Two transitions matter, the opening and the close; every TCP socket
+	// of the host passes here several times in its life, so the others
+	// leave first. The handshake's end is read_changes's to find.
 	int opening = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
-	if (!opening && newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
+	if (!opening && newstate != TCP_CLOSE)
 		return 0;
 
 	// A socket this program never saw open has no cookie yet (asking for
@@ -173,20 +211,27 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		// than through helper calls.
 		struct conn n = {};
 		struct task_struct *task = bpf_get_current_task_btf();
+		n.sk = (__u64)sk;
 		n.pid = task->tgid;
-		n.cgroup_id = task->cgroups->dfl_cgrp->kn->id;
 		n.netns = sk->__sk_common.skc_net.net->ns.inum;
 		n.family = family;
 		n.state = CONN_CONNECTING;
 		__builtin_memcpy(n.comm, task->group_leader->comm, sizeof(n.comm));
 		long err = bpf_map_update_elem(&conns, &cookie, &n, BPF_NOEXIST);
-		if (err) {
+		if (err == -EEXIST) {
 			// A socket that connects again after a failed attempt
 			// keeps its cookie, and its entry until a scrape releases
-			// it: the entry follows the new attempt from there. Any
-			// other error is a full map.
-			if (err != -EEXIST)
-				count(COUNTER_CONNS_FULL);
+			// it: the entry follows the new attempt from there.
+			struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+			if (c) {
+				c->sk = (__u64)sk;
+				__sync_lock_test_and_set(&c->state, CONN_CONNECTING);
+				changed(c);
+			}
+			return 0;
+		}
+		if (err) {
+			count(COUNTER_CONNS_FULL);
 			return 0;
 		}
 		count(COUNTER_RECORDED);
@@ -197,31 +242,24 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	if (!c)
 		return 0; // passive open, or a socket that predates the exporter
 
-	if (newstate == TCP_ESTABLISHED) { // from SYN_SENT
-		read_tuple(c, sk);
-		c->state = CONN_ESTABLISHED;
-		changed(c);
-		return 0;
-	}
-
-	// newstate == TCP_CLOSE
-	if (c->state == CONN_CONNECTING) {
-		// A failed attempt. The kernel released the source port just
-		// before this transition and cleared skc_num, but the port it
-		// had bound is still in inet_sport, which only a later
-		// disconnect clears; the addresses and the remote port are still
-		// there too. An attempt that failed before a port was chosen has
-		// none (or, on a socket whose earlier attempt failed, that
-		// attempt's port).
-		read_tuple(c, sk);
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
-		if (tp)
-			c->sport = __builtin_bswap16(tp->inet_conn.icsk_inet.inet_sport);
-		c->state = CONN_FAILED;
-	} else if (c->state == CONN_ESTABLISHED) {
-		c->state = CONN_CLOSED;
-	}
+	// newstate == TCP_CLOSE. From SYN_SENT the attempt failed; from any
+	// other state the connection was established, whether or not
+	// read_changes saw it so. The kernel released the source port just
+	// before this transition and cleared skc_num, but the port it had
+	// bound is still in inet_sport, which only a later disconnect clears;
+	// the addresses and the remote port are still there too. An attempt
+	// that failed before a port was chosen has none (or, on a socket whose
+	// earlier attempt failed, that attempt's port).
+	read_tuple(c, sk);
+	struct tcp_sock *tp = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct tcp_sock));
+	c->sport = __builtin_bswap16(tp->inet_conn.icsk_inet.inet_sport);
+	if (tcp_counts_on)
+		read_counts(&c->final, tp);
+	c->sk = 0;
+	__u32 end = oldstate == TCP_SYN_SENT ? CONN_FAILED : CONN_CLOSED;
+	__sync_lock_test_and_set(&c->state, end); // wins over read_changes
 	changed(c);
+	count(COUNTER_CHANGED);
 	return 0;
 }
 
@@ -229,7 +267,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 // Same conventions as struct conn.
 struct sock_rec {
 	__u64 cookie;
-	__u64 cgroup_id;
+	__u64 sk; // the socket's address, for read_changes
 	__u64 sock_ino;
 	__u32 netns;
 	__u16 family;
@@ -278,11 +316,10 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	if (tp) {
 		struct sock *sk = (struct sock *)tp;
 		r.cookie = bpf_get_socket_cookie(sk);
+		r.sk = (__u64)sk;
 		struct socket *sock = sk->sk_socket;
 		if (sock && sock->file)
 			r.sock_ino = sock->file->f_inode->i_ino;
-		if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup) && sk->sk_cgrp_data.cgroup)
-			r.cgroup_id = sk->sk_cgrp_data.cgroup->kn->id;
 	}
 
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
@@ -388,14 +425,19 @@ struct {
 	__type(value, struct read_progress);
 } progress SEC(".maps");
 
+// Flags of struct read_run.
+#define READ_COUNTS 1 // read the live counts of open connections
+
 // struct read_run is the packet read_changes is run with, and what it
 // leaves there for user space.
 struct read_run {
-	__u32 start; // set by user space: entries copied by the read's earlier runs
-	__u32 size;  // set by user space: the length of changes
-	__u32 count; // entries copied by the read so far
-	__u32 more;  // 1 when the run stopped because changes was full
-	__u32 total; // entries in conns, when more is 0
+	__u32 start;      // set by user space: entries copied by the read's earlier runs
+	__u32 size;       // set by user space: the length of changes
+	__u32 flags;      // set by user space: READ_*
+	__u32 count;      // entries copied by the read so far
+	__u32 more;       // 1 when the run stopped because changes was full
+	__u32 total;      // entries in conns, when more is 0
+	__u32 connecting; // entries whose handshake is not over, when more is 0
 	__u32 pad;
 };
 
@@ -412,6 +454,8 @@ struct walk {
 	__u32 read;      // progress->read as the walk last saw it
 	__u32 size;
 	__u32 more;
+	__u32 flags;      // READ_*
+	__u32 connecting; // entries left connecting
 };
 
 // publish tells user space that the entries before w->next are complete.
@@ -422,11 +466,66 @@ static __always_inline void publish(struct walk *w)
 	w->published = w->next;
 }
 
-// copy_changed copies an entry of conns that changed since it was last
-// copied into the next element of changes, and marks it copied. It stops
-// the walk when changes holds only entries user space has not read yet.
+
+// follow reads an open connection's socket through the address in its
+// entry: the tuple once the handshake is over, and the live counts when
+// asked, bumping the version for what changed. The address is not a
+// pointer the verifier trusts: it is cast read-only, which makes every load
+// from it safe to fault. TCP sockets are freed SLAB_TYPESAFE_BY_RCU, and
+// the walk runs under RCU: the memory is a struct tcp_sock for as long as
+// the walk reads it, but it may be another socket's by then if this one was
+// freed, whose close the tracepoint would have seen unless it was detached.
+// The socket's cookie, read after the fields, tells: a new socket's is
+// zero or another one.
+static __always_inline void follow(const __u64 *key, struct conn *c, struct walk *w)
+{
+	__u64 addr = c->sk;
+	__u32 st = c->state;
+	int counts = (w->flags & READ_COUNTS) != 0;
+	if (!addr || (st != CONN_CONNECTING && !(counts && st == CONN_ESTABLISHED)))
+		return;
+	struct tcp_sock *tp = bpf_rdonly_cast((void *)addr, bpf_core_type_id_kernel(struct tcp_sock));
+	struct sock *sk = (struct sock *)tp;
+	__u8 kst = sk->__sk_common.skc_state;
+	struct tcp_counts t = {};
+	if (counts)
+		read_counts(&t, tp);
+	// A socket that is gone, or closed (the kernel stores the state after
+	// the tracepoint ran), without the tracepoint having marked its entry
+	// closed, closed while the tracepoint was detached: the connection
+	// ends here, as last seen.
+	if (sk->__sk_common.skc_cookie.counter != *key || kst == TCP_CLOSE) {
+		if (__sync_val_compare_and_swap(&c->state, st, st == CONN_CONNECTING ? CONN_FAILED : CONN_CLOSED) == st) {
+			c->final = c->live;
+			c->sk = 0;
+			changed(c);
+		}
+		return;
+	}
+	if (st == CONN_CONNECTING) {
+		if (kst == TCP_SYN_SENT) {
+			w->connecting++;
+			return; // the handshake goes on
+		}
+		read_tuple(c, sk);
+		if (__sync_val_compare_and_swap(&c->state, CONN_CONNECTING, CONN_ESTABLISHED) != CONN_CONNECTING)
+			return; // closed meanwhile: the close wrote it all
+		changed(c);
+	}
+	if (counts && (t.bytes_acked != c->live.bytes_acked || t.bytes_received != c->live.bytes_received ||
+		       t.retrans != c->live.retrans || t.srtt_us != c->live.srtt_us)) {
+		c->live = t;
+		changed(c);
+	}
+}
+
+// copy_changed follows an open connection's socket, then copies its entry
+// into the next element of changes if it changed since it was last copied,
+// and marks it copied. It stops the walk when changes holds only entries
+// user space has not read yet.
 static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, struct walk *w)
 {
+	follow(key, c, w);
 	// A fetch rather than a plain load, for its barrier: the fields
 	// copied below are at least as new as this version.
 	__u32 v = __sync_fetch_and_add(&c->version, 0);
@@ -449,6 +548,7 @@ static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, 
 	r->cookie = *key;
 	__builtin_memcpy(&r->conn, c, sizeof(r->conn));
 	c->reported = v;
+	c->acct = r->conn.state == CONN_CLOSED || r->conn.state == CONN_FAILED ? r->conn.final : r->conn.live;
 	w->next++;
 	if (w->next - w->published >= PUBLISH_EVERY)
 		publish(w);
@@ -474,13 +574,14 @@ int read_changes(struct xdp_md *ctx)
 	struct read_progress *p = bpf_map_lookup_elem(&progress, &zero);
 	if (!p || run->size == 0)
 		return XDP_ABORTED;
-	struct walk w = {.p = p, .next = run->start, .published = run->start, .size = run->size};
+	struct walk w = {.p = p, .next = run->start, .published = run->start, .size = run->size, .flags = run->flags};
 	w.read = *(volatile __u32 *)&p->read;
 	long visited = bpf_for_each_map_elem(&conns, copy_changed, &w, 0);
 	publish(&w);
 	run->count = w.next;
 	run->more = w.more;
 	run->total = visited;
+	run->connecting = w.connecting;
 	return XDP_PASS;
 }
 

@@ -50,6 +50,11 @@ type Config struct {
 	// load that shares it: a program load that decodes it on its own
 	// takes about 25 ms and 4 MB more. Nil makes one for this load.
 	Types *btf.Cache
+	// TCPStats has the programs read the kernel's counts of connections
+	// (record.TCPStats): at the close, and at every Read, which then walks
+	// the map, reads each open connection's socket, and reports those
+	// whose counts changed.
+	TCPStats bool
 
 	// changes overrides changesSize: tests make the reader's ring short.
 	changes uint32
@@ -92,13 +97,17 @@ type Tracker struct {
 	runs   int         // for tests: runs of the reader in the last walk
 	last   [2]uint64   // counters changed and recorded before that walk
 	total  int         // entries the walk found, less those released since
+	// connecting is how many entries the last walk left connecting: the
+	// next Read walks to find how their handshakes ended.
+	connecting uint32
+	flags      uint32 // the reader's flags
 }
 
 // changesSize is the length of the ring the reader copies changed entries
-// into (3 MB of 96-byte records). Read takes them out as the walk goes on;
+// into (3 MB of 144-byte records). Read takes them out as the walk goes on;
 // the walk stops early, to be run again, only when the ring is full of
 // entries Read has not taken yet.
-const changesSize = 32768
+const changesSize = 3 << 20 / int(unsafe.Sizeof(trackerConnRec{}))
 
 // changesChunk is the number of changed entries Read hands on before it
 // tells the reader their places in the ring are free again.
@@ -136,12 +145,18 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	}
 	spec.Maps[trackerMapConns].MaxEntries = cfg.MaxConnections
 	if cfg.changes == 0 {
-		cfg.changes = changesSize
+		cfg.changes = uint32(changesSize)
 	}
 	ringSize := min(cfg.MaxConnections, cfg.changes)
 	spec.Maps[trackerMapChanges].MaxEntries = ringSize
 
 	t := &Tracker{logger: logger, max: cfg.MaxConnections, ringSize: ringSize}
+	if cfg.TCPStats {
+		t.flags |= readCounts
+		if err := spec.Variables["tcp_counts_on"].Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set tcp_counts_on: %w", err)
+		}
+	}
 	if err := spec.LoadAndAssign(&t.objs, &ebpf.CollectionOptions{Cache: cfg.Types}); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -256,17 +271,20 @@ func (t *Tracker) snapshot(dst []record.Conn) ([]record.Conn, error) {
 // Read calls fn for every recorded connection whose state changed since
 // a Read reported it; the Conn is only valid during the call. It returns how
 // many connections are recorded in all. A connection is first reported when
-// it is established or fails; connections found at start-up are reported
-// by the first Read. Calls are serialised: fn must not call the Tracker's
-// read methods.
+// it is established or fails (a Read finds the end of the handshake), and
+// again when it closes, and, with Config.TCPStats, whenever its counts
+// changed; connections found at start-up are reported by the first Read.
+// Calls are serialised: fn must not call the Tracker's read methods.
 //
 // The kernel walks the map on another thread and copies out only the
 // changed entries into a ring, which Read empties into fn as the walk goes
 // on: fn gets the first changes after a short part of the walk. A Read
 // costs a walk of the map, which visits every bucket of its hash table
 // (3.4 ms with 50,000 entries at the default capacity, 1.5 ms at a
-// capacity of 65,536), plus what changed. When the kernel counted no
-// change and no new entry since the last walk, Read does not walk at all.
+// capacity of 65,536), plus what changed, plus, with Config.TCPStats, a
+// read of every open connection's socket. When the kernel counted no change
+// and no new entry since the last walk, which left no handshake going on,
+// and counts are not followed, Read does not walk at all.
 // Changes the walk copied out count as reported even if the Read then
 // fails: they are handed to fn all the same.
 func (t *Tracker) Read(fn func(*record.Conn)) (int, error) {
@@ -284,7 +302,7 @@ func (t *Tracker) Read(fn func(*record.Conn)) (int, error) {
 			return 0, err
 		}
 	}
-	if t.walked && now == t.last {
+	if t.walked && now == t.last && t.connecting == 0 && t.flags&readCounts == 0 {
 		return t.total, nil
 	}
 	p := t.progress
@@ -299,7 +317,7 @@ func (t *Tracker) Read(fn func(*record.Conn)) (int, error) {
 			i := taken % t.ringSize
 			chunk := t.changes.elems[i : i+min(count-taken, t.ringSize-i, changesChunk)]
 			for k := range chunk {
-				convert(&c, chunk[k].Cookie, &chunk[k].Conn)
+				convert(&c, chunk[k].Cookie, &chunk[k].Conn, true)
 				fn(&c)
 			}
 			// Converted: the reader may write over them.
@@ -321,7 +339,7 @@ func (t *Tracker) Read(fn func(*record.Conn)) (int, error) {
 			return 0, err
 		}
 		if run.More == 0 {
-			t.walked, t.walks, t.last, t.total = true, t.walks+1, now, int(run.Total)
+			t.walked, t.walks, t.last, t.total, t.connecting = true, t.walks+1, now, int(run.Total), run.Connecting
 			t.logger.Debug("walked the map", "changed", run.Count, "entries", run.Total, "runs", t.runs)
 			return t.total, nil
 		}
@@ -339,6 +357,7 @@ func (t *Tracker) runReader(start uint32, take func(uint32) error) (trackerReadR
 	packet := make([]byte, 64)
 	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Start):], start)
 	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Size):], t.ringSize)
+	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Flags):], t.flags)
 	done := make(chan error, 1)
 	go func() { done <- runXDP(t.objs.ReadChanges, "connection reader", packet, packet) }()
 	pause := minPoll
@@ -373,8 +392,9 @@ func bytesOf[T any](s []T) []byte {
 }
 
 // Get calls fn for each of cookies that is still recorded, whether or not
-// its state changed; the Conn is only valid during the call. It costs a
-// system call per cookie.
+// its state changed; the Conn is only valid during the call. Its counts
+// are zero but for the round-trip time: their growth is Read's to report.
+// It costs a system call per cookie.
 func (t *Tracker) Get(cookies []uint64, fn func(*record.Conn)) error {
 	var v trackerConn
 	var c record.Conn
@@ -386,7 +406,7 @@ func (t *Tracker) Get(cookies []uint64, fn func(*record.Conn)) error {
 		if err != nil {
 			return fmt.Errorf("look up connection: %w", err)
 		}
-		convert(&c, cookie, &v)
+		convert(&c, cookie, &v, false)
 		fn(&c)
 	}
 	return nil
@@ -407,7 +427,7 @@ func (t *Tracker) walk(fn func(*record.Conn)) error {
 	for {
 		n, err := t.objs.Conns.BatchLookup(&cursor, t.keys, t.values, nil)
 		for i := range n {
-			convert(&c, t.keys[i], &t.values[i])
+			convert(&c, t.keys[i], &t.values[i], false)
 			fn(&c)
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -419,15 +439,29 @@ func (t *Tracker) walk(fn func(*record.Conn)) error {
 	}
 }
 
-func convert(c *record.Conn, cookie uint64, v *trackerConn) {
+// convert fills c from the entry of cookie. The counts are their growth
+// since the entry was last copied out (Acct) if grown, else zero but for
+// the round-trip time.
+func convert(c *record.Conn, cookie uint64, v *trackerConn, grown bool) {
 	*c = record.Conn{
 		Cookie:   cookie,
 		PID:      v.Pid,
 		NetNS:    v.Netns,
-		CgroupID: v.CgroupId,
 		State:    record.State(v.State),
 		Reported: v.Reported != 0,
 		Seeded:   v.Seeded != 0,
+	}
+	counts := &v.Live
+	if c.State == record.StateClosed || c.State == record.StateFailed {
+		counts = &v.Final
+	}
+	c.TCP.SRTT = time.Duration(counts.SrttUs>>3) * time.Microsecond
+	if grown {
+		// The SYN's byte of sequence space is left out: it is in the first
+		// growth of bytes acknowledged.
+		c.TCP.BytesSent = growth(bytesSent(v.Acct.BytesAcked), bytesSent(counts.BytesAcked))
+		c.TCP.BytesReceived = growth(v.Acct.BytesReceived, counts.BytesReceived)
+		c.TCP.Retransmits = uint32(growth(uint64(v.Acct.Retrans), uint64(counts.Retrans)))
 	}
 	for i, b := range v.Comm {
 		c.Comm[i] = byte(b)
@@ -436,6 +470,19 @@ func convert(c *record.Conn, cookie uint64, v *trackerConn) {
 		c.Src = netip.AddrPortFrom(addr(v.Family, &v.Saddr), v.Sport)
 		c.Dst = netip.AddrPortFrom(addr(v.Family, &v.Daddr), v.Dport)
 	}
+}
+
+// bytesSent is the payload acknowledged of bytes of sequence space
+// acknowledged: all but the SYN's.
+func bytesSent(acked uint64) uint64 { return acked - min(acked, 1) }
+
+// growth is how much a count grew from old to now: all of now if it went
+// back (a socket that connects again after a failed attempt starts over).
+func growth(old, now uint64) uint64 {
+	if now >= old {
+		return now - old
+	}
+	return now
 }
 
 const (
@@ -501,6 +548,10 @@ func (t *Tracker) ProgramStats() (runTime time.Duration, runs uint64, err error)
 	}
 	return st.Runtime, st.RunCount, nil
 }
+
+// readCounts is READ_COUNTS of tracker.c: the reader follows open
+// connections' counts.
+const readCounts = 1
 
 // Counter indexes, as in tracker.c.
 const (

@@ -15,13 +15,13 @@ import (
 
 type trackerConn struct {
 	_        structs.HostLayout
-	CgroupId uint64
-	SockIno  uint64
+	Sk       uint64
 	Pid      uint32
 	Netns    uint32
+	State    uint32
 	Family   uint16
-	State    uint8
 	Seeded   uint8
+	Pad      uint8
 	Sport    uint16
 	Dport    uint16
 	Saddr    [16]uint8
@@ -29,6 +29,28 @@ type trackerConn struct {
 	Comm     [16]int8
 	Version  uint32
 	Reported uint32
+	_        [4]byte
+	Live     struct {
+		_             structs.HostLayout
+		BytesAcked    uint64
+		BytesReceived uint64
+		Retrans       uint32
+		SrttUs        uint32
+	}
+	Final struct {
+		_             structs.HostLayout
+		BytesAcked    uint64
+		BytesReceived uint64
+		Retrans       uint32
+		SrttUs        uint32
+	}
+	Acct struct {
+		_             structs.HostLayout
+		BytesAcked    uint64
+		BytesReceived uint64
+		Retrans       uint32
+		SrttUs        uint32
+	}
 }
 
 type trackerConnRec struct {
@@ -62,29 +84,31 @@ type trackerReadProgress struct {
 }
 
 type trackerReadRun struct {
-	_     structs.HostLayout
-	Start uint32
-	Size  uint32
-	Count uint32
-	More  uint32
-	Total uint32
-	Pad   uint32
+	_          structs.HostLayout
+	Start      uint32
+	Size       uint32
+	Flags      uint32
+	Count      uint32
+	More       uint32
+	Total      uint32
+	Connecting uint32
+	Pad        uint32
 }
 
 type trackerSockRec struct {
-	_        structs.HostLayout
-	Cookie   uint64
-	CgroupId uint64
-	SockIno  uint64
-	Netns    uint32
-	Family   uint16
-	State    uint8
-	Pad      uint8
-	Sport    uint16
-	Dport    uint16
-	Saddr    [16]uint8
-	Daddr    [16]uint8
-	Pad2     uint32
+	_       structs.HostLayout
+	Cookie  uint64
+	Sk      uint64
+	SockIno uint64
+	Netns   uint32
+	Family  uint16
+	State   uint8
+	Pad     uint8
+	Sport   uint16
+	Dport   uint16
+	Saddr   [16]uint8
+	Daddr   [16]uint8
+	Pad2    uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -101,6 +125,7 @@ const (
 	trackerProgInsertSeeded      = "insert_seeded"
 	trackerProgOnState           = "on_state"
 	trackerProgReadChanges       = "read_changes"
+	trackerVarTcpCountsOn        = "tcp_counts_on"
 	trackerVarUnusedConn         = "unused_conn"
 	trackerVarUnusedConnRec      = "unused_conn_rec"
 	trackerVarUnusedFileRec      = "unused_file_rec"
@@ -174,6 +199,7 @@ type trackerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerVariableSpecs struct {
+	TcpCountsOn        *ebpf.VariableSpec `ebpf:"tcp_counts_on"`
 	UnusedConn         *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedConnRec      *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
 	UnusedFileRec      *ebpf.VariableSpec `ebpf:"unused_file_rec"`
@@ -222,6 +248,7 @@ func (m *trackerMaps) Close() error {
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerVariables struct {
+	TcpCountsOn        *ebpf.Variable `ebpf:"tcp_counts_on"`
 	UnusedConn         *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedConnRec      *ebpf.Variable `ebpf:"unused_conn_rec"`
 	UnusedFileRec      *ebpf.Variable `ebpf:"unused_file_rec"`

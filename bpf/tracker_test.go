@@ -3,16 +3,13 @@ package bpf
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,9 +63,13 @@ func listen(t testing.TB, network, address string) net.Listener {
 	return ln
 }
 
-// find returns the snapshot entry whose local address is src.
+// find returns the entry whose local address is src, after a Read, which
+// finds the ends of handshakes.
 func find(t *testing.T, tr *Tracker, src netip.AddrPort) (record.Conn, bool) {
 	t.Helper()
+	if _, err := tr.Read(func(*record.Conn) {}); err != nil {
+		t.Fatalf("read: %v", err)
+	}
 	conns, err := tr.snapshot(nil)
 	if err != nil {
 		t.Fatalf("snapshot: %v", err)
@@ -87,7 +88,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 func TestTrackerRecordsLifecycle(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024})
-	cgroup := inChildCgroup(t)
 	for _, tc := range []struct{ name, network, addr string }{
 		{"ipv4", "tcp4", "127.0.0.1:0"},
 		{"ipv6", "tcp6", "[::1]:0"},
@@ -127,9 +127,6 @@ func TestTrackerRecordsLifecycle(t *testing.T) {
 			}
 			if want := inode(self); got.NetNS != want {
 				t.Errorf("netns = %d, want %d", got.NetNS, want)
-			}
-			if got.CgroupID == 0 || cgroup != 0 && got.CgroupID != cgroup {
-				t.Errorf("cgroup id = %d, want %d", got.CgroupID, cgroup)
 			}
 
 			c.Close()
@@ -319,57 +316,6 @@ func TestReadRecords(t *testing.T) {
 	}
 }
 
-// inChildCgroup moves the test process into a cgroup v2 group of its own
-// until the test ends, and returns the group's id (its directory's inode),
-// so that a recorded cgroup id is checked against one that no other
-// process shares; 0 when there is no cgroup v2 hierarchy to make it in.
-func inChildCgroup(t *testing.T) uint64 {
-	t.Helper()
-	root, err := netlab.CgroupRoot()
-	if err != nil {
-		t.Logf("%v: cgroup ids are only checked to be set", err)
-		return 0
-	}
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path, found := "", false
-	for line := range strings.Lines(string(own)) {
-		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
-			path, found = p, true
-		}
-	}
-	if !found {
-		t.Log("the test is in no cgroup v2 group: cgroup ids are only checked to be set")
-		return 0
-	}
-	back := filepath.Join(root, path, "cgroup.procs")
-	dir := filepath.Join(root, path, fmt.Sprintf("cx-test-%d", os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0); err != nil {
-		os.Remove(dir)
-		t.Logf("cannot move the test into a cgroup of its own (%v): cgroup ids are only checked to be set", err)
-		return 0
-	}
-	t.Cleanup(func() {
-		if err := os.WriteFile(back, pid, 0); err != nil {
-			t.Errorf("move back to %s: %v", back, err)
-		}
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove cgroup: %v", err)
-		}
-	})
-	fi, err := os.Stat(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Ino
-}
-
 func inode(fi os.FileInfo) uint32 {
 	return uint32(fi.Sys().(*syscall.Stat_t).Ino)
 }
@@ -404,13 +350,13 @@ func TestInsertNewKeepsExisting(t *testing.T) {
 	}
 	// Cookies far above any the kernel handed out in this test's life.
 	const first = 1 << 62
-	recorded := trackerConn{State: uint8(record.StateClosed), Version: 7, Pid: 42}
+	recorded := trackerConn{State: uint32(record.StateClosed), Version: 7, Pid: 42}
 	if err := tr.objs.Conns.Update(uint64(first), &recorded, ebpf.UpdateNoExist); err != nil {
 		t.Fatal(err)
 	}
 	recs := []trackerConnRec{
-		{Cookie: first, Conn: trackerConn{State: uint8(record.StateEstablished), Version: 1}},
-		{Cookie: first + 1, Conn: trackerConn{State: uint8(record.StateConnecting), Version: 1}},
+		{Cookie: first, Conn: trackerConn{State: uint32(record.StateEstablished), Version: 1}},
+		{Cookie: first + 1, Conn: trackerConn{State: uint32(record.StateConnecting), Version: 1}},
 	}
 	inserted := make(map[uint64]seeded)
 	if err := tr.insertNew(recs, inserted); err != nil {
@@ -423,7 +369,7 @@ func TestInsertNewKeepsExisting(t *testing.T) {
 	if err := tr.objs.Conns.Lookup(uint64(first), &got); err != nil || got != recorded {
 		t.Errorf("existing entry = %+v, %v; want it as the tracepoint left it", got, err)
 	}
-	if err := tr.objs.Conns.Lookup(uint64(first+1), &got); err != nil || got.State != uint8(record.StateConnecting) {
+	if err := tr.objs.Conns.Lookup(uint64(first+1), &got); err != nil || got.State != uint32(record.StateConnecting) {
 		t.Errorf("new entry = %+v, %v", got, err)
 	}
 	// The map holds 4: inserting 3 more fails with the kernel's error.
@@ -551,7 +497,7 @@ func TestTrackerReconnect(t *testing.T) {
 // kill the process, not return an error).
 func TestTrackerCloseDuringRead(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024})
-	conn := trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint8(record.StateEstablished),
+	conn := trackerConn{Pid: 1, Netns: 4026531840, Family: afInet, State: uint32(record.StateEstablished),
 		Sport: 1, Dport: 80, Saddr: [16]uint8{10, 0, 0, 1}, Daddr: [16]uint8{10, 0, 0, 2}, Version: 1}
 	if err := tr.objs.Conns.Put(uint64(1<<41), conn); err != nil {
 		t.Fatal(err)

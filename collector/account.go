@@ -203,7 +203,7 @@ func (c *Connections) apply(t tracked, k *record.Conn, now time.Time) {
 	s := t.s
 	switch k.State {
 	case record.StateEstablished:
-		if t.open && t.counted {
+		if t.open && t.counted && !c.cfg.TCPStats {
 			s.lastSeen, s.touched = now, true
 			return
 		}
@@ -216,6 +216,9 @@ func (c *Connections) apply(t tracked, k *record.Conn, now time.Time) {
 			t.counted = true
 		}
 		s.lastSeen, s.touched = now, true
+		if c.cfg.TCPStats {
+			s.countTCP(&t.srtt, &k.TCP, true)
+		}
 		c.conns[k.Cookie] = t
 		return
 	case record.StateClosed:
@@ -227,10 +230,32 @@ func (c *Connections) apply(t tracked, k *record.Conn, now time.Time) {
 	default:
 		return
 	}
+	if c.cfg.TCPStats {
+		s.countTCP(&t.srtt, &k.TCP, false)
+	}
 	s.lastSeen, s.touched = now, true
 	if t.open { // only open connections have a record
 		s.active--
 		delete(c.conns, k.Cookie)
 	}
 	c.release = append(c.release, k.Cookie)
+}
+
+// countTCP adds to the series the growth of a connection's kernel counts,
+// and follows its round-trip time, counted in srtt, while it is open. The
+// series' counters never go back.
+func (s *series) countTCP(srtt *uint32, now *record.TCPStats, open bool) {
+	s.sent += float64(now.BytesSent)
+	s.received += float64(now.BytesReceived)
+	s.retrans += float64(now.Retransmits)
+	if *srtt > 0 {
+		s.rttSum -= time.Duration(*srtt) * time.Microsecond
+		s.rttN--
+		*srtt = 0
+	}
+	if open && now.SRTT > 0 {
+		*srtt = uint32(now.SRTT / time.Microsecond)
+		s.rttSum += time.Duration(*srtt) * time.Microsecond
+		s.rttN++
+	}
 }

@@ -19,6 +19,13 @@ import (
 // naming timeout is not over, or while a table could not be read and
 // attempts are left.
 func (c *Connections) admit(k *record.Conn, d *record.Destination, at time.Time) *series {
+	r, postponed := c.attempts[k.Cookie]
+	if postponed {
+		// The growth reported while it waited counts too.
+		k.TCP.BytesSent += r.tcp.BytesSent
+		k.TCP.BytesReceived += r.tcp.BytesReceived
+		k.TCP.Retransmits += r.tcp.Retransmits
+	}
 	nk, keyed := c.nameKeyOf(k, d)
 	if n, ok := c.named[nk]; keyed && ok && n.known && d.Err == nil {
 		// Another new connection of this scrape had the same owner and
@@ -28,7 +35,6 @@ func (c *Connections) admit(k *record.Conn, d *record.Destination, at time.Time)
 		c.track(k, d, nk, keyed)
 		return n.s
 	}
-	r, postponed := c.attempts[k.Cookie]
 	seen := at
 	if postponed && !r.seen.IsZero() {
 		seen = r.seen
@@ -44,7 +50,7 @@ func (c *Connections) admit(k *record.Conn, d *record.Destination, at time.Time)
 	}
 	if wait != 0 {
 		if c.mayWait(k) && at.Sub(seen) < c.cfg.NameTimeout {
-			c.attempts[k.Cookie] = retry{n: r.n, read: c.gen, seen: seen, wait: wait}
+			c.attempts[k.Cookie] = retry{n: r.n, read: c.gen, seen: seen, wait: wait, tcp: k.TCP}
 			c.unnamed++
 			return nil
 		}
@@ -88,7 +94,7 @@ func (c *Connections) track(k *record.Conn, d *record.Destination, nk nameKey, k
 // not be read, first seen at seen, and reports whether attempts are left,
 // so that the connection should wait for a later scrape.
 func (c *Connections) retry(k *record.Conn, seen time.Time) bool {
-	r := retry{n: c.attempts[k.Cookie].n + 1, read: c.gen, seen: seen}
+	r := retry{n: c.attempts[k.Cookie].n + 1, read: c.gen, seen: seen, tcp: k.TCP}
 	if r.n < c.cfg.ResolveAttempts {
 		c.attempts[k.Cookie] = r
 		return true
@@ -107,7 +113,7 @@ func (c *Connections) nameKeyOf(k *record.Conn, d *record.Destination) (nameKey,
 		c.resolvedN = append(c.resolvedN, 0)
 	}
 	return nameKey{
-		comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID,
+		comm: k.Comm, pid: k.PID, netns: k.NetNS,
 		dst: k.Dst.Addr().As16(), dport: k.Dst.Port(),
 		actual: d.Actual.Addr().As16(), aport: d.Actual.Port(), resolver: uint8(r),
 	}, r >= 0

@@ -83,7 +83,7 @@ func (st *stream) add(k *record.Conn) {
 		st.cur = st.c.newBatch()
 	}
 	b := st.cur
-	b.fresh = append(b.fresh, freshConn{cookie: k.Cookie, cgroup: k.CgroupID, comm: k.Comm, state: k.State, reported: k.Reported, seeded: k.Seeded})
+	b.fresh = append(b.fresh, freshConn{cookie: k.Cookie, tcp: k.TCP, comm: k.Comm, state: k.State, reported: k.Reported, seeded: k.Seeded})
 	b.lookups = append(b.lookups, record.Query{NetNS: k.NetNS, PID: k.PID, Src: k.Src, Dst: k.Dst})
 	if len(b.lookups) == st.limit {
 		st.dispatch()

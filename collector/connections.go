@@ -70,6 +70,10 @@ type ConnectionsConfig struct {
 	// connections' names asked for, within its own deadline, before it
 	// names those connections again; zero leaves them to the next scrape.
 	NameSettle time.Duration
+	// TCPStats exports the kernel's counts of the connections of each label
+	// set (record.TCPStats): bytes sent and received, retransmits, and the
+	// mean round-trip time of those open.
+	TCPStats bool
 }
 
 // DefaultNameTimeout is the default of ConnectionsConfig.NameTimeout: two
@@ -83,6 +87,11 @@ type series struct {
 	opened, failed float64
 	lastSeen       time.Time
 	touched        bool // had a connection in the current scrape
+	// The kernel's counts of its connections: sums of what each counted
+	// since it was admitted, and the round-trip times of those open.
+	sent, received, retrans float64
+	rttSum                  time.Duration
+	rttN                    int
 }
 
 // retry is a connection postponed to a later scrape or pass.
@@ -93,6 +102,8 @@ type retry struct {
 	// for, zero when it waits for a table only.
 	seen time.Time
 	wait record.Wait
+	// tcp is the growth of the kernel's counts reported while it waited.
+	tcp record.TCPStats
 }
 
 // Resolvers that can fail, reported with zero errors from the start.
@@ -103,8 +114,9 @@ var resolvers = []string{"conntrack", "conntrack_netns", "swarm_lb", "cilium"}
 // the garbage collector to find one by one.
 type tracked struct {
 	s       *series
-	counted bool // counted in opened
-	open    bool // counted in active
+	counted bool   // counted in opened
+	open    bool   // counted in active
+	srtt    uint32 // round-trip time in microseconds, counted in the series' while open
 }
 
 // Connections is the collector of the connection metrics. It is safe for
@@ -153,7 +165,8 @@ type Connections struct {
 // freshConn is what a new connection is besides its Query, without
 // pointers: the two halves are kept apart so that the Lookups need no copy.
 type freshConn struct {
-	cookie, cgroup   uint64
+	cookie           uint64
+	tcp              record.TCPStats
 	comm             [16]byte
 	state            record.State
 	reported, seeded bool
@@ -161,7 +174,7 @@ type freshConn struct {
 
 // conn joins the halves of a new connection.
 func (f *freshConn) conn(l *record.Query) record.Conn {
-	return record.Conn{Cookie: f.cookie, PID: l.PID, Comm: f.comm, NetNS: l.NetNS, CgroupID: f.cgroup,
+	return record.Conn{Cookie: f.cookie, PID: l.PID, Comm: f.comm, NetNS: l.NetNS, TCP: f.tcp,
 		Src: l.Src, Dst: l.Dst, State: f.state, Reported: f.reported, Seeded: f.seeded}
 }
 
@@ -174,7 +187,6 @@ type dest struct {
 type ownerKey struct {
 	comm       [16]byte
 	pid, netns uint32
-	cgroup     uint64
 }
 
 type owned struct {
@@ -183,14 +195,13 @@ type owned struct {
 }
 
 // nameKey is what decides a new connection's label set within one scrape:
-// the owner is named from the process, namespace and cgroup, the rest from
+// the owner is named from the process and namespace, the rest from
 // the destination. It is plain bytes, the resolver's name stood for by its
 // index in resolverNames: the map hashes and compares it as one block,
 // where a string field made it hash and compare field by field.
 type nameKey struct {
 	comm         [16]byte
 	pid, netns   uint32
-	cgroup       uint64
 	dst, actual  [16]byte
 	dport, aport uint16
 	resolver     uint8

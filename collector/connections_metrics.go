@@ -22,6 +22,14 @@ var (
 		"Connections open now.", connLabels, nil)
 	openedDesc = prometheus.NewDesc("connection_opened_total",
 		"Connections established.", connLabels, nil)
+	sentDesc = prometheus.NewDesc("connection_bytes_sent_total",
+		"Bytes the connecting side sent that the peer acknowledged: the payload, and one byte for each FIN acknowledged.", connLabels, nil)
+	receivedDesc = prometheus.NewDesc("connection_bytes_received_total",
+		"Bytes the connecting side received: the payload, and one byte for each FIN received.", connLabels, nil)
+	retransDesc = prometheus.NewDesc("connection_retransmits_total",
+		"Segments the connecting side retransmitted.", connLabels, nil)
+	rttDesc = prometheus.NewDesc("connection_rtt_seconds",
+		"Mean smoothed round-trip time of the connections open at the scrape that have one; no sample while none has.", connLabels, nil)
 	failedDesc = prometheus.NewDesc("connection_failed_total",
 		"Connection attempts that never established.", connLabels, nil)
 
@@ -65,6 +73,14 @@ func (c *Connections) emit(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(s.active), s.values...)
 		ch <- prometheus.MustNewConstMetric(openedDesc, prometheus.CounterValue, s.opened, s.values...)
 		ch <- prometheus.MustNewConstMetric(failedDesc, prometheus.CounterValue, s.failed, s.values...)
+		if c.cfg.TCPStats {
+			ch <- prometheus.MustNewConstMetric(sentDesc, prometheus.CounterValue, s.sent, s.values...)
+			ch <- prometheus.MustNewConstMetric(receivedDesc, prometheus.CounterValue, s.received, s.values...)
+			ch <- prometheus.MustNewConstMetric(retransDesc, prometheus.CounterValue, s.retrans, s.values...)
+			if s.rttN > 0 {
+				ch <- prometheus.MustNewConstMetric(rttDesc, prometheus.GaugeValue, s.rttSum.Seconds()/float64(s.rttN), s.values...)
+			}
+		}
 	}
 	for _, s := range c.series {
 		send(s)

@@ -75,6 +75,8 @@ func (s *fakeSource) Get(cookies []uint64, fn func(*record.Conn)) error {
 		if slices.Contains(cookies, s.conns[i].Cookie) {
 			c = s.conns[i]
 			_, c.Reported = s.reported[c.Cookie]
+			// As the kernel's: growth is Read's to report.
+			c.TCP = record.TCPStats{SRTT: c.TCP.SRTT}
 			fn(&c)
 		}
 	}

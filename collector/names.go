@@ -104,7 +104,7 @@ func (c *Connections) destination(a netip.AddrPort, since time.Time) (string, re
 // owner names a connection's owner, once per owner in a pass of a scrape:
 // an answer holds for every connection of the process.
 func (c *Connections) owner(k *record.Conn, since time.Time) owned {
-	ok := ownerKey{comm: k.Comm, pid: k.PID, netns: k.NetNS, cgroup: k.CgroupID}
+	ok := ownerKey{comm: k.Comm, pid: k.PID, netns: k.NetNS}
 	if o, found := c.owners[ok]; found {
 		return o
 	}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // State is where a recorded connection is in its life.
@@ -54,8 +55,6 @@ type Conn struct {
 	Comm [16]byte
 	// NetNS is the inode of the socket's network namespace.
 	NetNS uint32
-	// CgroupID is the cgroup v2 id of the connecting task.
-	CgroupID uint64
 	// Src and Dst are the local address and the address the application
 	// dialled. They are invalid while State is StateConnecting, and Src is
 	// zero for a failure that happened before a source port was chosen.
@@ -69,6 +68,27 @@ type Conn struct {
 	// Seeded says that the connection was found at start-up: it existed
 	// before the capture started, and before anything started after it.
 	Seeded bool
+	// TCP is what the kernel counted of the connection since the capture
+	// last reported it (zero if the capture does not read the counts):
+	// the growth of its byte and retransmit counts, and its round-trip
+	// time now.
+	TCP TCPStats
+}
+
+// TCPStats is what the kernel counts of a connection (struct tcp_sock), or
+// their growth.
+type TCPStats struct {
+	// BytesSent are the bytes the connecting side sent that the peer
+	// acknowledged: the payload, and the FIN once acknowledged (one byte
+	// of sequence space; the SYN's is left out).
+	BytesSent uint64
+	// BytesReceived are the bytes the connecting side received: the
+	// payload, and the peer's FIN once received (one byte).
+	BytesReceived uint64
+	// Retransmits are the segments the connecting side retransmitted.
+	Retransmits uint32
+	// SRTT is the smoothed round-trip time; zero before the first sample.
+	SRTT time.Duration
 }
 
 // Command returns the connecting process's command name.
