@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -129,7 +130,7 @@ func NewClient(cfg Config, logger *slog.Logger) (*Client, error) {
 		errors: make(map[string]uint64),
 	}
 	// Reported from the start, so that rate() sees the first failure.
-	for _, r := range []string{"connect", "timeout", "decode", "http_401", "http_403"} {
+	for _, r := range []string{"dns", "connect", "tls", "timeout", "decode", "http_401", "http_403"} {
 		c.errors[r] = 0
 	}
 	return c, nil
@@ -248,14 +249,22 @@ func (c *Client) fetch(ctx context.Context) ([]Pod, string, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Timeout") {
-			return nil, "timeout", err
+		reason, hint := failure(err)
+		if hint != "" {
+			err = fmt.Errorf("%w (%s)", err, hint)
 		}
-		return nil, "connect", err
+		return nil, reason, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Sprintf("http_%d", resp.StatusCode), fmt.Errorf("kubelet answered %s", resp.Status)
+		err := fmt.Errorf("kubelet answered %s", resp.Status)
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
+			err = fmt.Errorf("%w (the token was not accepted: is it the pod's service account token?)", err)
+		case http.StatusForbidden:
+			err = fmt.Errorf("%w (the service account may not get nodes/proxy or nodes/pods: see the ClusterRole of the manifest)", err)
+		}
+		return nil, fmt.Sprintf("http_%d", resp.StatusCode), err
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxBytes+1))
 	if err != nil {
@@ -421,4 +430,29 @@ func (c *Client) Endpoints(fn func(ip netip.Addr, namespace, pod, workload strin
 	for ip, p := range c.byIP {
 		fn(ip, p.Namespace, p.Name, p.Workload)
 	}
+}
+
+// failure names why a request to the kubelet failed, as the reason label
+// of the errors counter says it, and what a user can do about it.
+func failure(err error) (reason, hint string) {
+	var dns *net.DNSError
+	var unknownCA x509.UnknownAuthorityError
+	var badHost x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	var record tls.RecordHeaderError
+	var ne net.Error
+	switch {
+	case errors.As(err, &dns):
+		return "dns", "the kubelet URL's host name does not resolve: point --kubelet.url at the node's address (status.hostIP)"
+	case errors.As(err, &badHost):
+		return "tls", "the kubelet's serving certificate does not name the address in --kubelet.url (self-signed ones name the node alone): use --kubelet.insecure-skip-verify, or a URL its certificate names"
+	case errors.As(err, &unknownCA), errors.As(err, &verify), errors.As(err, &invalid):
+		return "tls", "the kubelet's serving certificate is not signed by the CA given: set --kubelet.ca-file to the CA that signs kubelet certificates, or --kubelet.insecure-skip-verify"
+	case errors.As(err, &record):
+		return "tls", "the kubelet does not speak TLS there: use an http:// URL for its read-only port"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout", ""
+	}
+	return "connect", ""
 }

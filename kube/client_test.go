@@ -5,19 +5,23 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -192,6 +196,31 @@ func TestClientRejectsUnknownCA(t *testing.T) {
 	}
 	if err := c.Refresh(context.Background()); err == nil {
 		t.Error("a kubelet certificate signed by another CA was accepted")
+	}
+	if got := counter(t, c, "tls"); got != 1 {
+		t.Errorf("errors{reason=tls} = %v, want 1", got)
+	}
+}
+
+// TestFailureReasons: DNS, TLS, timeouts and the rest are told apart, each
+// with what a user can do.
+func TestFailureReasons(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		reason string
+		hint   string
+	}{
+		{&url.Error{Op: "Get", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "node-1", IsNotFound: true}}}, "dns", "status.hostIP"},
+		{&url.Error{Op: "Get", Err: &tls.CertificateVerificationError{Err: x509.HostnameError{Certificate: &x509.Certificate{}, Host: "10.0.0.1"}}}, "tls", "does not name"},
+		{&url.Error{Op: "Get", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}, "tls", "ca-file"},
+		{&url.Error{Op: "Get", Err: tls.RecordHeaderError{}}, "tls", "http://"},
+		{&url.Error{Op: "Get", Err: context.DeadlineExceeded}, "timeout", ""},
+		{&url.Error{Op: "Get", Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, "connect", ""},
+	} {
+		reason, hint := failure(tc.err)
+		if reason != tc.reason || !strings.Contains(hint, tc.hint) {
+			t.Errorf("failure(%v) = %q, %q; want %q with a hint of %q", tc.err, reason, hint, tc.reason, tc.hint)
+		}
 	}
 }
 
