@@ -7,9 +7,11 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -171,6 +173,9 @@ func (c *Client) reset() {
 func (c *Client) Run(ctx context.Context) {
 	backoff := time.Second
 	for ctx.Err() == nil {
+		if c.absent(ctx) {
+			return
+		}
 		synced, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return
@@ -185,6 +190,41 @@ func (c *Client) Run(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Minute)
+	}
+}
+
+// absentPoll is how often a socket that does not exist is looked for.
+const absentPoll = 10 * time.Second
+
+// absent waits while the engine's unix socket does not exist: a host with
+// no Docker (a containerd node) is not an engine that fails. Naming by
+// Docker is off meanwhile, said once at info, and nothing is counted as an
+// error. It reports whether ctx ended.
+func (c *Client) absent(ctx context.Context) bool {
+	path, ok := strings.CutPrefix(c.api.DaemonHost(), "unix://")
+	if !ok {
+		return false
+	}
+	said := false
+	for {
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			if said {
+				c.logger.Info("Docker socket appeared: naming by Docker is on", "socket", path)
+			}
+			return false
+		}
+		if !said {
+			c.logger.Info("no Docker engine on this host: naming by Docker is off until its socket appears", "socket", path)
+			said = true
+			c.mu.Lock()
+			c.attempted = true // nothing to wait for
+			c.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return true
+		case <-time.After(absentPoll):
+		}
 	}
 }
 

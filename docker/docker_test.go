@@ -1,9 +1,14 @@
 package docker
 
 import (
+	"bytes"
+	"context"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestWorkload(t *testing.T) {
@@ -63,5 +68,41 @@ func TestPublishedTarget(t *testing.T) {
 	c.mu.Unlock()
 	if got, ok := c.PublishedTarget(ap("127.0.0.1:8080")); ok {
 		t.Errorf("after the container is gone: %v", got)
+	}
+}
+
+// TestNoEngine: where no Docker socket exists (a containerd node), naming
+// by Docker is off, said once, and no call is counted as failed; it comes
+// on when the socket appears.
+func TestNoEngine(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "docker.sock")
+	var logs bytes.Buffer
+	c, err := New(Config{Host: "unix://" + sock, ProcFS: t.TempDir()}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Waitable() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if c.Waitable() {
+		t.Error("an engine that does not exist is waited for")
+	}
+	up, _, errs := c.Health()
+	for reason, n := range errs {
+		if n != 0 {
+			t.Errorf("errors{reason=%s} = %d for an engine that does not exist", reason, n)
+		}
+	}
+	if up {
+		t.Error("up with no engine")
+	}
+	if n := strings.Count(logs.String(), "naming by Docker is off"); n != 1 || strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("logged %q", logs.String())
 	}
 }
