@@ -84,7 +84,10 @@ func run() int {
 		logger.Error("cannot open conntrack", "err", err)
 		return 1
 	}
-	logger.Info("host network namespace", "inode", resolver.HostNetNS())
+	logger.Info("host network namespace", "path", cfg.resolve.HostNetNS, "inode", resolver.HostNetNS())
+	if warning := resolve.CheckHostNetNS(cfg.resolve.HostNetNS, cfg.procfs); warning != "" {
+		logger.Warn(warning)
+	}
 	cfg.naming.HostNetNS = resolver.HostNetNS()
 	conns, err := collector.NewConnections(cfg.connections, tracker, resolver, naming.New(cfg.naming), logger.With("collector", "connections"))
 	if err != nil {

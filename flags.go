@@ -66,8 +66,8 @@ func parseFlags(args []string) (config, int) {
 		Default("500ms").DurationVar(&cfg.timeoutOffset)
 	app.Flag("path.procfs", "Mount point of the host's procfs.").
 		Default("/proc").StringVar(&cfg.procfs)
-	app.Flag("path.host-netns", "Network namespace file of the host, whose conntrack table kube-proxy and Docker use. Default: <path.procfs>/1/ns/net when readable, else the exporter's own namespace.").
-		PlaceHolder("auto").StringVar(&cfg.resolve.HostNetNS)
+	app.Flag("path.host-netns", "Network namespace file of the host, whose conntrack table kube-proxy and Docker use. The exporter runs in it (--network host, hostNetwork: true), so by default it is the exporter's own; a warning says when pid 1's is another.").
+		Default(resolve.HostNetNSPath).StringVar(&cfg.resolve.HostNetNS)
 	app.Flag("path.netns-dir", "Directory of bind-mounted network namespaces, searched when no process of a namespace is left (repeatable).").
 		Default("/run/netns").StringsVar(&cfg.netnsDirs)
 	app.Flag("path.bpffs", "Mount point of the host's BPF filesystem, where Cilium pins its maps (tc/globals).").

@@ -33,7 +33,7 @@ type ConntrackConfig struct {
 	// ProcFS is the mount point of the host's procfs.
 	ProcFS string
 	// HostNetNS is the path of the host network namespace file, usually
-	// HostNetNSPath(ProcFS).
+	// HostNetNSPath.
 	HostNetNS string
 	// NetNSDirs are directories of bind-mounted namespace files (such as
 	// /run/netns) searched when no process of a namespace can be found.
@@ -118,7 +118,7 @@ func NewConntrack(cfg ConntrackConfig, logger *slog.Logger) (*Conntrack, error) 
 		cfg.ProcFS = "/proc"
 	}
 	if cfg.HostNetNS == "" {
-		cfg.HostNetNS = HostNetNSPath(cfg.ProcFS)
+		cfg.HostNetNS = HostNetNSPath
 	}
 	ino, err := netns.Inode(cfg.HostNetNS)
 	if err != nil {

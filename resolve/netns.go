@@ -18,17 +18,28 @@ import (
 	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
-// HostNetNSPath picks the file that names the host network namespace: the
-// namespace of <procfs>/1 when it can be read (the exporter runs in a
-// container with the host's pid namespace), else the exporter's own
-// (it runs in the host namespace, where pid 1 may be unreadable).
-func HostNetNSPath(procfs string) string {
-	p := filepath.Join(procfs, "1", "ns", "net")
-	if f, err := os.Open(p); err == nil {
-		f.Close()
-		return p
+// HostNetNSPath is the default file of the host network namespace: the
+// exporter's own. Every documented way to run it puts it there (docker run
+// --network host, hostNetwork: true in the DaemonSet), and a node whose
+// network is a namespace of its own (a nested node, some sandboxes) has it
+// there too, where pid 1's may be another.
+const HostNetNSPath = "/proc/self/ns/net"
+
+// CheckHostNetNS compares the namespace chosen as the host's, at path, with
+// pid 1's under procfs, and returns a warning when pid 1's can be read and
+// is another: the exporter may not run in the host's network namespace, or
+// the host's network is in a namespace of its own. It returns "" when they
+// agree or pid 1's cannot be read (as on a host whose init hides it).
+func CheckHostNetNS(path, procfs string) string {
+	chosen, err := netns.Inode(path)
+	if err != nil {
+		return ""
 	}
-	return "/proc/self/ns/net"
+	init, err := netns.Inode(filepath.Join(procfs, "1", "ns", "net"))
+	if err != nil || init == chosen {
+		return ""
+	}
+	return fmt.Sprintf("the host network namespace taken (%s, inode %d) is not pid 1's (inode %d): run the exporter in the host's network namespace (docker run --network host, hostNetwork: true), or name the host's with --path.host-netns", path, chosen, init)
 }
 
 // errNetNSGone is returned when no process or bind mount holds a namespace.

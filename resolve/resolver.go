@@ -13,7 +13,7 @@ type Config struct {
 	// ProcFS is the mount point of the host's procfs. Empty means /proc.
 	ProcFS string
 	// HostNetNS is the path of the host network namespace file; empty
-	// means HostNetNSPath(ProcFS).
+	// means HostNetNSPath.
 	HostNetNS string
 	// NetNSDirs are directories of bind-mounted namespace files (such as
 	// /run/netns) searched when no process of a namespace can be found.
