@@ -3,8 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,7 +89,17 @@ func TestDashboards(t *testing.T) {
 		}
 	}()
 
-	prom := startPrometheus(t, promBin, strings.TrimPrefix(strings.TrimSuffix(exp.url, "/metrics"), "http://"))
+	// Another node's exporter, as Prometheus sees it: the pod address its
+	// kubelet lists, which is where this node's worker connects directly.
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "# TYPE connection_endpoint_info gauge\n"+
+			"connection_endpoint_info{ip=%q,namespace=\"shop\",pod=\"nginx-0\",workload=\"nginx\"} 1\n",
+			cl.Backends[2].Addr4)
+	}))
+	t.Cleanup(other.Close)
+	prom := startPrometheus(t, promBin,
+		strings.TrimPrefix(strings.TrimSuffix(exp.url, "/metrics"), "http://"),
+		strings.TrimPrefix(other.URL, "http://"))
 	// Wait for enough scrapes for rates over the window below.
 	prom.waitFor(t, `count(connection_active{workload="frontend"}) > 0`, 30*time.Second)
 	time.Sleep(6 * time.Second)
@@ -96,11 +109,13 @@ func TestDashboards(t *testing.T) {
 	for name, mf := range s.mfs {
 		types[name] = strings.ToLower(mf.GetType().String())
 	}
+	types["connection_endpoint_info"] = "gauge"
 
 	ds, err := dashboards.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
+	edges := map[string]bool{}
 	for _, vars := range []map[string]string{
 		{"job": ".*", "instance": ".*", "workload": ".*", "destination": ".*", "__rate_interval": "5s"},
 		{"job": "connection_exporter", "instance": ".*", "workload": "frontend|worker", "destination": ".*", "__rate_interval": "5s"},
@@ -120,7 +135,11 @@ func TestDashboards(t *testing.T) {
 						t.Errorf("%s %q: unsubstituted variable in %s", d.File, p.Title, expr)
 					}
 					if p.Type == "nodeGraph" {
-						checkFrame(t, prom, tg.RefID, expr)
+						for _, row := range checkFrame(t, prom, tg.RefID, expr) {
+							if tg.RefID == "edges" {
+								edges[row["id"]] = true
+							}
+						}
 					}
 					n := prom.query(t, expr)
 					if n == 0 {
@@ -139,23 +158,39 @@ func TestDashboards(t *testing.T) {
 			}
 		}
 	}
+	// The pod on the other node is named by its workload, through that
+	// node's connection_endpoint_info, and never drawn as a bare address.
+	if !edges["worker -> nginx"] {
+		t.Errorf("no edge worker -> nginx named by another node's endpoint info; edges: %v", slices.Sorted(maps.Keys(edges)))
+	}
+	for id := range edges {
+		if strings.Contains(id, cl.Backends[2].Addr4.String()+":") {
+			t.Errorf("edge %q draws a pod address that another node names", id)
+		}
+	}
 }
 
 type prometheus struct {
 	base string
 }
 
-func startPrometheus(t *testing.T, bin, target string) *prometheus {
+// startPrometheus starts a Prometheus scraping targets (host:port) every
+// second, all in the job connection_exporter.
+func startPrometheus(t *testing.T, bin string, targets ...string) *prometheus {
 	t.Helper()
 	dir := t.TempDir()
+	quoted := make([]string, len(targets))
+	for i, target := range targets {
+		quoted[i] = strconv.Quote(target)
+	}
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 1s
 scrape_configs:
   - job_name: connection_exporter
     static_configs:
-      - targets: [%q]
-`, target)
+      - targets: [%s]
+`, strings.Join(quoted, ", "))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -262,8 +297,9 @@ func (p *prometheus) labelValues(t *testing.T, file, name, q string) {
 }
 
 // checkFrame checks that a node graph query yields the fields Grafana's
-// Node Graph reads: id, source and target for edges; id and title for nodes.
-func checkFrame(t *testing.T, p *prometheus, frame, expr string) {
+// Node Graph reads: id, source and target for edges; id and title for
+// nodes. It returns the rows' labels.
+func checkFrame(t *testing.T, p *prometheus, frame, expr string) []map[string]string {
 	t.Helper()
 	r := p.get(t, "/api/v1/query", url.Values{"query": {expr}})
 	var data struct {
@@ -273,7 +309,9 @@ func checkFrame(t *testing.T, p *prometheus, frame, expr string) {
 	}
 	json.Unmarshal(r.Data, &data)
 	want := map[string][]string{"edges": {"id", "source", "target"}, "nodes": {"id", "title"}}[frame]
+	var rows []map[string]string
 	for _, res := range data.Result {
+		rows = append(rows, res.Metric)
 		for _, f := range want {
 			if res.Metric[f] == "" {
 				t.Errorf("%s frame row %v lacks field %s", frame, res.Metric, f)
@@ -283,4 +321,5 @@ func checkFrame(t *testing.T, p *prometheus, frame, expr string) {
 			t.Errorf("%s frame draws a loopback sidecar leg: %v", frame, res.Metric)
 		}
 	}
+	return rows
 }
