@@ -94,8 +94,8 @@ func Start(t TB, opts ...Option) *Daemon {
 	}
 	t.Cleanup(func() {
 		d.stop()
-		removeCgroups(t, filepath.Base(root))
-		unmountUnder(root)
+		lab.RemoveCgroups(t, filepath.Base(root))
+		lab.UnmountUnder(root)
 		os.RemoveAll(root)
 		restore()
 		if t, ok := d.t.(interface{ Failed() bool }); ok && t.Failed() {
@@ -248,7 +248,7 @@ func hostState(t TB) func() {
 				keep = keep || h == p
 			}
 			if !keep {
-				unmountUnder(p)
+				lab.UnmountUnder(p)
 				os.RemoveAll(p)
 			}
 		}
@@ -279,69 +279,4 @@ func linkNames() map[string]bool {
 		}
 	}
 	return m
-}
-
-// unmountUnder lazily unmounts every mount below dir, deepest first.
-func unmountUnder(dir string) {
-	b, _ := os.ReadFile("/proc/self/mounts")
-	var mounts []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
-			mounts = append(mounts, f[1])
-		}
-	}
-	for i := len(mounts) - 1; i >= 0; i-- {
-		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
-	}
-}
-
-// removeCgroups removes the cgroup name, and the cgroups under it, from
-// every cgroup hierarchy mounted. A container's cgroup empties shortly
-// after dockerd stops it: removal is retried for a few seconds, then what
-// is left fails the test.
-func removeCgroups(t TB, name string) {
-	mounts, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		t.Errorf("list cgroup hierarchies: %v", err)
-		return
-	}
-	for line := range strings.Lines(string(mounts)) {
-		f := strings.Fields(line)
-		if len(f) < 3 || (f[2] != "cgroup" && f[2] != "cgroup2") {
-			continue
-		}
-		dir := filepath.Join(f[1], name)
-		if _, err := os.Stat(dir); err != nil {
-			continue
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err = removeCgroupTree(dir)
-			if err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			t.Errorf("remove cgroup %s: %v", dir, err)
-		}
-	}
-}
-
-// removeCgroupTree removes the cgroup dir after the cgroups under it,
-// deepest first; a cgroup's files go with it.
-func removeCgroupTree(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			if err := removeCgroupTree(filepath.Join(dir, e.Name())); err != nil {
-				return err
-			}
-		}
-	}
-	return os.Remove(dir)
 }
