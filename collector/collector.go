@@ -77,18 +77,30 @@ type scrape struct {
 // the set of series depends on the connections seen.
 func (s scrape) Describe(chan<- *prometheus.Desc) {}
 
-// Collect runs all collectors in parallel.
+// Collect runs the collectors that change what others report first (the
+// connections collector, whose naming may refresh the kubelet's and
+// Docker's caches and whose resolution counts conntrack lookups), then
+// the others in parallel, so that one scrape is consistent: a pod that
+// names a connection is in the same scrape's connection_endpoint_info.
 func (s scrape) Collect(ch chan<- prometheus.Metric) {
-	var wg sync.WaitGroup
-	for name, c := range s.e.collectors {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.e.run(s.ctx, name, c, ch)
-		}()
+	for _, early := range []bool{true, false} {
+		var wg sync.WaitGroup
+		for name, c := range s.e.collectors {
+			if _, ok := c.(runsFirst); ok != early {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.e.run(s.ctx, name, c, ch)
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 }
+
+// runsFirst is implemented by the collectors that run before the others.
+type runsFirst interface{ runsFirst() }
 
 func (e *Exporter) run(ctx context.Context, name string, c Collector, ch chan<- prometheus.Metric) {
 	begin := time.Now()

@@ -264,6 +264,10 @@ func NewConnections(cfg ConnectionsConfig, src Source, resolver record.Resolver,
 	return c, nil
 }
 
+// runsFirst has the Connections collector run before the others: its
+// naming refreshes the caches they report.
+func (*Connections) runsFirst() {}
+
 // Update reads what changed, accounts for it and sends the metrics.
 func (c *Connections) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	c.mu.Lock()
