@@ -573,9 +573,10 @@ func TestConnectionsSeededOlderThanCaches(t *testing.T) {
 	}
 }
 
-// A closed connection waits for its names like an open one; a failed one
-// does not: its socket may connect again in the same entry.
-func TestConnectionsClosedWaitsFailedDoesNot(t *testing.T) {
+// Closed and failed connections wait for their names like open ones: the
+// first attempts of a new pod, refused while its dependencies start, are
+// named by its container.
+func TestConnectionsClosedAndFailedWait(t *testing.T) {
 	src := &fakeSource{conns: []record.Conn{
 		conn(1, "nginx", "10.0.0.5:40001", "10.0.0.1:80", record.StateClosed),
 		conn(2, "nginx", "10.0.0.5:40002", "10.0.0.1:81", record.StateFailed),
@@ -584,21 +585,22 @@ func TestConnectionsClosedWaitsFailedDoesNot(t *testing.T) {
 	n := &cacheNamer{started: clock.now()}
 	c := newNamingCollector(t, ConnectionsConfig{}, src, n, clock)
 	clock.advance(time.Second)
-	reg := collect(t, c)
-	if got := value(t, reg, "connection_failed_total", "process", "nginx", "container", ""); got != 1 {
-		t.Errorf("failed connection counted at once: %v, want 1", got)
-	}
-	if !slices.Equal(src.released, []uint64{2}) {
-		t.Errorf("released %v, want [2]: the closed connection waits", src.released)
+	collect(t, c)
+	if len(src.released) != 0 {
+		t.Errorf("released %v, want none: both wait", src.released)
 	}
 	n.fetch()
 	clock.advance(time.Second)
-	reg = collect(t, c)
-	if got := value(t, reg, "connection_opened_total", "container", "web-1"); got != 1 {
+	reg := collect(t, c)
+	if got := value(t, reg, "connection_opened_total", "container", "web-1", "destination", "10.0.0.1:80"); got != 1 {
 		t.Errorf("closed connection named: opened = %v, want 1", got)
 	}
-	if !slices.Equal(src.released, []uint64{2, 1}) {
-		t.Errorf("released %v, want [2 1]", src.released)
+	if got := value(t, reg, "connection_failed_total", "container", "web-1", "destination", "10.0.0.1:81"); got != 1 {
+		t.Errorf("failed connection named: failed = %v, want 1", got)
+	}
+	slices.Sort(src.released)
+	if !slices.Equal(src.released, []uint64{1, 2}) {
+		t.Errorf("released %v, want [1 2]", src.released)
 	}
 }
 
@@ -797,7 +799,7 @@ func TestConnectionsPostponedReportedTwice(t *testing.T) {
 	if !slices.Equal(src.released, []uint64{1}) {
 		t.Errorf("released %v, want [1]: the closed report of connection 1 was dropped", src.released)
 	}
-	if got := value(t, reg, "connection_opened_total", "container", "web-1"); got != 1 {
+	if got := value(t, reg, "connection_opened_total", "container", "web-1", "destination", "10.0.0.1:80"); got != 1 {
 		t.Errorf("closed connection opened = %v, want 1", got)
 	}
 	if got := value(t, reg, "connection_active", "container", "web-1"); got != 0 {

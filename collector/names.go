@@ -62,14 +62,17 @@ func (ProcessNamer) DestinationWorkload(netip.AddrPort, time.Time) (string, reco
 }
 
 // mayWait reports whether a connection may wait for its names: an open one
-// always, a closed one while the source is less than half full (it holds
-// the connection until it is counted), a failed one never (its socket may
-// connect again, which the source records in the same entry).
+// always, a closed or failed one while the source is less than half full
+// (it holds the connection until it is counted). The first attempts of a
+// new pod fail more often than not (its dependencies are not up yet), and
+// are the ones worth naming. A socket that connects again after a failure
+// has the source follow the new attempt in the same entry: a failure not
+// yet counted then is lost, whether it waited or not.
 func (c *Connections) mayWait(k *record.Conn) bool {
 	switch k.State {
 	case record.StateEstablished:
 		return true
-	case record.StateClosed:
+	case record.StateClosed, record.StateFailed:
 		return c.seen < int(c.src.Capacity()/2)
 	}
 	return false
