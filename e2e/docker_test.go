@@ -23,7 +23,7 @@ import (
 func dockerLab(t *testing.T, opts ...dockerlab.Option) *dockerlab.Daemon {
 	t.Helper()
 	d := dockerlab.Start(t, opts...)
-	bin := dockerlab.BuildStatic(t, "github.com/connection-exporter/connection_exporter/internal/dockerlab/peer", t.TempDir(), "peer")
+	bin := lab.BuildStatic(t, "github.com/connection-exporter/connection_exporter/internal/dockerlab/peer", t.TempDir(), "peer")
 	d.BuildImage("peer", bin)
 	return d
 }
@@ -317,7 +317,7 @@ func TestDockerImage(t *testing.T) {
 	s := newSwarmDemo(t, d)
 
 	dir := t.TempDir()
-	dockerlab.BuildStatic(t, "github.com/connection-exporter/connection_exporter", dir, "connection_exporter")
+	lab.BuildStatic(t, "github.com/connection-exporter/connection_exporter", dir, "connection_exporter")
 	df, err := os.ReadFile("../Dockerfile")
 	if err != nil {
 		t.Fatal(err)

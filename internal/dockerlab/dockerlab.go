@@ -202,18 +202,6 @@ func (d *Daemon) BuildImage(name, bin string) {
 	d.Docker("build", "-q", "-t", name, dir)
 }
 
-// BuildStatic builds a Go package as a static binary into dir.
-func BuildStatic(t TB, pkg, dir, name string) string {
-	t.Helper()
-	out := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", pkg, err, b)
-	}
-	return out
-}
-
 // hostState records what dockerd changes on the host and returns the
 // function that puts it back: ip_forward (set on first, so that dockerd
 // leaves the FORWARD policy alone), nft tables, links and the files it
