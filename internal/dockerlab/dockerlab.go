@@ -209,7 +209,7 @@ func (d *Daemon) BuildImage(name, bin string) {
 func hostState(t TB) func() {
 	fwd, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
 	tables := nftTables()
-	links := linkNames()
+	links := lab.LinkNames()
 	os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
 	var had []string
 	for _, p := range []string{"/var/lib/docker/network/files", "/run/docker/plugins", "/run/docker/netns", "/run/docker"} {
@@ -225,7 +225,7 @@ func hostState(t TB) func() {
 				}
 			}
 		}
-		for l := range linkNames() {
+		for l := range lab.LinkNames() {
 			if !links[l] {
 				exec.Command("ip", "link", "delete", l).Run()
 			}
@@ -252,18 +252,6 @@ func nftTables() map[string]bool {
 	for _, l := range strings.Split(string(out), "\n") {
 		if f, ok := strings.CutPrefix(strings.TrimSpace(l), "table "); ok {
 			m[f] = true
-		}
-	}
-	return m
-}
-
-func linkNames() map[string]bool {
-	out, _ := exec.Command("ip", "-o", "link", "show").Output()
-	m := map[string]bool{}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 1 {
-			m[strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]] = true
 		}
 	}
 	return m

@@ -1,11 +1,12 @@
 package kubelab
 
 // containerdConfig is containerd's configuration (Debian's 1.6, format
-// version 2): its own root, state and socket; the lab's sandbox image; the
-// CNI plugins; cgroupfs, as the kubelet's; and restrict_oom_score_adj,
-// since root here lacks CAP_SYS_RESOURCE and runc could not give a
-// sandbox its -998 otherwise. Arguments: root, state, socket, sandbox
-// image, CNI binaries, CNI configuration folder.
+// version 2): its own root, state and socket; the lab's sandbox image;
+// runc's state in the lab's folder; the CNI plugins; cgroupfs, as the
+// kubelet's; and restrict_oom_score_adj, since root here lacks
+// CAP_SYS_RESOURCE and runc could not give a sandbox its -998 otherwise.
+// Arguments: root, state, socket, sandbox image, runc's root, CNI
+// binaries, CNI configuration folder.
 const containerdConfig = `version = 2
 root = %q
 state = %q
@@ -25,6 +26,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = %q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %q
     conf_dir = %q
@@ -54,7 +56,8 @@ const cniConfig = `{
 
 // kubeletConfig is the kubelet's configuration: webhook authentication
 // and authorization (a bearer token reviewed by the API server, as the
-// exporter's service account token is), cgroupfs under a root of the
+// exporter's service account token is; decisions cached a second, so that
+// a test's RBAC change applies at once), cgroupfs under a root of the
 // lab's own, cgroup v1 allowed (this host is v1 hybrid), swap allowed, no
 // evictions on this shared disk. Arguments: client CA, cgroup root,
 // containerd's socket, pods' log folder.
@@ -69,6 +72,9 @@ authentication:
     clientCAFile: %s
 authorization:
   mode: Webhook
+  webhook:
+    cacheAuthorizedTTL: 1s
+    cacheUnauthorizedTTL: 1s
 cgroupDriver: cgroupfs
 cgroupRoot: %s
 failCgroupV1: false

@@ -9,8 +9,8 @@
 //
 // Everything is removed at cleanup, even when the test fails: daemons and
 // container shims, the pods' processes, mounts, cgroups and network
-// namespaces, the host-wide sysctls the kubelet changes, and the files it
-// writes outside the lab's folder.
+// namespaces, and the files the kubelet and containerd write outside the
+// lab's folder; the host-wide sysctls the kubelet changes are put back.
 package kubelab
 
 import (
@@ -29,6 +29,7 @@ import (
 
 	"github.com/connection-exporter/connection_exporter/internal/lab"
 	"github.com/connection-exporter/connection_exporter/internal/netlab"
+	"github.com/connection-exporter/connection_exporter/internal/netns"
 )
 
 // TB is what the lab needs of a test.
@@ -108,7 +109,7 @@ func Start(t TB, opts Options) *Cluster {
 	if opts.ProxyMode == "" {
 		opts.ProxyMode = "iptables"
 	}
-	bin, err := binaries()
+	bin, err := lab.Script("kube-binaries")
 	if err != nil {
 		t.Fatalf("kubernetes programs: %v", err)
 	}
@@ -117,10 +118,15 @@ func Start(t TB, opts Options) *Cluster {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	c := &Cluster{t: t, Name: "kubelab-" + filepath.Base(dir)[2:], Dir: dir, Bin: bin, opts: opts,
-		NodeIP: netip.MustParsePrefix(nodeSide).Addr(), cgroupRoot: "kubelab-" + filepath.Base(dir)[2:]}
-	c.Name = strings.ToLower(c.Name)
+	name := "kubelab-" + filepath.Base(dir)[2:]
+	c := &Cluster{t: t, Name: name, Dir: dir, Bin: bin, opts: opts,
+		NodeIP: netip.MustParsePrefix(nodeSide).Addr(), cgroupRoot: name}
 	restore := c.hostState()
+	// The node's namespace and link first, so that their cleanup runs
+	// after the daemons' (cleanups run last registered first).
+	net := netlab.New(t)
+	c.Node = net.NetNS("kube")
+	net.HostLink(c.Node, hostSide, nodeSide)
 	t.Cleanup(func() {
 		c.stop()
 		restore()
@@ -129,9 +135,6 @@ func Start(t TB, opts Options) *Cluster {
 		}
 		os.RemoveAll(dir)
 	})
-	lab := netlab.New(t)
-	c.Node = lab.NetNS("kube")
-	lab.HostLink(c.Node, hostSide, nodeSide)
 	c.Node.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
 	if err := c.setup(); err != nil {
 		t.Fatalf("set the cluster up: %v", err)
@@ -142,44 +145,6 @@ func Start(t TB, opts Options) *Cluster {
 
 // cniBin is where Debian's containernetworking-plugins installs them.
 const cniBin = "/usr/lib/cni"
-
-// binaries runs scripts/kube-binaries and returns the folder of programs.
-func binaries() (string, error) {
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.Command(filepath.Join(root, "scripts", "kube-binaries"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("scripts/kube-binaries: %v\n%s", err, stderr.Bytes())
-	}
-	lines := strings.Fields(string(out))
-	if len(lines) == 0 {
-		return "", fmt.Errorf("scripts/kube-binaries printed no folder")
-	}
-	return lines[len(lines)-1], nil
-}
-
-// repoRoot finds the repository from the test's working folder.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "scripts", "kube-binaries")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no scripts/kube-binaries above the working folder")
-		}
-		dir = parent
-	}
-}
 
 // path returns a file of the cluster's folder.
 func (c *Cluster) path(parts ...string) string {
@@ -235,7 +200,7 @@ func (c *Cluster) setup() error {
 	c.containerd = c.path("containerd", "c.sock")
 	files := map[string]string{
 		"containerd/config.toml": fmt.Sprintf(containerdConfig, c.path("containerd", "root"), c.path("containerd", "state"),
-			c.containerd, PauseImage, cniBin, c.path("cni", "net.d")),
+			c.containerd, PauseImage, c.path("containerd", "runc"), cniBin, c.path("cni", "net.d")),
 		"cni/net.d/10-kubelab.conflist": fmt.Sprintf(cniConfig, podCIDR, c.path("cni", "ipam")),
 		"kubelet/config.yaml":           c.kubeletConfig(),
 		"kube-proxy.yaml": fmt.Sprintf(kubeProxyConfig, p.path("kube-proxy.kubeconfig"), c.opts.ProxyMode, podCIDR,
@@ -396,7 +361,8 @@ func (c *Cluster) Apply(manifest string) {
 }
 
 func (c *Cluster) kubectlIn(stdin *strings.Reader, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Longer than the longest --timeout a test passes (rollout status).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.Bin+"/kubectl", append([]string{"--kubeconfig=" + c.admin, "--cache-dir=" + c.path("kubectl-cache")}, args...)...)
 	if stdin != nil {
@@ -461,8 +427,10 @@ func (c *Cluster) dumpLogs() {
 	}
 }
 
-// sysctls are the host-wide settings the kubelet changes.
-var sysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"}
+// sysctls are the host-wide settings the kubelet changes (its
+// setupKernelTunables, protectKernelDefaults off).
+var sysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
 
 // hostState records what the cluster changes outside its folder and the
 // node's namespace, and returns the function that puts it back.
@@ -474,25 +442,47 @@ func (c *Cluster) hostState() func() {
 		}
 	}
 	had := existing(sharedDirs)
-	netns := netnsNames()
+	pinned := netnsNames()
 	return func() {
 		for s, b := range saved {
 			os.WriteFile("/proc/sys/"+s, b, 0o644)
 		}
 		removeNew(sharedDirs, had)
 		// The pods' network namespaces, which containerd pins under
-		// /run/netns.
+		// /run/netns; one that a process is in is another runtime's.
+		inUse := netnsInUse()
 		for name := range netnsNames() {
-			if !netns[name] && strings.HasPrefix(name, "cni-") {
+			if pinned[name] || !strings.HasPrefix(name, "cni-") {
+				continue
+			}
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join("/run/netns", name), &st); err == nil && !inUse[uint32(st.Ino)] {
 				exec.Command("ip", "netns", "delete", name).Run()
 			}
 		}
 	}
 }
 
+// netnsInUse returns the inodes of the network namespaces processes are
+// in.
+func netnsInUse() map[uint32]bool {
+	m := map[uint32]bool{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "net"))
+		if err != nil {
+			continue
+		}
+		if ino, ok := netns.ParseLink(target); ok {
+			m[ino] = true
+		}
+	}
+	return m
+}
+
 // sharedDirs are the folders outside the lab's own that the kubelet and
-// containerd write to whatever their configuration says: containerd's shim
-// sockets and runc's state under /run/containerd are fixed paths.
+// containerd write to whatever their configuration says: containerd 1.6
+// puts its shims' sockets in /run/containerd/s, a fixed path.
 var sharedDirs = []string{"/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/run/containerd", "/var/lib/cni"}
 
 // existing returns every path in and under dirs.
@@ -510,11 +500,13 @@ func existing(dirs []string) map[string]bool {
 }
 
 // removeNew removes what is in and under dirs but not in had, mounts
-// first: a folder made since, with all it holds, or a file.
+// first: a folder made since, with all it holds, or a file, but for a
+// socket something listens on (another containerd's shim).
 func removeNew(dirs []string, had map[string]bool) {
+	bound := boundSockets()
 	for _, d := range dirs {
 		filepath.WalkDir(d, func(path string, e os.DirEntry, err error) error {
-			if err != nil || had[path] {
+			if err != nil || had[path] || bound[path] {
 				return nil
 			}
 			lab.UnmountUnder(path)
@@ -527,6 +519,20 @@ func removeNew(dirs []string, had map[string]bool) {
 	}
 }
 
+// boundSockets returns the paths of the Unix sockets bound in this
+// network namespace.
+func boundSockets() map[string]bool {
+	m := map[string]bool{}
+	b, _ := os.ReadFile("/proc/net/unix")
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) == 8 && strings.HasPrefix(f[7], "/") {
+			m[f[7]] = true
+		}
+	}
+	return m
+}
+
+// netnsNames returns the names of the namespaces pinned under /run/netns.
 func netnsNames() map[string]bool {
 	entries, _ := os.ReadDir("/run/netns")
 	m := map[string]bool{}
@@ -539,25 +545,12 @@ func netnsNames() map[string]bool {
 // makeCgroupRoot creates the kubelet's cgroup root in every hierarchy, as
 // it wants it there before it starts.
 func (c *Cluster) makeCgroupRoot() error {
-	for _, h := range hierarchies() {
+	for _, h := range lab.CgroupHierarchies() {
 		if err := os.MkdirAll(filepath.Join(h, c.cgroupRoot), 0o755); err != nil {
 			return fmt.Errorf("cgroup root in %s: %w", h, err)
 		}
 	}
 	return nil
-}
-
-// hierarchies lists the mounted cgroup hierarchies.
-func hierarchies() []string {
-	b, _ := os.ReadFile("/proc/self/mounts")
-	var out []string
-	for line := range strings.Lines(string(b)) {
-		f := strings.Fields(line)
-		if len(f) >= 3 && (f[2] == "cgroup" || f[2] == "cgroup2") {
-			out = append(out, f[1])
-		}
-	}
-	return out
 }
 
 // stop stops everything the cluster runs: the kubelet first, then the
@@ -571,12 +564,13 @@ func (c *Cluster) stop() {
 	for range 3 {
 		killCgroupTree(c.cgroupRoot)
 	}
-	for _, pid := range shims(c.containerd) {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	killShims(c.containerd)
 	for i := len(c.daemons) - 1; i >= 0; i-- {
 		c.stopDaemon(c.daemons[i].name)
 	}
+	// And those containerd started while it stopped (shim delete), which
+	// would make their socket under /run/containerd after the cleanup.
+	killShims(c.containerd)
 	lab.UnmountUnder(c.Dir)
 	lab.RemoveCgroups(c.t, c.cgroupRoot)
 }
@@ -605,7 +599,7 @@ func (c *Cluster) stopDaemon(name string) {
 // killCgroupTree kills every process in the cgroup name, and those under
 // it, in every hierarchy.
 func killCgroupTree(name string) {
-	for _, h := range hierarchies() {
+	for _, h := range lab.CgroupHierarchies() {
 		filepath.WalkDir(filepath.Join(h, name), func(path string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 				return nil
@@ -620,6 +614,21 @@ func killCgroupTree(name string) {
 		})
 	}
 	time.Sleep(200 * time.Millisecond)
+}
+
+// killShims kills the shims of the containerd at socket until none is
+// left, for up to two seconds.
+func killShims(socket string) {
+	for range 20 {
+		pids := shims(socket)
+		if len(pids) == 0 {
+			return
+		}
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // shims returns the containerd shims serving the containerd at socket:

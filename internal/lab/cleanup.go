@@ -2,6 +2,7 @@ package lab
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -28,21 +29,13 @@ func UnmountUnder(dir string) {
 // after the runtime stops it: removal is retried for a few seconds, then what
 // is left fails the test.
 func RemoveCgroups(t TB, name string) {
-	mounts, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		t.Errorf("list cgroup hierarchies: %v", err)
-		return
-	}
-	for line := range strings.Lines(string(mounts)) {
-		f := strings.Fields(line)
-		if len(f) < 3 || (f[2] != "cgroup" && f[2] != "cgroup2") {
-			continue
-		}
-		dir := filepath.Join(f[1], name)
+	for _, h := range CgroupHierarchies() {
+		dir := filepath.Join(h, name)
 		if _, err := os.Stat(dir); err != nil {
 			continue
 		}
 		deadline := time.Now().Add(5 * time.Second)
+		var err error
 		for {
 			err = removeCgroupTree(dir)
 			if err == nil || time.Now().After(deadline) {
@@ -54,6 +47,20 @@ func RemoveCgroups(t TB, name string) {
 			t.Errorf("remove cgroup %s: %v", dir, err)
 		}
 	}
+}
+
+// CgroupHierarchies lists the mount points of the cgroup hierarchies (v1
+// and v2) mounted.
+func CgroupHierarchies() []string {
+	b, _ := os.ReadFile("/proc/self/mounts")
+	var out []string
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) >= 3 && (f[2] == "cgroup" || f[2] == "cgroup2") {
+			out = append(out, f[1])
+		}
+	}
+	return out
 }
 
 // removeCgroupTree removes the cgroup dir after the cgroups under it,
@@ -71,4 +78,16 @@ func removeCgroupTree(dir string) error {
 		}
 	}
 	return os.Remove(dir)
+}
+
+// LinkNames returns the names of the network links of this namespace.
+func LinkNames() map[string]bool {
+	out, _ := exec.Command("ip", "-o", "link", "show").Output()
+	m := map[string]bool{}
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) > 1 {
+			m[strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]] = true
+		}
+	}
+	return m
 }

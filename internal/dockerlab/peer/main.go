@@ -1,5 +1,5 @@
-// Command peer is the workload of the Docker tests, built static and run
-// FROM scratch: "peer serve ADDR" accepts and holds connections, printing
+// Command peer is the workload of the Docker and Kubernetes tests, built
+// static and run FROM scratch: "peer serve ADDR" accepts and holds connections, printing
 // "accepted PEER LOCAL" for each; "peer connect ADDR N" opens N connections
 // (retrying while the address is not yet reachable), printing "connected
 // LOCAL REMOTE" for each, and holds them.

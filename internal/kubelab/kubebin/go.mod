@@ -7,8 +7,10 @@
 // k8s.io/kubernetes points its staging modules at ./staging/src/k8s.io/X,
 // which `go install pkg@version` refuses; a main module of our own may
 // replace them with the same release's published modules (v0.34.4 for
-// v1.34.4). Stay on 1.34: 1.35 refuses cgroup v1. Bumping Kubernetes means
-// bumping every replace below to the matching v0.X.Y.
+// v1.34.4). Stay on 1.34: from 1.35 the kubelet refuses cgroup v1 unless
+// told (failCgroupV1: false, which kubelab sets), and kubelab is tested on
+// 1.34 only. Bumping Kubernetes means bumping every replace below to the
+// matching v0.X.Y.
 module github.com/connection-exporter/connection_exporter/internal/kubelab/kubebin
 
 go 1.24.0
