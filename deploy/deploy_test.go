@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/connection-exporter/connection_exporter/internal/lab"
 )
 
 // kubeletURL is the kubelet of the exporter's own node, at the node's IP
@@ -94,8 +96,8 @@ func list(v any) []string {
 // checkPrivileges checks that the DaemonSet and ClusterRole among kinds ask
 // for what the exporter needs and no more: the host's pid and network
 // namespaces, exactly the capabilities of leastPrivilege, a read-only root,
-// and get on the kubelet's nodes/proxy and nodes/pods.
-func checkPrivileges(t *testing.T, kinds map[string]map[string]any) {
+// and get on the kubelet's resources, and no other.
+func checkPrivileges(t *testing.T, kinds map[string]map[string]any, resources ...string) {
 	t.Helper()
 	ds := kinds["DaemonSet"]
 	if ds == nil {
@@ -120,8 +122,8 @@ func checkPrivileges(t *testing.T, kinds map[string]map[string]any) {
 	}
 	rules, _ := get(kinds["ClusterRole"], "rules").([]any)
 	if len(rules) != 1 || !slices.Equal(strs(get(rules[0], "verbs")), []string{"get"}) ||
-		!slices.Equal(strs(get(rules[0], "resources")), []string{"nodes/pods", "nodes/proxy"}) {
-		t.Errorf("ClusterRole rules %v, want get on nodes/proxy and nodes/pods only", rules)
+		!slices.Equal(strs(get(rules[0], "resources")), resources) {
+		t.Errorf("ClusterRole rules %v, want get on %v only", rules, resources)
 	}
 }
 
@@ -130,7 +132,7 @@ func TestKubernetes(t *testing.T) {
 	for _, d := range docs(t, "kubernetes/connection-exporter.yaml") {
 		kinds[d["kind"].(string)] = d
 	}
-	checkPrivileges(t, kinds)
+	checkPrivileges(t, kinds, "nodes/pods")
 	checkPod(t, kinds, "connection-exporter")
 	args := list(get(kinds["DaemonSet"], "spec", "template", "spec", "containers", 0, "args"))
 	if !slices.Contains(args, kubeletURL) || !slices.Contains(args, "--kubelet.insecure-skip-verify") {
@@ -179,19 +181,18 @@ func TestSwarm(t *testing.T) {
 // chart is the Helm chart, relative to this package.
 const chart = "helm/connection-exporter"
 
-// helmBinary returns the helm that scripts/helm installs; the test fails
-// without it (CI installs it through the same script).
+// helmBinary returns $HELM, or the helm that scripts/helm builds (which
+// needs to write /var/cache/connection-exporter: root, as CI runs it).
 func helmBinary(t *testing.T) string {
 	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command("../scripts/helm")
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("scripts/helm: %v\n%s", err, stderr.Bytes())
+	if h := os.Getenv("HELM"); h != "" {
+		return h
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
+	h, err := lab.Script("helm")
+	if err != nil {
+		t.Fatalf("%v (or set HELM to a helm v4 binary)", err)
+	}
+	return h
 }
 
 // rendered is one helm template run: its objects by kind (the chart makes
@@ -249,6 +250,7 @@ func TestHelmChart(t *testing.T) {
 				t.Errorf("args %q: want --kubelet.url=http://127.0.0.1:10255 only", r.args)
 			}
 		}},
+		{"nodesProxy", []string{"rbac.nodesProxy=true"}, func(t *testing.T, r rendered) {}},
 		{"noKubelet", []string{"kubelet.enabled=false"}, func(t *testing.T, r rendered) {
 			if slices.ContainsFunc(r.args, func(a string) bool { return strings.HasPrefix(a, "--kubelet.") }) {
 				t.Errorf("args %q: --kubelet flags with kubelet.enabled=false", r.args)
@@ -315,7 +317,11 @@ func TestHelmChart(t *testing.T) {
 					t.Errorf("%s in namespace %v, want the release's %s", kind, ns, namespace)
 				}
 			}
-			checkPrivileges(t, r.kinds)
+			resources := []string{"nodes/pods"}
+			if slices.Contains(tc.set, "rbac.nodesProxy=true") {
+				resources = append(resources, "nodes/proxy")
+			}
+			checkPrivileges(t, r.kinds, resources...)
 			checkPod(t, r.kinds, namespace)
 			r.args = list(get(r.container(), "args"))
 			tc.check(t, r)

@@ -262,7 +262,7 @@ func (c *Client) fetch(ctx context.Context) ([]Pod, string, error) {
 		case http.StatusUnauthorized:
 			err = fmt.Errorf("%w (the token was not accepted: is it the pod's service account token?)", err)
 		case http.StatusForbidden:
-			err = fmt.Errorf("%w (the service account may not get nodes/proxy or nodes/pods: see the ClusterRole of the manifest)", err)
+			err = fmt.Errorf("%w (the service account may not get nodes/pods, or nodes/proxy on kubelets before 1.33: see the ClusterRole of the manifest)", err)
 		}
 		return nil, fmt.Sprintf("http_%d", resp.StatusCode), err
 	}
