@@ -31,10 +31,14 @@ import (
 // intervals meet there).
 var scrapeIntervals = []time.Duration{time.Second, 15 * time.Second}
 
+// fetchClient gives up on an exporter that does not answer, so that a
+// hung exporter fails the test that scrapes it rather than hanging it.
+var fetchClient = &http.Client{Timeout: 30 * time.Second}
+
 // fetch scrapes the exporter once, reporting failures instead of failing
 // the test, for scrapes from goroutines of their own.
 func (e *exporter) fetch() (scraped, error) {
-	resp, err := http.Get(e.url)
+	resp, err := fetchClient.Get(e.url)
 	if err != nil {
 		return scraped{}, err
 	}
