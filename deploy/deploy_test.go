@@ -133,7 +133,7 @@ func TestKubernetes(t *testing.T) {
 		kinds[d["kind"].(string)] = d
 	}
 	checkPrivileges(t, kinds, "nodes/pods")
-	checkPod(t, kinds, "connection-exporter")
+	checkPod(t, kinds, "connection-exporter", "")
 	args := list(get(kinds["DaemonSet"], "spec", "template", "spec", "containers", 0, "args"))
 	if !slices.Contains(args, kubeletURL) || !slices.Contains(args, "--kubelet.insecure-skip-verify") {
 		t.Errorf("args %q: want %s and --kubelet.insecure-skip-verify", args, kubeletURL)
@@ -251,6 +251,7 @@ func TestHelmChart(t *testing.T) {
 			}
 		}},
 		{"nodesProxy", []string{"rbac.nodesProxy=true"}, func(t *testing.T, r rendered) {}},
+		{"netnsMountPropagation", []string{"netnsMountPropagation=HostToContainer"}, func(t *testing.T, r rendered) {}},
 		{"noKubelet", []string{"kubelet.enabled=false"}, func(t *testing.T, r rendered) {
 			if slices.ContainsFunc(r.args, func(a string) bool { return strings.HasPrefix(a, "--kubelet.") }) {
 				t.Errorf("args %q: --kubelet flags with kubelet.enabled=false", r.args)
@@ -322,7 +323,11 @@ func TestHelmChart(t *testing.T) {
 				resources = append(resources, "nodes/proxy")
 			}
 			checkPrivileges(t, r.kinds, resources...)
-			checkPod(t, r.kinds, namespace)
+			propagation := ""
+			if slices.Contains(tc.set, "netnsMountPropagation=HostToContainer") {
+				propagation = "HostToContainer"
+			}
+			checkPod(t, r.kinds, namespace, propagation)
 			r.args = list(get(r.container(), "args"))
 			tc.check(t, r)
 		})
@@ -331,10 +336,10 @@ func TestHelmChart(t *testing.T) {
 
 // checkPod checks what the plain manifest and every rendering of the chart
 // share: the pod runs as the ServiceAccount the ClusterRole is bound to, learns its node's
-// IP from the downward API, and mounts the host's folders read-only without
-// mount propagation, which fails the pod's start where /run is not a shared
-// mount.
-func checkPod(t *testing.T, kinds map[string]map[string]any, namespace string) {
+// IP from the downward API, and mounts the host's folders read-only, and
+// /run/netns with the mount propagation given ("": none, since propagation
+// fails the pod's start where /run is not a shared mount).
+func checkPod(t *testing.T, kinds map[string]map[string]any, namespace, propagation string) {
 	t.Helper()
 	spec := get(kinds["DaemonSet"], "spec", "template", "spec")
 	sa := get(kinds["ServiceAccount"], "metadata", "name")
@@ -369,8 +374,8 @@ func checkPod(t *testing.T, kinds map[string]map[string]any, namespace string) {
 		if get(m, "readOnly") != true {
 			t.Errorf("%s mounted writable", path)
 		}
-		if p := get(m, "mountPropagation"); path == "/run/netns" && p != nil {
-			t.Errorf("/run/netns mounted with mountPropagation %v", p)
+		if p, _ := get(m, "mountPropagation").(string); path == "/run/netns" && p != propagation {
+			t.Errorf("/run/netns mounted with mountPropagation %q, want %q", p, propagation)
 		}
 	}
 	if len(want) > 0 {
