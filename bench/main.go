@@ -680,17 +680,8 @@ func (r *runner) throughput(cycles int) []row {
 	defer empty.close()
 	// Released as a scrape would release them, so that the map stays the
 	// size it has on a scraped host.
-	var closed []uint64
 	release := func() {
-		closed = closed[:0]
-		if _, err := tr.Read(func(c *record.Conn) {
-			if c.State == record.StateClosed || c.State == record.StateFailed {
-				closed = append(closed, c.Cookie)
-			}
-		}); err != nil {
-			r.Fatalf("read connections: %v", err)
-		}
-		if err := tr.Release(closed); err != nil {
+		if err := tr.ReleaseClosed(); err != nil {
 			r.Fatalf("release connections: %v", err)
 		}
 	}

@@ -5,19 +5,22 @@
 // Kernel side of connection_exporter: records every actively opened TCP
 // connection of every process in every network namespace.
 //
-// One BTF tracepoint on inet_sock_set_state follows each socket through its
-// life: CLOSE -> SYN_SENT runs in the connecting process and records the owner,
-// SYN_SENT -> ESTABLISHED runs in softirq context and records the 4-tuple
-// (the source port is not assigned before), and the final transition to CLOSE
-// marks the entry closed or failed. Entries are never deleted here: user space
-// reads them on a scrape and deletes closed and failed ones after it has
-// counted them, so a connection that lives between two scrapes is still seen.
+// One BTF tracepoint on inet_sock_set_state sees each socket open
+// (CLOSE -> SYN_SENT, in the connecting process) and close (-> CLOSE). It
+// does as little as it can there, on the connecting process's time: it
+// appends a record of the opening (owner, socket) or of the close (tuple,
+// final counts) to its CPU's part of a log, an array no other CPU writes.
+// A scrape runs read_changes, which first drains the logs into the conns
+// map (openings of every CPU, then closes), then walks the map in the kernel:
+// it follows each open connection's socket (the handshake's end and its
+// tuple, the live counts) and copies out only the entries whose version
+// moved since it last copied them. A scrape where nothing changed costs a
+// walk of the map and no copy. When a CPU's log is full, the tracepoint
+// writes into the map itself, as the drain would.
 //
-// Each change user space must see (established, failed, closed) bumps the
-// entry's version. On a scrape, user space runs read_changes, which walks
-// the map in the kernel and copies out only the entries whose version moved
-// since it last copied them: a scrape where nothing changed costs a walk of
-// the map and no copy.
+// Entries are never deleted here: user space reads them on a scrape and
+// deletes closed and failed ones after it has counted them, so a connection
+// that lives between two scrapes is still seen.
 //
 // An iter/tcp program lists the sockets that existed before the tracepoint
 // was attached, so that user space can seed the table at start-up.
@@ -64,20 +67,21 @@ struct tcp_counts {
 // Addresses are in network byte order, ports and everything else in host
 // byte order. IPv4 addresses occupy the first 4 bytes of saddr and daddr.
 //
-// Two writers share an entry: the tracepoint (the owner at the opening,
-// the end at the close) and read_changes (the tuple once the handshake is
-// over, the live counts, and what it copied out of them). They write different fields, but for the
-// tuple, which both write with the same values, and state, which each
-// changes with an atomic exchange or compare-and-swap, so that the close
-// always wins.
+// read_changes writes entries (the opening and the close from the logs, the
+// tuple once the handshake is over, the live counts, and what it copied out
+// of them); so does the tracepoint when its CPU's log is full. They write
+// different fields, but for the tuple, which both write with the same
+// values, and state, which each changes with an atomic exchange or
+// compare-and-swap, so that the close always wins.
 struct conn {
 	__u64 sk;        // the socket's address while it is open, for read_changes; 0 once closed
+	__u64 opened;    // the opening's time (struct open_rec); 0 for a first opening or a seed
 	__u32 pid;       // thread group id of the connecting process
 	__u32 netns;     // network namespace inode of the socket
 	__u32 state;     // enum conn_state
 	__u16 family;    // AF_INET or AF_INET6
 	__u8 seeded;     // 1 when user space created the entry at start-up
-	__u8 pad;
+	__u8 gone;       // 1 when a walk found the open socket gone (see follow)
 	__u16 sport;     // local port
 	__u16 dport;     // remote port
 	__u8 saddr[16];  // local address
@@ -91,22 +95,21 @@ struct conn {
 };
 
 // conns: key u64 socket cookie (unique for the kernel's lifetime), value
-// struct conn. The tracepoint inserts at CLOSE -> SYN_SENT and writes the
-// end at -> CLOSE, bumping version; read_changes follows the open socket
-// in between (the handshake's end, the live counts), bumping version for
-// what changed, and writes reported; user space deletes entries in state
-// CLOSED or FAILED once a scrape has read them. max_entries is set by user
-// space at load time.
+// struct conn. read_changes inserts an entry for each opening it drains
+// from the logs and writes the end of each close, bumping version; it
+// follows the open socket in between (the handshake's end, the live
+// counts), bumping version for what changed, and writes reported; user
+// space deletes entries in state CLOSED or FAILED once a scrape has read
+// them. max_entries is set by user space at load time.
 // Entries are preallocated: an insert takes one from a per-CPU free list and
 // a delete puts it back, where an allocating map would allocate on every
-// connection and free each released entry after RCU grace periods, which
-// costs the host's connect/close throughput about two points. The price is
-// about 160 bytes of kernel memory per entry from the start. A preallocated
-// entry can be reused as soon as it is deleted, even while a program that
-// looked it up still writes to it; user space deletes only entries whose
-// connection is over, which no program writes to again, except when a
-// socket connects again after a failed attempt, in the instant a scrape
-// releases that failure.
+// connection and free each released entry after RCU grace periods. The
+// price is about 170 bytes of kernel memory per entry from the start. A
+// preallocated entry can be reused as soon as it is deleted, even while a
+// program that looked it up still writes to it; user space deletes only
+// entries whose connection is over, which no program writes to again,
+// except when a socket connects again after a failed attempt, in the
+// instant a scrape releases that failure.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -117,13 +120,16 @@ struct {
 // Indexes of the counters array.
 enum counter {
 	COUNTER_CONNS_FULL = 0, // an insert into conns failed: the attempt is lost
-	COUNTER_RECORDED = 1,   // an attempt was inserted into conns
-	COUNTER_CHANGED = 2,    // an entry's version was bumped
+	COUNTER_RECORDED = 1,   // an opening went into conns, the log being full
+	COUNTER_CHANGED = 2,    // a close went into conns, the log being full
+	COUNTER_CLOSE_LOST = 3, // a close found neither room in the log nor its entry
 	COUNTER_MAX = 4,
 };
 
 // counters: key u32 enum counter, value u64 per CPU. Written by the
-// tracepoint, summed over CPUs by user space. Monotonic; never reset.
+// tracepoint and read_changes, summed over CPUs by user space. Monotonic;
+// never reset. Openings and closes that go through the logs are counted by
+// the logs' heads instead.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNTER_MAX);
@@ -180,6 +186,231 @@ static __always_inline void read_counts(struct tcp_counts *t, const struct tcp_s
 	t->srtt_us = tp->srtt_us;
 }
 
+// struct open_rec is the log's record of an opening: what the entry of the
+// connection starts with. Same conventions as struct conn.
+struct open_rec {
+	__u64 cookie;
+	__u64 sk;
+	__u64 at; // bpf_ktime_get_ns() when the socket connects again, else 0
+	__u32 pid;
+	__u32 netns;
+	__u16 family;
+	__u16 pad[3];
+	char comm[16];
+};
+
+// struct close_rec is the log's record of a close: the end of the entry.
+struct close_rec {
+	__u64 cookie;
+	__u64 at;    // the socket's tcp_clock_cache: a time between its opening and the next
+	__u32 state; // CONN_CLOSED or CONN_FAILED
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16]; // IPv4: the first 4 bytes
+	__u8 daddr[16];
+	struct tcp_counts final;
+};
+
+// log_cpus and log_slots are set by user space at load time: the number of
+// possible CPUs, and the records each CPU's part of a log holds (a power of
+// two).
+const volatile __u32 log_cpus = 1;
+const volatile __u32 log_slots = 1024;
+
+// opens and closes: key u32 cpu * log_slots + slot, value struct open_rec
+// or struct close_rec. CPU n writes only the part from n * log_slots, in
+// turn, the n-th record of its part going to slot n % log_slots; read_changes
+// takes the records out. max_entries is set by user space at load time.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct open_rec);
+} opens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct close_rec);
+} closes SEC(".maps");
+
+// struct log_head is how far a CPU's parts of the logs are written and
+// read. Counts are of records since the programs were loaded, and wrap
+// around. The tracepoint writes the first cache line, on its CPU only;
+// read_changes the second.
+struct log_head {
+	__u32 opens;  // opening records written and complete
+	__u32 closes; // close records written and complete
+	__u32 pad1[14];
+	__u32 opens_read;  // opening records read_changes is done with
+	__u32 closes_read; // close records read_changes is done with
+	__u32 closes_to;   // the closes a drain takes: its snapshot of closes
+	__u32 pad2[13];
+};
+
+// heads: key u32 cpu, value struct log_head. User space reads it through a
+// memory mapping to tell whether anything was logged since a read.
+// max_entries is set by user space at load time.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct log_head);
+} heads SEC(".maps");
+
+const struct log_head *unused_log_head __attribute__((unused));
+
+// stores_in_order is set by user space at load time where the CPU makes
+// stores visible to other CPUs in the order a program makes them (x86): a
+// plain store then publishes a record as well as a locked instruction,
+// which costs about 40 ns on the development VM. Elsewhere an exchange,
+// which orders the stores before it, does.
+const volatile __u32 stores_in_order = 0;
+
+// publish_head stores n in the head of a CPU's part of a log, after the
+// record it counts.
+static __always_inline void publish_head(__u32 *head, __u32 n)
+{
+	if (stores_in_order) {
+		asm volatile("" ::: "memory"); // the compiler keeps the order too
+		*(volatile __u32 *)head = n;
+	} else {
+		__sync_lock_test_and_set(head, n);
+	}
+}
+
+// new_conn makes the entry of an opening.
+static __always_inline void new_conn(struct conn *n, const struct open_rec *r)
+{
+	__builtin_memset(n, 0, sizeof(*n));
+	n->sk = r->sk;
+	n->opened = r->at;
+	n->pid = r->pid;
+	n->netns = r->netns;
+	n->family = r->family;
+	n->state = CONN_CONNECTING;
+	__builtin_memcpy(n->comm, r->comm, sizeof(n->comm));
+}
+
+// apply_open inserts the entry of an opening into conns. A socket that
+// connects again after a failed attempt keeps its cookie, and its entry
+// until a scrape releases it: the entry follows the new attempt from
+// there, unless it already follows a later one. An entry the seed made
+// from a socket it found is replaced: this opening is that socket's, and
+// tells its owner better.
+static __always_inline void apply_open(const struct open_rec *r)
+{
+	struct conn n;
+	new_conn(&n, r);
+	long err = bpf_map_update_elem(&conns, &r->cookie, &n, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		struct conn *c = bpf_map_lookup_elem(&conns, &r->cookie);
+		if (!c)
+			return;
+		if (c->seeded) {
+			bpf_map_update_elem(&conns, &r->cookie, &n, BPF_EXIST);
+			return;
+		}
+		if (r->at <= c->opened)
+			return;
+		c->sk = r->sk;
+		c->opened = r->at;
+		c->gone = 0;
+		__sync_lock_test_and_set(&c->state, CONN_CONNECTING);
+		changed(c);
+		return;
+	}
+	if (err)
+		count(COUNTER_CONNS_FULL);
+}
+
+// apply_close writes the end of a connection into its entry, unless the
+// close is of an attempt before the one the entry follows. It reports
+// whether the entry was there.
+static __always_inline int apply_close(const struct close_rec *r)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &r->cookie);
+	if (!c)
+		return 0; // not a connection this program saw open
+	if (r->at < c->opened)
+		return 1;
+	c->sport = r->sport;
+	c->dport = r->dport;
+	if (c->family == AF_INET) {
+		__builtin_memcpy(c->saddr, r->saddr, 4);
+		__builtin_memcpy(c->daddr, r->daddr, 4);
+	} else {
+		__builtin_memcpy(c->saddr, r->saddr, 16);
+		__builtin_memcpy(c->daddr, r->daddr, 16);
+	}
+	c->final = r->final;
+	c->sk = 0;
+	__sync_lock_test_and_set(&c->state, r->state); // wins over follow
+	changed(c);
+	return 1;
+}
+
+// fill_open writes the record of sk's opening. Process context: the
+// connecting task is current. Its fields load straight from the task, which
+// the verifier trusts, rather than through helper calls.
+//
+// A socket that had a cookie before (again, after an earlier attempt
+// failed) has its opening timed, so that the drain can tell the earlier
+// attempt's close from this one's; a first opening needs no time, as no
+// close of that socket comes before it. The clock costs about 50 ns on the
+// development VM.
+static __always_inline void fill_open(struct open_rec *r, const struct sock *sk, __u16 family, __u64 had_cookie)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	r->cookie = bpf_get_socket_cookie((void *)sk);
+	r->sk = (__u64)sk;
+	r->at = had_cookie ? bpf_ktime_get_ns() : 0;
+	r->pid = task->tgid;
+	r->netns = sk->__sk_common.skc_net.net->ns.inum;
+	r->family = family;
+	__builtin_memcpy(r->comm, task->group_leader->comm, sizeof(r->comm));
+}
+
+// fill_close writes the record of sk's close. From SYN_SENT the attempt
+// failed; from any other state the connection was established, whether or
+// not read_changes saw it so. The kernel released the source port just
+// before this transition and cleared skc_num, but the port it had bound is
+// still in inet_sport, which only a later disconnect clears; the addresses
+// and the remote port are still there too. An attempt that failed before a
+// port was chosen has none (or, on a socket whose earlier attempt failed,
+// that attempt's port).
+//
+// Its time is the last the kernel took for the socket (tcp_clock_cache,
+// Linux 4.20 or later), rather than the clock's: the kernel takes one when
+// it sends the SYN, after the opening, and none after the close, so it
+// falls between the attempt's opening and the next one's, which is all
+// the drain asks of it.
+static __always_inline void fill_close(struct close_rec *r, const struct sock *sk, __u64 cookie, int oldstate)
+{
+	struct tcp_sock *tp = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct tcp_sock));
+	r->cookie = cookie;
+	if (bpf_core_field_exists(tp->tcp_clock_cache))
+		r->at = tp->tcp_clock_cache;
+	else
+		r->at = bpf_ktime_get_ns();
+	r->state = oldstate == TCP_SYN_SENT ? CONN_FAILED : CONN_CLOSED;
+	r->sport = __builtin_bswap16(tp->inet_conn.icsk_inet.inet_sport);
+	r->dport = __builtin_bswap16(sk->__sk_common.skc_dport);
+	if (sk->__sk_common.skc_family == AF_INET) {
+		__builtin_memcpy(r->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(r->daddr, &sk->__sk_common.skc_daddr, 4);
+	} else {
+		__builtin_memcpy(r->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(r->daddr, &sk->__sk_common.skc_v6_daddr, 16);
+	}
+	if (tcp_counts_on)
+		read_counts(&r->final, tp);
+	else
+		__builtin_memset(&r->final, 0, sizeof(r->final));
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int newstate)
 {
@@ -192,74 +423,54 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 
 	// A socket this program never saw open has no cookie yet (asking for
 	// one would make it one): the server side of every connection, which
-	// closes too, leaves here without a lookup. Any other is looked up by
-	// its cookie, which tells on its own whether it is a TCP socket of
-	// either family that this program recorded.
+	// closes too, leaves here without a record. Closes of other sockets
+	// that have one are dropped by read_changes, which finds no entry.
 	__u64 cookie = sk->__sk_common.skc_cookie.counter;
 	if (!opening && !cookie)
+		return 0;
+
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct log_head *h = bpf_map_lookup_elem(&heads, &cpu);
+	if (!h)
 		return 0;
 
 	if (opening) {
 		__u16 family = sk->__sk_common.skc_family;
 		if (sk->sk_protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
 			return 0;
-		cookie = bpf_get_socket_cookie((void *)sk);
-		// Process context: the connecting task is current. The entry is
-		// built whole on the stack and inserted once: one hash operation,
-		// and the reader never sees it half written. The owner's fields
-		// load straight from the task, which the verifier trusts, rather
-		// than through helper calls.
-		struct conn n = {};
-		struct task_struct *task = bpf_get_current_task_btf();
-		n.sk = (__u64)sk;
-		n.pid = task->tgid;
-		n.netns = sk->__sk_common.skc_net.net->ns.inum;
-		n.family = family;
-		n.state = CONN_CONNECTING;
-		__builtin_memcpy(n.comm, task->group_leader->comm, sizeof(n.comm));
-		long err = bpf_map_update_elem(&conns, &cookie, &n, BPF_NOEXIST);
-		if (err == -EEXIST) {
-			// A socket that connects again after a failed attempt
-			// keeps its cookie, and its entry until a scrape releases
-			// it: the entry follows the new attempt from there.
-			struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-			if (c) {
-				c->sk = (__u64)sk;
-				__sync_lock_test_and_set(&c->state, CONN_CONNECTING);
-				changed(c);
-			}
+		__u32 head = h->opens;
+		if (head - *(volatile __u32 *)&h->opens_read >= log_slots) {
+			// The log is full: into the map now.
+			struct open_rec local = {};
+			fill_open(&local, sk, family, cookie);
+			apply_open(&local);
+			count(COUNTER_RECORDED);
 			return 0;
 		}
-		if (err) {
-			count(COUNTER_CONNS_FULL);
+		__u32 idx = cpu * log_slots + (head & (log_slots - 1));
+		struct open_rec *r = bpf_map_lookup_elem(&opens, &idx);
+		if (!r)
 			return 0;
-		}
-		count(COUNTER_RECORDED);
+		fill_open(r, sk, family, cookie);
+		publish_head(&h->opens, head + 1);
 		return 0;
 	}
 
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c)
-		return 0; // passive open, or a socket that predates the exporter
-
-	// newstate == TCP_CLOSE. From SYN_SENT the attempt failed; from any
-	// other state the connection was established, whether or not
-	// read_changes saw it so. The kernel released the source port just
-	// before this transition and cleared skc_num, but the port it had
-	// bound is still in inet_sport, which only a later disconnect clears;
-	// the addresses and the remote port are still there too. An attempt
-	// that failed before a port was chosen has none (or, on a socket whose
-	// earlier attempt failed, that attempt's port).
-	read_tuple(c, sk);
-	struct tcp_sock *tp = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct tcp_sock));
-	c->sport = __builtin_bswap16(tp->inet_conn.icsk_inet.inet_sport);
-	if (tcp_counts_on)
-		read_counts(&c->final, tp);
-	c->sk = 0;
-	__u32 end = oldstate == TCP_SYN_SENT ? CONN_FAILED : CONN_CLOSED;
-	__sync_lock_test_and_set(&c->state, end); // wins over read_changes
-	changed(c);
-	count(COUNTER_CHANGED);
+	__u32 head = h->closes;
+	if (head - *(volatile __u32 *)&h->closes_read >= log_slots) {
+		// The log is full: into the entry now, if a drain made it. One
+		// whose opening is still in the log is left to follow.
+		struct close_rec local = {};
+		fill_close(&local, sk, cookie, oldstate);
+		count(apply_close(&local) ? COUNTER_CHANGED : COUNTER_CLOSE_LOST);
+		return 0;
+	}
+	__u32 idx = cpu * log_slots + (head & (log_slots - 1));
+	struct close_rec *r = bpf_map_lookup_elem(&closes, &idx);
+	if (!r)
+		return 0;
+	fill_close(r, sk, cookie, oldstate);
+	publish_head(&h->closes, head + 1);
 	return 0;
 }
 
@@ -437,7 +648,7 @@ struct read_run {
 	__u32 count;      // entries copied by the read so far
 	__u32 more;       // 1 when the run stopped because changes was full
 	__u32 total;      // entries in conns, when more is 0
-	__u32 connecting; // entries whose handshake is not over, when more is 0
+	__u32 connecting; // entries whose handshake is not over or whose socket is gone, when more is 0
 	__u32 pad;
 };
 
@@ -455,7 +666,7 @@ struct walk {
 	__u32 size;
 	__u32 more;
 	__u32 flags;      // READ_*
-	__u32 connecting; // entries left connecting
+	__u32 connecting; // entries the next walk must look at again
 };
 
 // publish tells user space that the entries before w->next are complete.
@@ -490,13 +701,20 @@ static __always_inline void follow(const __u64 *key, struct conn *c, struct walk
 	struct tcp_counts t = {};
 	if (counts)
 		read_counts(&t, tp);
-	// A socket that is gone, or closed (the kernel stores the state after
-	// the tracepoint ran), without the tracepoint having marked its entry
-	// closed, closed while the tracepoint was detached: the connection
-	// ends here, as last seen.
-	if (sk->__sk_common.skc_cookie.counter != *key || kst == TCP_CLOSE) {
+	// A socket that is gone, or closed, is one whose close the tracepoint
+	// logged (it runs before the kernel stores the state) after this read's
+	// drain took its snapshot: the next read's drain writes the end. If the
+	// next walk still finds the entry open, the socket closed while the
+	// tracepoint was detached: the connection ends there, as last seen.
+	__u64 now = sk->__sk_common.skc_cookie.counter;
+	if (now != *key || kst == TCP_CLOSE) {
+		w->connecting++; // the next read walks
+		if (!c->gone) {
+			c->gone = 1;
+			return;
+		}
 		if (__sync_val_compare_and_swap(&c->state, st, st == CONN_CONNECTING ? CONN_FAILED : CONN_CLOSED) == st) {
-			c->final = c->live;
+			c->final = counts && now == *key ? t : c->live;
 			c->sk = 0;
 			changed(c);
 		}
@@ -555,9 +773,80 @@ static long copy_changed(struct bpf_map *map, const __u64 *key, struct conn *c, 
 	return 0;
 }
 
-// read_changes walks conns and copies out the entries that changed since
-// a run last copied them into the ring changes, publishing its progress
-// as it goes (Linux 5.13 or later). User space reads the entries while
+// struct drain is where a drain of one CPU's part of a log stands.
+struct drain {
+	__u32 cpu;
+	__u32 first;  // the count of the first record to take
+	__u32 closes; // 1: the closes log; 0: the openings log
+};
+
+static long drain_one(__u64 i, struct drain *d)
+{
+	__u32 idx = d->cpu * log_slots + ((d->first + (__u32)i) & (log_slots - 1));
+	if (d->closes) {
+		struct close_rec *r = bpf_map_lookup_elem(&closes, &idx);
+		if (r)
+			apply_close(r);
+	} else {
+		struct open_rec *r = bpf_map_lookup_elem(&opens, &idx);
+		if (r)
+			apply_open(r);
+	}
+	return 0;
+}
+
+static __always_inline struct log_head *head_of(__u64 cpu)
+{
+	__u32 k = cpu;
+	return bpf_map_lookup_elem(&heads, &k);
+}
+
+// snap_closes notes how many closes CPU cpu has logged: the drain takes
+// those. Taken before the openings, the snapshot holds no close whose
+// opening the drain does not take too.
+static long snap_closes(__u64 cpu, void *unused)
+{
+	struct log_head *h = head_of(cpu);
+	if (!h)
+		return 1;
+	// Fetches rather than plain loads, for their barrier: the records
+	// counted are complete.
+	h->closes_to = __sync_fetch_and_add(&h->closes, 0);
+	return 0;
+}
+
+// drain_cpu applies CPU cpu's records of one log: the openings up to what
+// it has logged by now, or the closes up to snap_closes's snapshot.
+static long drain_cpu(__u64 cpu, __u32 *closes)
+{
+	struct log_head *h = head_of(cpu);
+	if (!h)
+		return 1;
+	__u32 *done = *closes ? &h->closes_read : &h->opens_read;
+	__u32 to = *closes ? h->closes_to : __sync_fetch_and_add(&h->opens, 0);
+	struct drain d = {.cpu = cpu, .first = *done, .closes = *closes};
+	bpf_loop(to - d.first, drain_one, &d, 0);
+	__sync_lock_test_and_set(done, to); // frees the slots
+	return 0;
+}
+
+// drain moves what the logs hold into conns: the openings of every CPU,
+// then the closes, so that a close logged on another CPU than its opening
+// finds its entry. A close and an opening of the same socket, one attempt
+// failed and the next begun, are told apart by their times.
+static __always_inline void drain(void)
+{
+	__u32 closes = 0;
+	bpf_loop(log_cpus, snap_closes, NULL, 0);
+	bpf_loop(log_cpus, drain_cpu, &closes, 0);
+	closes = 1;
+	bpf_loop(log_cpus, drain_cpu, &closes, 0);
+}
+
+// read_changes drains the logs into conns, then walks conns and copies out
+// the entries that changed since a run last copied them into the ring
+// changes, publishing its progress
+// as it goes (Linux 5.17 or later, for bpf_loop). User space reads the entries while
 // the walk goes on, from another thread: the caller's first changes are
 // at hand after a short part of the walk, and the walk is not cut into
 // runs that each walk the map again. A run stops early only when user
@@ -574,6 +863,8 @@ int read_changes(struct xdp_md *ctx)
 	struct read_progress *p = bpf_map_lookup_elem(&progress, &zero);
 	if (!p || run->size == 0)
 		return XDP_ABORTED;
+	if (run->start == 0)
+		drain();
 	struct walk w = {.p = p, .next = run->start, .published = run->start, .size = run->size, .flags = run->flags};
 	w.read = *(volatile __u32 *)&p->read;
 	long visited = bpf_for_each_map_elem(&conns, copy_changed, &w, 0);

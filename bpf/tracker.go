@@ -8,7 +8,7 @@
 //
 // The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
 // tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
-// later) and bpf_for_each_map_elem (Linux 5.13 or later); seeding uses a
+// later), bpf_for_each_map_elem and bpf_loop (Linux 5.17 or later); seeding uses a
 // TCP socket iterator (Linux 5.9 or later). Neither
 // kprobes, fentry nor a tracefs mount are needed. The conntrack lookups need
 // the conntrack kfuncs (Linux 5.18 or later); without them the rest works.
@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,8 +65,9 @@ type Config struct {
 }
 
 // DefaultMaxConnections is the default size of the connection map. Its
-// entries are preallocated (about 160 bytes each: 10 MiB of kernel memory,
-// charged to the exporter's memory cgroup).
+// entries are preallocated (about 170 bytes each: 11 MiB of kernel memory,
+// charged to the exporter's memory cgroup), and the logs hold about as many
+// records (8.9 MiB more; see logSlots).
 const DefaultMaxConnections = 65536
 
 // Tracker loads and attaches the kernel programs and reads what they record.
@@ -81,6 +83,7 @@ type Tracker struct {
 
 	changes  *mapped[trackerConnRec] // the changes ring
 	ringSize uint32                  // its length
+	heads    *mapped[trackerLogHead] // how far each CPU's logs are written
 	// progress is the reader's progress, read and written atomically
 	// while the reader runs; progressMap is its mapping.
 	progress    *trackerReadProgress
@@ -95,7 +98,7 @@ type Tracker struct {
 	walked bool        // a Read walked the map
 	walks  int         // for tests
 	runs   int         // for tests: runs of the reader in the last walk
-	last   [2]uint64   // counters changed and recorded before that walk
+	last   [2]uint64   // closes and openings logged or counted before that walk
 	total  int         // entries the walk found, less those released since
 	// connecting is how many entries the last walk left connecting: the
 	// next Read walks to find how their handshakes ended.
@@ -150,6 +153,24 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	ringSize := min(cfg.MaxConnections, cfg.changes)
 	spec.Maps[trackerMapChanges].MaxEntries = ringSize
 
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	slots := logSlots(cfg.MaxConnections, cpus)
+	spec.Maps[trackerMapOpens].MaxEntries = uint32(cpus) * slots
+	spec.Maps[trackerMapCloses].MaxEntries = uint32(cpus) * slots
+	spec.Maps[trackerMapHeads].MaxEntries = uint32(cpus)
+	vars := map[string]uint32{"log_cpus": uint32(cpus), "log_slots": slots}
+	if runtime.GOARCH == "amd64" || runtime.GOARCH == "386" {
+		vars["stores_in_order"] = 1 // x86 keeps stores in order (TSO)
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+
 	t := &Tracker{logger: logger, max: cfg.MaxConnections, ringSize: ringSize}
 	if cfg.TCPStats {
 		t.flags |= readCounts
@@ -171,6 +192,10 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	if t.changes, err = mapArray[trackerConnRec](t.objs.Changes); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("map the changes ring: %w", err)
+	}
+	if t.heads, err = mapArray[trackerLogHead](t.objs.Heads); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("map the logs' heads: %w", err)
 	}
 	if t.progressMap, err = mapArray[trackerReadProgress](t.objs.Progress); err != nil {
 		t.Close()
@@ -247,8 +272,8 @@ func (t *Tracker) Detach() error {
 func (t *Tracker) Close() error {
 	errs := []error{t.Detach()}
 	t.mu.Lock()
-	errs = append(errs, t.changes.close(), t.progressMap.close())
-	t.changes, t.progressMap, t.progress = nil, nil, nil
+	errs = append(errs, t.changes.close(), t.progressMap.close(), t.heads.close())
+	t.changes, t.progressMap, t.progress, t.heads = nil, nil, nil, nil
 	t.mu.Unlock()
 	return errors.Join(append(errs, t.objs.Close())...)
 }
@@ -259,9 +284,10 @@ var ErrClosed = errors.New("closed")
 // Capacity returns the size of the connection map.
 func (t *Tracker) Capacity() uint32 { return t.max }
 
-// snapshot appends every recorded connection to dst and returns it, with a
-// batch read of the map that marks nothing reported (the tests use it;
-// scrapes use Read). The order is unspecified. Entries updated while the
+// snapshot appends every connection in the map to dst and returns it, with
+// a batch read of the map that marks nothing reported (the tests use it;
+// scrapes use Read). Openings and closes still in the logs are not in the
+// map until a Read drains them. The order is unspecified. Entries updated while the
 // snapshot is taken may show either their old or new state.
 func (t *Tracker) snapshot(dst []record.Conn) ([]record.Conn, error) {
 	err := t.walk(func(c *record.Conn) { dst = append(dst, *c) })
@@ -293,14 +319,12 @@ func (t *Tracker) Read(fn func(*record.Conn)) (int, error) {
 	if t.changes == nil {
 		return 0, fmt.Errorf("read connections: %w", ErrClosed)
 	}
-	// The counters are read before the walk: a change counted after this
-	// point is either seen by the walk or makes the next Read walk.
-	var now [2]uint64
-	var err error
-	for i, idx := range []uint32{counterChanged, counterRecorded} {
-		if now[i], err = t.counter(idx); err != nil {
-			return 0, err
-		}
+	// The logs and counters are read before the walk: a change logged or
+	// counted after this point is either seen by the walk or makes the
+	// next Read walk.
+	now, err := t.logged()
+	if err != nil {
+		return 0, err
 	}
 	if t.walked && now == t.last && t.connecting == 0 && t.flags&readCounts == 0 {
 		return t.total, nil
@@ -497,6 +521,21 @@ func addr(family uint16, b *[16]uint8) netip.Addr {
 	return netip.AddrFrom16(*b).Unmap()
 }
 
+// releaseClosed reads what changed and releases the connections that
+// ended, as a scrape does once it has counted them: the tests and the
+// benchmark use it to keep the map and the logs from filling.
+func (t *Tracker) releaseClosed() error {
+	var closed []uint64
+	if _, err := t.Read(func(c *record.Conn) {
+		if c.State == record.StateClosed || c.State == record.StateFailed {
+			closed = append(closed, c.Cookie)
+		}
+	}); err != nil {
+		return err
+	}
+	return t.Release(closed)
+}
+
 // Release deletes connections that the caller has accounted for. Only
 // connections in a final state should be released; a cookie that is already
 // gone is ignored.
@@ -560,6 +599,38 @@ const (
 	counterChanged   = 2
 )
 
+// logged returns how many closes and how many openings the programs logged
+// or wrote into the map since they were loaded. t.mu must be held.
+func (t *Tracker) logged() ([2]uint64, error) {
+	var now [2]uint64
+	for i, idx := range []uint32{counterChanged, counterRecorded} {
+		n, err := t.counter(idx)
+		if err != nil {
+			return now, err
+		}
+		now[i] = n
+	}
+	for i := range t.heads.elems {
+		h := &t.heads.elems[i]
+		now[0] += uint64(atomic.LoadUint32(&h.Closes))
+		now[1] += uint64(atomic.LoadUint32(&h.Opens))
+	}
+	return now, nil
+}
+
+// logSlots is how many records each CPU's part of a log holds: together
+// about as many as the connection map, a power of two from 256 to 32,768.
+// Openings and closes wait there, at 56 and 80 bytes, until a Read drains
+// them into the map; a CPU whose part is full writes into the map itself,
+// as the log saves it from doing.
+func logSlots(maxConns uint32, cpus int) uint32 {
+	n := uint32(256)
+	for n < 32768 && uint64(n)*2*uint64(cpus) <= uint64(maxConns) {
+		n *= 2
+	}
+	return n
+}
+
 // Lost returns how many connection attempts the kernel could not record
 // because the connection map was full, since the programs were loaded.
 func (t *Tracker) Lost() (uint64, error) { return t.counter(counterConnsFull) }
@@ -569,8 +640,13 @@ func (t *Tracker) Lost() (uint64, error) { return t.counter(counterConnsFull) }
 // two calls is how many new connections the next snapshot holds at most,
 // known before reading it.
 func (t *Tracker) Recorded() (uint64, error) {
-	n, err := t.counter(counterRecorded)
-	return n + t.seeded, err
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.heads == nil {
+		return 0, fmt.Errorf("read connections: %w", ErrClosed)
+	}
+	n, err := t.logged()
+	return n[1] + t.seeded, err
 }
 
 func (t *Tracker) counter(idx uint32) (uint64, error) {

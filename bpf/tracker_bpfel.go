@@ -13,15 +13,34 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type trackerCloseRec struct {
+	_      structs.HostLayout
+	Cookie uint64
+	At     uint64
+	State  uint32
+	Sport  uint16
+	Dport  uint16
+	Saddr  [16]uint8
+	Daddr  [16]uint8
+	Final  struct {
+		_             structs.HostLayout
+		BytesAcked    uint64
+		BytesReceived uint64
+		Retrans       uint32
+		SrttUs        uint32
+	}
+}
+
 type trackerConn struct {
 	_        structs.HostLayout
 	Sk       uint64
+	Opened   uint64
 	Pid      uint32
 	Netns    uint32
 	State    uint32
 	Family   uint16
 	Seeded   uint8
-	Pad      uint8
+	Gone     uint8
 	Sport    uint16
 	Dport    uint16
 	Saddr    [16]uint8
@@ -75,6 +94,29 @@ type trackerInsertRun struct {
 	Pad      uint32
 }
 
+type trackerLogHead struct {
+	_          structs.HostLayout
+	Opens      uint32
+	Closes     uint32
+	Pad1       [14]uint32
+	OpensRead  uint32
+	ClosesRead uint32
+	ClosesTo   uint32
+	Pad2       [13]uint32
+}
+
+type trackerOpenRec struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Sk     uint64
+	At     uint64
+	Pid    uint32
+	Netns  uint32
+	Family uint16
+	Pad    [3]uint16
+	Comm   [16]int8
+}
+
 type trackerReadProgress struct {
 	_       structs.HostLayout
 	Written uint32
@@ -116,8 +158,11 @@ type trackerSockRec struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	trackerMapChanges            = "changes"
+	trackerMapCloses             = "closes"
 	trackerMapConns              = "conns"
 	trackerMapCounters           = "counters"
+	trackerMapHeads              = "heads"
+	trackerMapOpens              = "opens"
 	trackerMapProgress           = "progress"
 	trackerProgDumpCookies       = "dump_cookies"
 	trackerProgDumpFiles         = "dump_files"
@@ -125,11 +170,15 @@ const (
 	trackerProgInsertSeeded      = "insert_seeded"
 	trackerProgOnState           = "on_state"
 	trackerProgReadChanges       = "read_changes"
+	trackerVarLogCpus            = "log_cpus"
+	trackerVarLogSlots           = "log_slots"
+	trackerVarStoresInOrder      = "stores_in_order"
 	trackerVarTcpCountsOn        = "tcp_counts_on"
 	trackerVarUnusedConn         = "unused_conn"
 	trackerVarUnusedConnRec      = "unused_conn_rec"
 	trackerVarUnusedFileRec      = "unused_file_rec"
 	trackerVarUnusedInsertRun    = "unused_insert_run"
+	trackerVarUnusedLogHead      = "unused_log_head"
 	trackerVarUnusedReadProgress = "unused_read_progress"
 	trackerVarUnusedReadRun      = "unused_read_run"
 	trackerVarUnusedSockRec      = "unused_sock_rec"
@@ -190,8 +239,11 @@ type trackerProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerMapSpecs struct {
 	Changes  *ebpf.MapSpec `ebpf:"changes"`
+	Closes   *ebpf.MapSpec `ebpf:"closes"`
 	Conns    *ebpf.MapSpec `ebpf:"conns"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Heads    *ebpf.MapSpec `ebpf:"heads"`
+	Opens    *ebpf.MapSpec `ebpf:"opens"`
 	Progress *ebpf.MapSpec `ebpf:"progress"`
 }
 
@@ -199,11 +251,15 @@ type trackerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type trackerVariableSpecs struct {
+	LogCpus            *ebpf.VariableSpec `ebpf:"log_cpus"`
+	LogSlots           *ebpf.VariableSpec `ebpf:"log_slots"`
+	StoresInOrder      *ebpf.VariableSpec `ebpf:"stores_in_order"`
 	TcpCountsOn        *ebpf.VariableSpec `ebpf:"tcp_counts_on"`
 	UnusedConn         *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedConnRec      *ebpf.VariableSpec `ebpf:"unused_conn_rec"`
 	UnusedFileRec      *ebpf.VariableSpec `ebpf:"unused_file_rec"`
 	UnusedInsertRun    *ebpf.VariableSpec `ebpf:"unused_insert_run"`
+	UnusedLogHead      *ebpf.VariableSpec `ebpf:"unused_log_head"`
 	UnusedReadProgress *ebpf.VariableSpec `ebpf:"unused_read_progress"`
 	UnusedReadRun      *ebpf.VariableSpec `ebpf:"unused_read_run"`
 	UnusedSockRec      *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
@@ -230,16 +286,22 @@ func (o *trackerObjects) Close() error {
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerMaps struct {
 	Changes  *ebpf.Map `ebpf:"changes"`
+	Closes   *ebpf.Map `ebpf:"closes"`
 	Conns    *ebpf.Map `ebpf:"conns"`
 	Counters *ebpf.Map `ebpf:"counters"`
+	Heads    *ebpf.Map `ebpf:"heads"`
+	Opens    *ebpf.Map `ebpf:"opens"`
 	Progress *ebpf.Map `ebpf:"progress"`
 }
 
 func (m *trackerMaps) Close() error {
 	return _TrackerClose(
 		m.Changes,
+		m.Closes,
 		m.Conns,
 		m.Counters,
+		m.Heads,
+		m.Opens,
 		m.Progress,
 	)
 }
@@ -248,11 +310,15 @@ func (m *trackerMaps) Close() error {
 //
 // It can be passed to loadTrackerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type trackerVariables struct {
+	LogCpus            *ebpf.Variable `ebpf:"log_cpus"`
+	LogSlots           *ebpf.Variable `ebpf:"log_slots"`
+	StoresInOrder      *ebpf.Variable `ebpf:"stores_in_order"`
 	TcpCountsOn        *ebpf.Variable `ebpf:"tcp_counts_on"`
 	UnusedConn         *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedConnRec      *ebpf.Variable `ebpf:"unused_conn_rec"`
 	UnusedFileRec      *ebpf.Variable `ebpf:"unused_file_rec"`
 	UnusedInsertRun    *ebpf.Variable `ebpf:"unused_insert_run"`
+	UnusedLogHead      *ebpf.Variable `ebpf:"unused_log_head"`
 	UnusedReadProgress *ebpf.Variable `ebpf:"unused_read_progress"`
 	UnusedReadRun      *ebpf.Variable `ebpf:"unused_read_run"`
 	UnusedSockRec      *ebpf.Variable `ebpf:"unused_sock_rec"`
