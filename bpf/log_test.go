@@ -107,3 +107,70 @@ func TestLogReconnectOnAnotherCPU(t *testing.T) {
 		t.Errorf("connection from %v: %+v, found %v; want established to %v", src, c, ok, open)
 	}
 }
+
+// TestLogFull fills one CPU's parts of the logs: the openings and closes
+// that find no room go into the map at once, and a read finds every
+// connection as if all had been logged.
+func TestLogFull(t *testing.T) {
+	onCPU(t, 0)
+	tr := newTracker(t, Config{MaxConnections: 1024, logSlots: 4})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	dst := addrPort(ln.Addr())
+	lost0, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 20 openings: 4 logged (fewer if another process on this CPU takes
+	// slots), the others into the map. Then the last 10 dialled close: 4
+	// closes are logged, the others go into the entries the tracepoint
+	// made itself.
+	const n, closing = 20, 10
+	fds := make([]int, 0, n)
+	t.Cleanup(func() {
+		for _, fd := range fds {
+			if fd >= 0 {
+				syscall.Close(fd)
+			}
+		}
+	})
+	srcs := make([]netip.AddrPort, n)
+	for i := range n {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+		if err := syscall.Connect(fd, sockaddr(dst)); err != nil {
+			t.Fatal(err)
+		}
+		srcs[i] = localAddr(t, fd)
+	}
+	// Resets: each close runs in its system call, on this CPU.
+	for i := n - closing; i < n; i++ {
+		if err := syscall.SetsockoptLinger(fds[i], syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1}); err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(fds[i])
+		fds[i] = -1
+	}
+	got := make(map[netip.AddrPort]record.State)
+	if _, err := tr.Read(func(c *record.Conn) {
+		if c.Dst == dst {
+			got[c.Src] = c.State
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i, src := range srcs {
+		want := record.StateEstablished
+		if i >= n-closing {
+			want = record.StateClosed
+		}
+		if got[src] != want {
+			t.Errorf("connection %d from %v: %v, want %v", i, src, got[src], want)
+		}
+	}
+	if lost, err := tr.Lost(); err != nil || lost != lost0 {
+		t.Errorf("lost = %d, %v; want %d", lost, err, lost0)
+	}
+}

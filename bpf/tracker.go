@@ -59,6 +59,9 @@ type Config struct {
 
 	// changes overrides changesSize: tests make the reader's ring short.
 	changes uint32
+	// logSlots overrides logSlots' size of each CPU's part of a log (a
+	// power of two): tests make it short, to fill it.
+	logSlots uint32
 	// keepStartup keeps the start-up programs loaded, for tests that run
 	// them again.
 	keepStartup bool
@@ -157,7 +160,10 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count possible CPUs: %w", err)
 	}
-	slots := logSlots(cfg.MaxConnections, cpus)
+	slots := cfg.logSlots
+	if slots == 0 {
+		slots = logSlots(cfg.MaxConnections, cpus)
+	}
 	spec.Maps[trackerMapOpens].MaxEntries = uint32(cpus) * slots
 	spec.Maps[trackerMapCloses].MaxEntries = uint32(cpus) * slots
 	spec.Maps[trackerMapHeads].MaxEntries = uint32(cpus)
@@ -578,14 +584,16 @@ func (t *Tracker) released(n int) {
 
 // ProgramStats returns how long the recording program has run in all and
 // how many times, as the kernel counts while BPF statistics are enabled
-// (sysctl kernel.bpf_stats_enabled=1, or ebpf.EnableStats); both stay zero
-// otherwise.
-func (t *Tracker) ProgramStats() (runTime time.Duration, runs uint64, err error) {
+// (sysctl kernel.bpf_stats_enabled=1, or ebpf.EnableStats; both stay zero
+// otherwise), and how many runs the kernel skipped because the program was
+// already running on that CPU, interrupted: the state changes those runs
+// would have seen are not recorded.
+func (t *Tracker) ProgramStats() (runTime time.Duration, runs, missed uint64, err error) {
 	st, err := t.objs.OnState.Stats()
 	if err != nil {
-		return 0, 0, fmt.Errorf("program statistics: %w", err)
+		return 0, 0, 0, fmt.Errorf("program statistics: %w", err)
 	}
-	return st.Runtime, st.RunCount, nil
+	return st.Runtime, st.RunCount, st.RecursionMisses, nil
 }
 
 // readCounts is READ_COUNTS of tracker.c: the reader follows open
