@@ -750,12 +750,12 @@ func (r *runner) throughput(cycles int) []row {
 	toggle(tr.Attach)
 	for _, cl := range clients {
 		k := per * 10
-		run0, n0, err := tr.ProgramStats()
+		run0, n0, _, err := tr.ProgramStats()
 		if err != nil {
 			r.Fatalf("%v", err)
 		}
 		d := block(cl.kind, k)
-		run1, n1, err := tr.ProgramStats()
+		run1, n1, _, err := tr.ProgramStats()
 		if err != nil {
 			r.Fatalf("%v", err)
 		}

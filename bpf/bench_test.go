@@ -170,7 +170,7 @@ func BenchmarkConnectClose(b *testing.B) {
 	tr := newTracker(b, Config{})
 	ln := listen(b, "tcp4", "127.0.0.1:0")
 	netlab.CloseAccepted(ln)
-	run0, runs0, err := tr.ProgramStats()
+	run0, runs0, _, err := tr.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func BenchmarkConnectClose(b *testing.B) {
 			}
 		}
 	}
-	run, runs, err := tr.ProgramStats()
+	run, runs, _, err := tr.ProgramStats()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -37,8 +37,8 @@ func (fakePods) Endpoints(fn func(ip netip.Addr, namespace, pod, workload string
 type fakeKernel struct{ err error }
 
 func (fakeKernel) Lookups() (uint64, uint64, uint64) { return 10, 20, 30 }
-func (k fakeKernel) ProgramStats() (time.Duration, uint64, error) {
-	return 1500 * time.Millisecond, 7, k.err
+func (k fakeKernel) ProgramStats() (time.Duration, uint64, uint64, error) {
+	return 1500 * time.Millisecond, 7, 2, k.err
 }
 
 // gatherOne runs one collector through an Exporter, as a scrape does.
@@ -118,6 +118,9 @@ func TestKernelCollector(t *testing.T) {
 	}
 	if got := value(t, reg, "connection_exporter_bpf_program_run_seconds_total"); got != 1.5 {
 		t.Errorf("program run time %v, want 1.5", got)
+	}
+	if got := value(t, reg, "connection_exporter_bpf_program_missed_runs_total"); got != 2 {
+		t.Errorf("program missed runs %v, want 2", got)
 	}
 	failing := fakeKernel{err: context.DeadlineExceeded}
 	reg = gatherOne(t, "kernel", NewKernel(failing, failing))

@@ -16,9 +16,9 @@ type LookupCounter interface {
 }
 
 // ProgramCounter is the recording program's run time, as the kernel counts
-// it while BPF statistics are enabled (bpf.Tracker).
+// it while BPF statistics are enabled, and its skipped runs (bpf.Tracker).
 type ProgramCounter interface {
-	ProgramStats() (runTime time.Duration, runs uint64, err error)
+	ProgramStats() (runTime time.Duration, runs, missed uint64, err error)
 }
 
 var (
@@ -29,6 +29,8 @@ var (
 		"Time the recording program has run, counted by the kernel only while kernel.bpf_stats_enabled is 1.", nil, nil)
 	programRunsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "bpf", "program_runs_total"),
 		"Runs of the recording program, counted by the kernel only while kernel.bpf_stats_enabled is 1.", nil, nil)
+	programMissedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "bpf", "program_missed_runs_total"),
+		"Runs of the recording program the kernel skipped because it was already running on that CPU (interrupted by a socket change in an interrupt): the openings and closes they would have seen are not recorded.", nil, nil)
 )
 
 // Kernel is the collector of what the kernel side costs: connections
@@ -54,11 +56,12 @@ func (k *Kernel) Update(_ context.Context, ch chan<- prometheus.Metric) error {
 	}{{"kernel", kernel}, {"dump", dump}, {"get", get}} {
 		ch <- prometheus.MustNewConstMetric(lookupsDesc, prometheus.CounterValue, float64(m.n), m.method)
 	}
-	run, runs, err := k.programs.ProgramStats()
+	run, runs, missed, err := k.programs.ProgramStats()
 	if err != nil {
 		return fmt.Errorf("read program statistics: %w", err)
 	}
 	ch <- prometheus.MustNewConstMetric(programRunTimeDesc, prometheus.CounterValue, run.Seconds())
 	ch <- prometheus.MustNewConstMetric(programRunsDesc, prometheus.CounterValue, float64(runs))
+	ch <- prometheus.MustNewConstMetric(programMissedDesc, prometheus.CounterValue, float64(missed))
 	return nil
 }
