@@ -1,10 +1,14 @@
 package bpf
 
 import (
+	"encoding/binary"
+	"net"
 	"net/netip"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -38,6 +42,38 @@ func socket4(t *testing.T) int {
 	}
 	t.Cleanup(func() { syscall.Close(fd) })
 	return fd
+}
+
+// refusedOnce returns a blocking IPv4 TCP socket whose first attempt, to
+// refused, where nothing listens, failed. The caller closes it.
+func refusedOnce(t *testing.T, refused netip.AddrPort) int {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Connect(fd, sockaddr(refused)); err != syscall.ECONNREFUSED {
+		syscall.Close(fd)
+		t.Fatalf("first connect: %v, want connection refused", err)
+	}
+	return fd
+}
+
+// dialRecorded dials ln and reads until the connection is recorded,
+// established. The connection closes at the test's end.
+func dialRecorded(t *testing.T, tr *Tracker, ln net.Listener) (c net.Conn, src, dst netip.AddrPort) {
+	t.Helper()
+	dst = addrPort(ln.Addr())
+	c, err := net.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	src = addrPort(c.LocalAddr())
+	if got, ok := readOne(t, tr, src); !ok || got.State != record.StateEstablished {
+		t.Fatalf("open connection: %+v, %v", got, ok)
+	}
+	return c, src, dst
 }
 
 func sockaddr(a netip.AddrPort) *syscall.SockaddrInet4 {
@@ -172,5 +208,139 @@ func TestLogFull(t *testing.T) {
 	}
 	if lost, err := tr.Lost(); err != nil || lost != lost0 {
 		t.Errorf("lost = %d, %v; want %d", lost, err, lost0)
+	}
+	// The tracepoint wrote at least 16 openings and 6 closes into the map.
+	if rec, err := tr.counter(counterRecorded); err != nil || rec < n-4 {
+		t.Errorf("openings written into the map: %d, %v; want at least %d", rec, err, n-4)
+	}
+	if ch, err := tr.counter(counterChanged); err != nil || ch < closing-4 {
+		t.Errorf("closes written into the map: %d, %v; want at least %d", ch, err, closing-4)
+	}
+}
+
+// lookupConn returns the map's entry of the connection from src to dst
+// (reads every entry: a test's map is small).
+func lookupConn(t *testing.T, tr *Tracker, src, dst netip.AddrPort) (uint64, trackerConn, bool) {
+	t.Helper()
+	var key uint64
+	var v trackerConn
+	for it := tr.objs.Conns.Iterate(); it.Next(&key, &v); {
+		var c record.Conn
+		convert(&c, key, &v, false)
+		if c.Src == src && c.Dst == dst {
+			return key, v, true
+		}
+	}
+	return 0, v, false
+}
+
+// walkOnly runs the reader as a read's later run does: it walks without
+// draining the logs. What it copies out is not taken.
+func walkOnly(t *testing.T, tr *Tracker) {
+	t.Helper()
+	var run trackerReadRun
+	packet := make([]byte, 64)
+	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Start):], 1)
+	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Size):], tr.ringSize)
+	binary.NativeEndian.PutUint32(packet[unsafe.Offsetof(run.Flags):], tr.flags)
+	atomic.StoreUint32(&tr.progress.Written, 1)
+	atomic.StoreUint32(&tr.progress.Read, 1)
+	if err := runXDP(tr.objs.ReadChanges, "connection reader", packet, packet); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWalkWithoutDrainWaits: a connection whose close waits in a log is
+// found gone by every walk until a drain takes the close. Walks that do not
+// drain (a read's later runs, when the ring fills) must not end it, as last
+// seen, before the close is drained: the scrape would release it, and the
+// close, with its final counts, would find no entry.
+func TestWalkWithoutDrainWaits(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024, TCPStats: true})
+	c, src, dst := dialRecorded(t, tr, listen(t, "tcp4", "127.0.0.1:0"))
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // the close is logged, not drained
+	walkOnly(t, tr)
+	walkOnly(t, tr)
+	if _, v, ok := lookupConn(t, tr, src, dst); !ok || v.State != uint32(record.StateEstablished) {
+		t.Errorf("after walks without a drain: entry %+v, found %v; want it established still", v, ok)
+	}
+	if got, ok := readOne(t, tr, src); !ok || got.State != record.StateClosed {
+		t.Errorf("after a read: %+v, found %v; want closed", got, ok)
+	}
+}
+
+// TestWalkClearsGone: an entry found gone by one walk (its socket seen
+// closed just before the kernel stored SYN_SENT) and alive at the next is
+// not ended early when it closes later.
+func TestWalkClearsGone(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 1024, TCPStats: true})
+	_, src, dst := dialRecorded(t, tr, listen(t, "tcp4", "127.0.0.1:0"))
+	key, v, ok := lookupConn(t, tr, src, dst)
+	if !ok {
+		t.Fatal("no entry")
+	}
+	v.Gone = 1
+	if err := tr.objs.Conns.Put(key, v); err != nil {
+		t.Fatal(err)
+	}
+	readOne(t, tr, src)
+	if _, v, _ := lookupConn(t, tr, src, dst); v.Gone != 0 {
+		t.Errorf("gone = %d after a walk found the socket open, want 0", v.Gone)
+	}
+}
+
+// TestLogFullReconnect: a socket whose first attempt failed (and was
+// drained) connects again and closes while its second opening waits in the
+// log and its CPU's log of closes is full, so the tracepoint writes the
+// close into the entry itself. The drain must then not take the older
+// opening as a new attempt: the entry stays closed, with the second
+// attempt's tuple.
+func TestLogFullReconnect(t *testing.T) {
+	onCPU(t, 0)
+	tr := newTracker(t, Config{MaxConnections: 1024, logSlots: 4})
+	refused := refusing(t)
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	open := addrPort(ln.Addr())
+	fd := refusedOnce(t, refused)
+	closed := false
+	defer func() {
+		if !closed {
+			syscall.Close(fd)
+		}
+	}()
+	if _, err := tr.Read(func(*record.Conn) {}); err != nil { // drains the failure
+		t.Fatal(err)
+	}
+	if err := syscall.Connect(fd, sockaddr(open)); err != nil {
+		t.Fatalf("second connect: %v", err)
+	}
+	src := localAddr(t, fd)
+	// Four closes fill this CPU's log of closes.
+	for range 4 {
+		c, err := net.Dial("tcp4", open.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	changed0, err := tr.counter(counterChanged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.SetsockoptLinger(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd)
+	closed = true
+	if changed, err := tr.counter(counterChanged); err != nil || changed == changed0 {
+		t.Fatalf("the close did not go into the map (%d, %v): the log was not full", changed, err)
+	}
+	if _, err := tr.Read(func(*record.Conn) {}); err != nil {
+		t.Fatal(err)
+	}
+	if _, v, ok := lookupConn(t, tr, src, open); !ok || v.State != uint32(record.StateClosed) {
+		t.Errorf("connection from %v: %+v, found %v; want closed", src, v, ok)
 	}
 }

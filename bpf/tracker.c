@@ -67,15 +67,16 @@ struct tcp_counts {
 // Addresses are in network byte order, ports and everything else in host
 // byte order. IPv4 addresses occupy the first 4 bytes of saddr and daddr.
 //
-// read_changes writes entries (the opening and the close from the logs, the
+// read_changes writes entries: the opening and the close from the logs, the
 // tuple once the handshake is over, the live counts, and what it copied out
-// of them); so does the tracepoint when its CPU's log is full. They write
-// different fields, but for the tuple, which both write with the same
-// values, and state, which each changes with an atomic exchange or
-// compare-and-swap, so that the close always wins.
+// of them. The tracepoint writes the opening and the close itself when its
+// CPU's log is full, so it may write the same fields as the drain; state
+// is changed with an atomic exchange or compare-and-swap, so that the close
+// always wins over the walk.
 struct conn {
 	__u64 sk;        // the socket's address while it is open, for read_changes; 0 once closed
 	__u64 opened;    // the opening's time (struct open_rec); 0 for a first opening or a seed
+	__u64 closed;    // the time of the close applied last (struct close_rec); 0 before one
 	__u32 pid;       // thread group id of the connecting process
 	__u32 netns;     // network namespace inode of the socket
 	__u32 state;     // enum conn_state
@@ -238,7 +239,8 @@ struct {
 // struct log_head is how far a CPU's parts of the logs are written and
 // read. Counts are of records since the programs were loaded, and wrap
 // around. The tracepoint writes the first cache line, on its CPU only;
-// read_changes the second.
+// read_changes the second (and reads the first with atomic fetches, which
+// take the line from the tracepoint's CPU once a drain).
 struct log_head {
 	__u32 opens;  // opening records written and complete
 	__u32 closes; // close records written and complete
@@ -297,9 +299,12 @@ static __always_inline void new_conn(struct conn *n, const struct open_rec *r)
 // apply_open inserts the entry of an opening into conns. A socket that
 // connects again after a failed attempt keeps its cookie, and its entry
 // until a scrape releases it: the entry follows the new attempt from
-// there, unless it already follows a later one. An entry the seed made
-// from a socket it found is replaced: this opening is that socket's, and
-// tells its owner better.
+// there, unless it already follows a later one or holds a later close (the
+// tracepoint wrote the attempt's close into the entry while this opening
+// waited in a log). An entry the seed made from a socket it found takes
+// the opening's owner: this opening is that socket's, and tells it better.
+// Entries are changed in place, never replaced: a program that holds an
+// entry writes to it, and a replaced one goes back to the free list.
 static __always_inline void apply_open(const struct open_rec *r)
 {
 	struct conn n;
@@ -310,10 +315,14 @@ static __always_inline void apply_open(const struct open_rec *r)
 		if (!c)
 			return;
 		if (c->seeded) {
-			bpf_map_update_elem(&conns, &r->cookie, &n, BPF_EXIST);
+			c->pid = r->pid;
+			c->netns = r->netns;
+			__builtin_memcpy(c->comm, r->comm, sizeof(c->comm));
+			c->seeded = 0;
+			changed(c);
 			return;
 		}
-		if (r->at <= c->opened)
+		if (r->at <= c->opened || r->at <= c->closed)
 			return;
 		c->sk = r->sk;
 		c->opened = r->at;
@@ -346,6 +355,7 @@ static __always_inline int apply_close(const struct close_rec *r)
 		__builtin_memcpy(c->daddr, r->daddr, 16);
 	}
 	c->final = r->final;
+	c->closed = r->at;
 	c->sk = 0;
 	__sync_lock_test_and_set(&c->state, r->state); // wins over follow
 	changed(c);
@@ -383,10 +393,13 @@ static __always_inline void fill_open(struct open_rec *r, const struct sock *sk,
 // that attempt's port).
 //
 // Its time is the last the kernel took for the socket (tcp_clock_cache,
-// Linux 4.20 or later), rather than the clock's: the kernel takes one when
-// it sends the SYN, after the opening, and none after the close, so it
-// falls between the attempt's opening and the next one's, which is all
-// the drain asks of it.
+// Linux 4.20 or later), rather than the clock's: the kernel takes one as it
+// builds the SYN, after the opening, and none after the close, so it falls
+// between the attempt's opening and the next one's, which is all the drain
+// asks of it. An attempt that fails before its SYN (no route, no port, no
+// memory) closes with the time of the attempt before: after a failed
+// attempt, the drain ignores such a close, and the walk ends the entry
+// later (see follow).
 static __always_inline void fill_close(struct close_rec *r, const struct sock *sk, __u64 cookie, int oldstate)
 {
 	struct tcp_sock *tp = bpf_rdonly_cast((void *)sk, bpf_core_type_id_kernel(struct tcp_sock));
@@ -667,6 +680,7 @@ struct walk {
 	__u32 more;
 	__u32 flags;      // READ_*
 	__u32 connecting; // entries the next walk must look at again
+	__u32 drained;    // 1 when this run drained the logs before walking
 };
 
 // publish tells user space that the entries before w->next are complete.
@@ -703,12 +717,17 @@ static __always_inline void follow(const __u64 *key, struct conn *c, struct walk
 		read_counts(&t, tp);
 	// A socket that is gone, or closed, is one whose close the tracepoint
 	// logged (it runs before the kernel stores the state) after this read's
-	// drain took its snapshot: the next read's drain writes the end. If the
-	// next walk still finds the entry open, the socket closed while the
-	// tracepoint was detached: the connection ends there, as last seen.
+	// drain took its snapshot: the next read's drain writes the end. If a
+	// walk after the next drain still finds the entry open, the socket
+	// closed while the tracepoint was detached (or a close found its log
+	// full and its entry not yet made): the connection ends there, as last
+	// seen. Only runs that drained count: a read's later runs walk again
+	// without draining.
 	__u64 now = sk->__sk_common.skc_cookie.counter;
 	if (now != *key || kst == TCP_CLOSE) {
 		w->connecting++; // the next read walks
+		if (!w->drained)
+			return;
 		if (!c->gone) {
 			c->gone = 1;
 			return;
@@ -720,6 +739,8 @@ static __always_inline void follow(const __u64 *key, struct conn *c, struct walk
 		}
 		return;
 	}
+	if (c->gone)
+		c->gone = 0; // seen closed before its state was stored: it was opening
 	if (st == CONN_CONNECTING) {
 		if (kst == TCP_SYN_SENT) {
 			w->connecting++;
@@ -863,9 +884,10 @@ int read_changes(struct xdp_md *ctx)
 	struct read_progress *p = bpf_map_lookup_elem(&progress, &zero);
 	if (!p || run->size == 0)
 		return XDP_ABORTED;
-	if (run->start == 0)
+	__u32 drained = run->start == 0;
+	if (drained)
 		drain();
-	struct walk w = {.p = p, .next = run->start, .published = run->start, .size = run->size, .flags = run->flags};
+	struct walk w = {.drained = drained, .p = p, .next = run->start, .published = run->start, .size = run->size, .flags = run->flags};
 	w.read = *(volatile __u32 *)&p->read;
 	long visited = bpf_for_each_map_elem(&conns, copy_changed, &w, 0);
 	publish(&w);

@@ -6,10 +6,12 @@
 // takes its findings out of a ring) as plain Go values, and a program that
 // looks connections up in a conntrack table from inside the kernel.
 //
-// The programs need a kernel with BTF (/sys/kernel/btf/vmlinux), BTF
-// tracepoints and bpf_get_socket_cookie for tracing programs (Linux 5.12 or
-// later), bpf_for_each_map_elem and bpf_loop (Linux 5.17 or later); seeding uses a
-// TCP socket iterator (Linux 5.9 or later). Neither
+// The programs need a kernel with BTF (/sys/kernel/btf/vmlinux) and the
+// bpf_rdonly_cast kfunc (Linux 6.2 or later); they rely on a BTF tracepoint
+// program never running nested on one CPU (6.1), which keeps each CPU's
+// part of a log to one writer, and use bpf_loop (5.17),
+// bpf_for_each_map_elem (5.13) and bpf_get_socket_cookie in tracing
+// programs (5.12); seeding uses a TCP socket iterator (5.9). Neither
 // kprobes, fentry nor a tracefs mount are needed. The conntrack lookups need
 // the conntrack kfuncs (Linux 5.18 or later); without them the rest works.
 package bpf
@@ -20,7 +22,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/connection-exporter/connection_exporter/record"
 )
@@ -102,7 +104,11 @@ type Tracker struct {
 	walks  int         // for tests
 	runs   int         // for tests: runs of the reader in the last walk
 	last   [2]uint64   // closes and openings logged or counted before that walk
-	total  int         // entries the walk found, less those released since
+	// logTotal is what the CPUs' 32-bit log counts add up to, closes then
+	// openings, as logged last read them into lastHeads; a count wraps.
+	logTotal  [2]uint64
+	lastHeads [][2]uint32
+	total     int // entries the walk found, less those released since
 	// connecting is how many entries the last walk left connecting: the
 	// next Read walks to find how their handshakes ended.
 	connecting uint32
@@ -168,8 +174,8 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 	spec.Maps[trackerMapCloses].MaxEntries = uint32(cpus) * slots
 	spec.Maps[trackerMapHeads].MaxEntries = uint32(cpus)
 	vars := map[string]uint32{"log_cpus": uint32(cpus), "log_slots": slots}
-	if runtime.GOARCH == "amd64" || runtime.GOARCH == "386" {
-		vars["stores_in_order"] = 1 // x86 keeps stores in order (TSO)
+	if storesInOrder() {
+		vars["stores_in_order"] = 1
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -177,7 +183,7 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 		}
 	}
 
-	t := &Tracker{logger: logger, max: cfg.MaxConnections, ringSize: ringSize}
+	t := &Tracker{logger: logger, max: cfg.MaxConnections, ringSize: ringSize, lastHeads: make([][2]uint32, cpus)}
 	if cfg.TCPStats {
 		t.flags |= readCounts
 		if err := spec.Variables["tcp_counts_on"].Set(uint32(1)); err != nil {
@@ -605,7 +611,14 @@ const (
 	counterConnsFull = 0
 	counterRecorded  = 1
 	counterChanged   = 2
+	counterCloseLost = 3
 )
+
+// LostCloses returns how many closes the recording program could not
+// record since the programs were loaded: its CPU's log was full and the
+// connection's opening was still in a log. A Read ends such a connection
+// later, as last seen.
+func (t *Tracker) LostCloses() (uint64, error) { return t.counter(counterCloseLost) }
 
 // logged returns how many closes and how many openings the programs logged
 // or wrote into the map since they were loaded. t.mu must be held.
@@ -620,10 +633,29 @@ func (t *Tracker) logged() ([2]uint64, error) {
 	}
 	for i := range t.heads.elems {
 		h := &t.heads.elems[i]
-		now[0] += uint64(atomic.LoadUint32(&h.Closes))
-		now[1] += uint64(atomic.LoadUint32(&h.Opens))
+		cur := [2]uint32{atomic.LoadUint32(&h.Closes), atomic.LoadUint32(&h.Opens)}
+		for k := range cur {
+			t.logTotal[k] += uint64(cur[k] - t.lastHeads[i][k])
+		}
+		t.lastHeads[i] = cur
 	}
-	return now, nil
+	return [2]uint64{now[0] + t.logTotal[0], now[1] + t.logTotal[1]}, nil
+}
+
+// storesInOrder reports whether the kernel runs on x86, whose CPUs make
+// stores visible to each other in the order they are made (the programs
+// then publish log records with plain stores). It asks the kernel, not the
+// Go toolchain: the programs run on the kernel's CPU.
+func storesInOrder() bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	switch unix.ByteSliceToString(u.Machine[:]) {
+	case "x86_64", "i386", "i486", "i586", "i686":
+		return true
+	}
+	return false
 }
 
 // logSlots is how many records each CPU's part of a log holds: together

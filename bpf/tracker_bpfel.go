@@ -35,6 +35,7 @@ type trackerConn struct {
 	_        structs.HostLayout
 	Sk       uint64
 	Opened   uint64
+	Closed   uint64
 	Pid      uint32
 	Netns    uint32
 	State    uint32

@@ -461,22 +461,13 @@ func TestTrackerReconnect(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	open := addrPort(ln.Addr())
 
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fd := refusedOnce(t, refused)
 	defer syscall.Close(fd)
-	sa := func(a netip.AddrPort) *syscall.SockaddrInet4 {
-		return &syscall.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
-	}
-	if err := syscall.Connect(fd, sa(refused)); err != syscall.ECONNREFUSED {
-		t.Fatalf("first connect: %v, want connection refused", err)
-	}
 	lost0, err := tr.Lost()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Connect(fd, sa(open)); err != nil {
+	if err := syscall.Connect(fd, sockaddr(open)); err != nil {
 		t.Fatalf("second connect: %v", err)
 	}
 	if lost, err := tr.Lost(); err != nil || lost != lost0 {
