@@ -40,6 +40,7 @@ func (fakeKernel) Lookups() (uint64, uint64, uint64) { return 10, 20, 30 }
 func (k fakeKernel) ProgramStats() (time.Duration, uint64, uint64, error) {
 	return 1500 * time.Millisecond, 7, 2, k.err
 }
+func (k fakeKernel) LostCloses() (uint64, error) { return 4, k.err }
 
 // gatherOne runs one collector through an Exporter, as a scrape does.
 func gatherOne(t *testing.T, name string, c Collector) prometheus.Gatherer {
@@ -121,6 +122,9 @@ func TestKernelCollector(t *testing.T) {
 	}
 	if got := value(t, reg, "connection_exporter_bpf_program_missed_runs_total"); got != 2 {
 		t.Errorf("program missed runs %v, want 2", got)
+	}
+	if got := value(t, reg, "connection_exporter_bpf_lost_closes_total"); got != 4 {
+		t.Errorf("lost closes %v, want 4", got)
 	}
 	failing := fakeKernel{err: context.DeadlineExceeded}
 	reg = gatherOne(t, "kernel", NewKernel(failing, failing))

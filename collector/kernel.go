@@ -16,9 +16,11 @@ type LookupCounter interface {
 }
 
 // ProgramCounter is the recording program's run time, as the kernel counts
-// it while BPF statistics are enabled, and its skipped runs (bpf.Tracker).
+// it while BPF statistics are enabled, its skipped runs, and the closes it
+// could not record (bpf.Tracker).
 type ProgramCounter interface {
 	ProgramStats() (runTime time.Duration, runs, missed uint64, err error)
+	LostCloses() (uint64, error)
 }
 
 var (
@@ -31,6 +33,8 @@ var (
 		"Runs of the recording program, counted by the kernel only while kernel.bpf_stats_enabled is 1.", nil, nil)
 	programMissedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "bpf", "program_missed_runs_total"),
 		"Runs of the recording program the kernel skipped because it was already running on that CPU (interrupted by a socket change in an interrupt): the openings and closes they would have seen are not recorded.", nil, nil)
+	lostClosesDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "bpf", "lost_closes_total"),
+		"Closes the recording program could not record: its CPU's log was full and the connection's opening still waited in a log. Such a connection ends at a later scrape, as last seen, and may be counted as failed.", nil, nil)
 )
 
 // Kernel is the collector of what the kernel side costs: connections
@@ -63,5 +67,10 @@ func (k *Kernel) Update(_ context.Context, ch chan<- prometheus.Metric) error {
 	ch <- prometheus.MustNewConstMetric(programRunTimeDesc, prometheus.CounterValue, run.Seconds())
 	ch <- prometheus.MustNewConstMetric(programRunsDesc, prometheus.CounterValue, float64(runs))
 	ch <- prometheus.MustNewConstMetric(programMissedDesc, prometheus.CounterValue, float64(missed))
+	lost, err := k.programs.LostCloses()
+	if err != nil {
+		return fmt.Errorf("read lost closes: %w", err)
+	}
+	ch <- prometheus.MustNewConstMetric(lostClosesDesc, prometheus.CounterValue, float64(lost))
 	return nil
 }
