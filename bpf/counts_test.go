@@ -26,6 +26,22 @@ func readOne(t *testing.T, tr *Tracker, src netip.AddrPort) (record.Conn, bool) 
 	return got, found
 }
 
+// readUntilClosed reads, up to 100 times 10 ms apart, until a Read reports
+// the connection from src closed, and returns what the last Read reported
+// of it (the zero Conn if nothing).
+func readUntilClosed(t *testing.T, tr *Tracker, src netip.AddrPort) record.Conn {
+	t.Helper()
+	var got record.Conn
+	for range 100 {
+		var ok bool
+		if got, ok = readOne(t, tr, src); ok && got.State == record.StateClosed {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return got
+}
+
 // echoOnce accepts one connection on ln, reads want bytes, answers with
 // reply bytes, then waits for the client's close and closes.
 func echoOnce(t *testing.T, ln net.Listener, want, reply int) <-chan int {
@@ -101,14 +117,7 @@ func TestTrackerCountsBytes(t *testing.T) {
 		if n := <-atServer; n != 30000 {
 			t.Fatalf("server received %d bytes", n)
 		}
-		var closed record.Conn
-		for range 100 {
-			var ok bool
-			if closed, ok = readOne(t, tr, src); ok && closed.State == record.StateClosed {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		closed := readUntilClosed(t, tr, src)
 		// The FINs each way count one byte each once acknowledged or
 		// received.
 		sent, received = sent+closed.TCP.BytesSent, received+closed.TCP.BytesReceived
@@ -128,14 +137,7 @@ func TestTrackerCountsBytes(t *testing.T) {
 func TestTrackerFollowsGoneSocket(t *testing.T) {
 	tr := newTracker(t, Config{MaxConnections: 1024, TCPStats: true})
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := addrPort(c.LocalAddr())
-	if got, ok := readOne(t, tr, src); !ok || got.State != record.StateEstablished {
-		t.Fatalf("open connection: %+v, %v", got, ok)
-	}
+	c, src, _ := dialRecorded(t, tr, ln)
 	if err := tr.Detach(); err != nil {
 		t.Fatal(err)
 	}
@@ -147,15 +149,7 @@ func TestTrackerFollowsGoneSocket(t *testing.T) {
 			defer d.Close()
 		}
 	}
-	var got record.Conn
-	for range 100 {
-		var ok bool
-		if got, ok = readOne(t, tr, src); ok && got.State == record.StateClosed {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got.State != record.StateClosed {
+	if got := readUntilClosed(t, tr, src); got.State != record.StateClosed {
 		t.Errorf("state %v after the socket went unseen, want closed", got.State)
 	}
 }
