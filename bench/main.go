@@ -690,7 +690,29 @@ func (r *runner) throughput(cycles int) []row {
 			r.Fatalf("release connections: %v", err)
 		}
 	}
+	// The first cycles after loading are the programs' first writes to
+	// the logs: what a newly started exporter costs a connection (see
+	// Tracker.prefault).
 	var rows []row
+	firstStats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		r.Fatalf("enable BPF statistics: %v", err)
+	}
+	for _, cl := range clients {
+		run0, _, _, err := tr.ProgramStats()
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		block(cl.kind, per)
+		run1, _, _, err := tr.ProgramStats()
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		release()
+		rows = append(rows, row{0, "programs' run time per connect/close cycle, first block after loading, " + cl.name,
+			(run1 - run0).Seconds() / float64(per), "ns", 0, ""})
+	}
+	firstStats.Close()
 	for _, cl := range clients {
 		// The machine's speed drifts between seconds by more than the
 		// programs cost, so the programs are detached and attached in
