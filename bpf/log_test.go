@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/connection-exporter/connection_exporter/record"
 )
 
@@ -343,4 +345,42 @@ func TestLogFullReconnect(t *testing.T) {
 	if _, v, ok := lookupConn(t, tr, src, open); !ok || v.State != uint32(record.StateClosed) {
 		t.Errorf("connection from %v: %+v, found %v; want closed", src, v, ok)
 	}
+}
+
+// TestPrefault checks that the load-time write covers every element of the
+// arrays with the zero value: elements written before it, the first and
+// the last, read back as zeroes. A batch of the wrong value size, or a
+// chunk that skips a range, fails here rather than leaving the logs'
+// first pass slow unnoticed.
+func TestPrefault(t *testing.T) {
+	tr := newTracker(t, Config{MaxConnections: 4096, logSlots: 1024, changes: 3000})
+	check := func(name string, m *ebpf.Map, prefaultIt func(*ebpf.Map) error) {
+		last := m.MaxEntries() - 1
+		junk := make([]byte, m.ValueSize())
+		for i := range junk {
+			junk[i] = 0xa5
+		}
+		for _, k := range []uint32{0, last / 2, last} {
+			if err := m.Update(k, junk, ebpf.UpdateExist); err != nil {
+				t.Fatalf("%s: write %d: %v", name, k, err)
+			}
+		}
+		if err := prefaultIt(m); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := make([]byte, m.ValueSize())
+		for _, k := range []uint32{0, last / 2, last} {
+			if err := m.Lookup(k, &got); err != nil {
+				t.Fatalf("%s: read %d: %v", name, k, err)
+			}
+			for _, b := range got {
+				if b != 0 {
+					t.Fatalf("%s: element %d of %d not zeroed: %x", name, k, last+1, got)
+				}
+			}
+		}
+	}
+	check("opens", tr.objs.Opens, prefault[trackerOpenRec])
+	check("closes", tr.objs.Closes, prefault[trackerCloseRec])
+	check("changes", tr.objs.Changes, prefault[trackerConnRec])
 }
