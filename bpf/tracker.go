@@ -265,7 +265,7 @@ func (t *Tracker) prefault() {
 // prefault writes the zero value of T over every element of array m, a
 // chunk of elements at a time.
 func prefault[T any](m *ebpf.Map) error {
-	const chunk = 1024
+	const chunk = 256
 	n := m.MaxEntries()
 	keys := make([]uint32, min(n, chunk))
 	vals := make([]T, len(keys))
