@@ -360,7 +360,7 @@ func (r *runner) measure(bin string, n, colds, warm int, logs bool, profiles str
 		{n, "warm scrape p95", p95, "s", read + render, ""},
 		{n, "10% churn scrape", churn, "s", cold, "≤ 0.5x cold scrape"},
 		{n, "page faults in the cold scrape", coldFaults, "", 0, ""},
-		{n, "RSS", rss, "MiB", 0, "≤ 64 MiB at 50k"},
+		{n, "RSS", rss, "MiB", 0, "≤ 40 MiB at 50k"},
 		{n, "peak RSS (start-up included)", peak, "MiB", 0, ""},
 		{n, "start-up, existing connections listed", median(startups), "s", 0, ""},
 		{n, "Go heap", heap / (1 << 20), "MiB", 0, ""},
