@@ -6,6 +6,7 @@
 package dockerlab
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -204,11 +205,18 @@ func (d *Daemon) BuildImage(name, bin string) {
 
 // hostState records what dockerd changes on the host and returns the
 // function that puts it back: ip_forward (set on first, so that dockerd
-// leaves the FORWARD policy alone), nft tables, links and the files it
-// writes outside its roots.
+// leaves the FORWARD policy alone), nft tables, iptables rules, links and
+// the files it writes outside its roots.
 func hostState(t TB) func() {
 	fwd, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
 	tables := nftTables()
+	// dockerd adds chains and rules to the iptables tables that exist
+	// already (a kube-proxy's, or any other's), which deleting the tables
+	// it created does not undo: those tables get their rules back.
+	rules, err := exec.Command("iptables-save").Output()
+	if err != nil {
+		t.Fatalf("iptables-save: %v", err)
+	}
 	links := lab.LinkNames()
 	os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
 	var had []string
@@ -223,6 +231,13 @@ func hostState(t TB) func() {
 				if out, err := exec.Command("nft", append([]string{"delete", "table"}, strings.Fields(tbl)...)...).CombinedOutput(); err != nil {
 					t.Errorf("delete nft table %s: %v %s", tbl, err, out)
 				}
+			}
+		}
+		if bytes.Contains(rules, []byte("\n*")) || bytes.HasPrefix(rules, []byte("*")) {
+			restore := exec.Command("iptables-restore")
+			restore.Stdin = bytes.NewReader(rules)
+			if out, err := restore.CombinedOutput(); err != nil {
+				t.Errorf("restore iptables rules: %v %s", err, out)
 			}
 		}
 		for l := range lab.LinkNames() {
