@@ -137,6 +137,11 @@ func main() {
 			r.compare([]string{bin, *compare}, counts[0], *rounds)
 			return
 		}
+		if *profiles != "" {
+			if err := os.MkdirAll(*profiles, 0o755); err != nil {
+				r.Fatalf("profiles: %v", err)
+			}
+		}
 		var rows []row
 		if !*kernelOnly {
 			for _, c := range counts {
