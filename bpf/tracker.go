@@ -250,7 +250,7 @@ func New(cfg Config, logger *slog.Logger) (*Tracker, error) {
 // write through this one is slow: on the development VM, the first pass of
 // the recording program over the logs cost about 250 ns more a
 // connect/close cycle, which lasted until it had written every slot once,
-// hours on a quiet host. Here it costs a few milliseconds once. A failure
+// hours on a quiet host. Here it costs about 10 ms, once. A failure
 // only leaves that cost where it was.
 func (t *Tracker) prefault() {
 	err := errors.Join(
