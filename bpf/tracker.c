@@ -218,6 +218,12 @@ struct close_rec {
 const volatile __u32 log_cpus = 1;
 const volatile __u32 log_slots = 1024;
 
+// log_key is the key of the n-th record of CPU cpu's part of a log.
+static __always_inline __u32 log_key(__u32 cpu, __u32 n)
+{
+	return cpu * log_slots + (n & (log_slots - 1));
+}
+
 // opens and closes: key u32 cpu * log_slots + slot, value struct open_rec
 // or struct close_rec. CPU n writes only the part from n * log_slots, in
 // turn, the n-th record of its part going to slot n % log_slots; read_changes
@@ -460,7 +466,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 			count(COUNTER_RECORDED);
 			return 0;
 		}
-		__u32 idx = cpu * log_slots + (head & (log_slots - 1));
+		__u32 idx = log_key(cpu, head);
 		struct open_rec *r = bpf_map_lookup_elem(&opens, &idx);
 		if (!r)
 			return 0;
@@ -478,7 +484,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		count(apply_close(&local) ? COUNTER_CHANGED : COUNTER_CLOSE_LOST);
 		return 0;
 	}
-	__u32 idx = cpu * log_slots + (head & (log_slots - 1));
+	__u32 idx = log_key(cpu, head);
 	struct close_rec *r = bpf_map_lookup_elem(&closes, &idx);
 	if (!r)
 		return 0;
@@ -803,7 +809,7 @@ struct drain {
 
 static long drain_one(__u64 i, struct drain *d)
 {
-	__u32 idx = d->cpu * log_slots + ((d->first + (__u32)i) & (log_slots - 1));
+	__u32 idx = log_key(d->cpu, d->first + (__u32)i);
 	if (d->closes) {
 		struct close_rec *r = bpf_map_lookup_elem(&closes, &idx);
 		if (r)
@@ -866,13 +872,12 @@ static __always_inline void drain(void)
 
 // read_changes drains the logs into conns, then walks conns and copies out
 // the entries that changed since a run last copied them into the ring
-// changes, publishing its progress
-// as it goes (Linux 5.17 or later, for bpf_loop). User space reads the entries while
-// the walk goes on, from another thread: the caller's first changes are
-// at hand after a short part of the walk, and the walk is not cut into
-// runs that each walk the map again. A run stops early only when user
-// space has not read the ring in time; then it is run again.
-// It is an XDP program only because XDP programs can be run on demand
+// changes, publishing its progress as it goes (Linux 5.17 or later, for
+// bpf_loop). User space reads the entries while the walk goes on, from
+// another thread: the caller's first changes are at hand after a short
+// part of the walk, and the walk is not cut into runs that each walk the
+// map again. A run stops early only when user space has not read the ring
+// in time; then it is run again. It is an XDP program only because XDP programs can be run on demand
 // with BPF_PROG_TEST_RUN and may walk a map: it never sees a packet.
 SEC("xdp")
 int read_changes(struct xdp_md *ctx)
