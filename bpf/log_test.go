@@ -35,25 +35,37 @@ func onCPU(t *testing.T, cpu int) {
 	}
 }
 
-// socket4 returns a blocking IPv4 TCP socket, closed at the test's end.
-func socket4(t *testing.T) int {
+// newSocket4 returns a blocking IPv4 TCP socket; the caller closes it.
+func newSocket4(t *testing.T) int {
 	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return fd
+}
+
+// socket4 returns a blocking IPv4 TCP socket, closed at the test's end.
+func socket4(t *testing.T) int {
+	t.Helper()
+	fd := newSocket4(t)
 	t.Cleanup(func() { syscall.Close(fd) })
 	return fd
+}
+
+// resetClose closes fd with a reset: the close runs in this system call,
+// on this CPU, and leaves no TIME_WAIT behind.
+func resetClose(fd int) error {
+	err := syscall.SetsockoptLinger(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1})
+	syscall.Close(fd)
+	return err
 }
 
 // refusedOnce returns a blocking IPv4 TCP socket whose first attempt, to
 // refused, where nothing listens, failed. The caller closes it.
 func refusedOnce(t *testing.T, refused netip.AddrPort) int {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fd := newSocket4(t)
 	if err := syscall.Connect(fd, sockaddr(refused)); err != syscall.ECONNREFUSED {
 		syscall.Close(fd)
 		t.Fatalf("first connect: %v, want connection refused", err)
@@ -99,21 +111,15 @@ func TestLogCloseOnAnotherCPU(t *testing.T) {
 	onCPU(t, 1)
 	tr := newTracker(t, Config{MaxConnections: 1024})
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fd := newSocket4(t)
 	if err := syscall.Connect(fd, sockaddr(addrPort(ln.Addr()))); err != nil {
 		syscall.Close(fd)
 		t.Fatal(err)
 	}
 	src := localAddr(t, fd)
 	onCPU(t, 0)
-	// A reset: the close runs in this system call, on this CPU.
-	lerr := syscall.SetsockoptLinger(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1})
-	syscall.Close(fd)
-	if lerr != nil {
-		t.Fatal(lerr)
+	if err := resetClose(fd); err != nil {
+		t.Fatal(err)
 	}
 	c, ok := readOne(t, tr, src)
 	if !ok || c.State != record.StateClosed || c.Dst != addrPort(ln.Addr()) {
@@ -173,23 +179,19 @@ func TestLogFull(t *testing.T) {
 	})
 	srcs := make([]netip.AddrPort, n)
 	for i := range n {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		fd := newSocket4(t)
 		fds = append(fds, fd)
 		if err := syscall.Connect(fd, sockaddr(dst)); err != nil {
 			t.Fatal(err)
 		}
 		srcs[i] = localAddr(t, fd)
 	}
-	// Resets: each close runs in its system call, on this CPU.
 	for i := n - closing; i < n; i++ {
-		if err := syscall.SetsockoptLinger(fds[i], syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1}); err != nil {
+		err := resetClose(fds[i])
+		fds[i] = -1
+		if err != nil {
 			t.Fatal(err)
 		}
-		syscall.Close(fds[i])
-		fds[i] = -1
 	}
 	got := make(map[netip.AddrPort]record.State)
 	if _, err := tr.Read(func(c *record.Conn) {
@@ -331,11 +333,10 @@ func TestLogFullReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.SetsockoptLinger(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1}); err != nil {
+	closed = true
+	if err := resetClose(fd); err != nil {
 		t.Fatal(err)
 	}
-	syscall.Close(fd)
-	closed = true
 	if changed, err := tr.counter(counterChanged); err != nil || changed == changed0 {
 		t.Fatalf("the close did not go into the map (%d, %v): the log was not full", changed, err)
 	}
