@@ -695,6 +695,23 @@ func (r *runner) throughput(cycles int) []row {
 			r.Fatalf("release connections: %v", err)
 		}
 	}
+	// tracked runs a block of n cycles with the programs attached and
+	// returns their run time and runs over it, as the kernel counts them
+	// while statistics are on, and the block's length; the connections are
+	// released after.
+	tracked := func(kind string, n int) (run time.Duration, runs uint64, d time.Duration) {
+		run0, runs0, _, err := tr.ProgramStats()
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		d = block(kind, n)
+		run1, runs1, _, err := tr.ProgramStats()
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		release()
+		return run1 - run0, runs1 - runs0, d
+	}
 	// The first cycles after loading are the programs' first writes to
 	// the logs: what a newly started exporter costs a connection (see
 	// Tracker.prefault).
@@ -704,18 +721,9 @@ func (r *runner) throughput(cycles int) []row {
 		r.Fatalf("enable BPF statistics: %v", err)
 	}
 	for _, cl := range clients {
-		run0, _, _, err := tr.ProgramStats()
-		if err != nil {
-			r.Fatalf("%v", err)
-		}
-		block(cl.kind, per)
-		run1, _, _, err := tr.ProgramStats()
-		if err != nil {
-			r.Fatalf("%v", err)
-		}
-		release()
+		run, _, _ := tracked(cl.kind, per)
 		rows = append(rows, row{0, "programs' run time per connect/close cycle, first block after loading, " + cl.name,
-			(run1 - run0).Seconds() / float64(per), "ns", 0, ""})
+			run.Seconds() / float64(per), "ns", 0, ""})
 	}
 	firstStats.Close()
 	for _, cl := range clients {
@@ -777,37 +785,27 @@ func (r *runner) throughput(cycles int) []row {
 		s.runs = append(s.runs, float64(runs)/float64(k))
 		s.cycle = append(s.cycle, float64(d.Nanoseconds())/float64(k))
 	}
-	k := per
 	for range runTimeBlocks {
 		toggle(tr.Detach)
 		toggle(empty.attach)
 		for i, cl := range clients {
 			run0, n0 := empty.stats(r)
-			d := block(cl.kind, k)
+			d := block(cl.kind, per)
 			run1, n1 := empty.stats(r)
-			add(&emptyRuns[i], run1-run0, n1-n0, d, k)
+			add(&emptyRuns[i], run1-run0, n1-n0, d, per)
 		}
 		toggle(empty.detach)
 		toggle(tr.Attach)
 		for i, cl := range clients {
-			run0, n0, _, err := tr.ProgramStats()
-			if err != nil {
-				r.Fatalf("%v", err)
-			}
-			d := block(cl.kind, k)
-			run1, n1, _, err := tr.ProgramStats()
-			if err != nil {
-				r.Fatalf("%v", err)
-			}
-			release()
-			add(&progRuns[i], run1-run0, n1-n0, d, k)
+			run, runs, d := tracked(cl.kind, per)
+			add(&progRuns[i], run, runs, d, per)
 		}
 	}
 	for i, cl := range clients {
 		e, p := emptyRuns[i], progRuns[i]
 		slices.Sort(p.ns)
 		fmt.Fprintf(os.Stderr, "bench: connect/close, %s: empty programs ran %.1f times per cycle, %.0f ns per cycle (median of %d blocks of %d cycles)\n",
-			cl.name, median(e.runs), median(e.ns), runTimeBlocks, k)
+			cl.name, median(e.runs), median(e.ns), runTimeBlocks, per)
 		fmt.Fprintf(os.Stderr, "bench: connect/close, %s: programs ran %.1f times per cycle, %.0f ns per cycle: quartiles %.0f %.0f %.0f, range %.0f-%.0f\n",
 			cl.name, median(p.runs), median(p.ns), percentile(p.ns, 25), median(p.ns), percentile(p.ns, 75), p.ns[0], p.ns[len(p.ns)-1])
 		rows = append(rows,
