@@ -233,7 +233,7 @@ func hostState(t TB) func() {
 				}
 			}
 		}
-		if bytes.Contains(rules, []byte("\n*")) || bytes.HasPrefix(rules, []byte("*")) {
+		if len(rules) > 0 { // iptables-save prints nothing when there is no table
 			restore := exec.Command("iptables-restore")
 			restore.Stdin = bytes.NewReader(rules)
 			if out, err := restore.CombinedOutput(); err != nil {
