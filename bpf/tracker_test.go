@@ -289,6 +289,36 @@ func TestTrackerSeedsExistingConnections(t *testing.T) {
 	}
 }
 
+func TestSockList(t *testing.T) {
+	// Past two chunks, then every third kept: the survivors in order,
+	// across chunk boundaries, and no chunk left over.
+	var l sockList
+	n := 2*seedChunk + 5
+	for i := range n {
+		l.add(&trackerSockRec{Cookie: uint64(i)})
+	}
+	if l.n != n || len(l.chunks) != 3 {
+		t.Fatalf("%d records in %d chunks, want %d in 3", l.n, len(l.chunks), n)
+	}
+	l.keep(func(r *trackerSockRec) bool { return r.Cookie%3 == 0 })
+	if want := (n + 2) / 3; l.n != want || len(l.chunks) != 1 {
+		t.Fatalf("kept %d records in %d chunks, want %d in 1", l.n, len(l.chunks), want)
+	}
+	for i := range l.n {
+		if got := l.at(i).Cookie; got != uint64(3*i) {
+			t.Fatalf("record %d has cookie %d, want %d", i, got, 3*i)
+		}
+	}
+	l.keep(func(*trackerSockRec) bool { return false })
+	if l.n != 0 || len(l.chunks) != 0 {
+		t.Errorf("%d records in %d chunks left, want none", l.n, len(l.chunks))
+	}
+	l.add(&trackerSockRec{Cookie: 7})
+	if l.n != 1 || l.at(0).Cookie != 7 {
+		t.Errorf("add after emptying: %d records, first %+v", l.n, *l.at(0))
+	}
+}
+
 func TestReadRecords(t *testing.T) {
 	// Five records read through a buffer of two, one byte per read: runs
 	// of 2, 2 and 1, each record whole.
