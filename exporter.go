@@ -11,7 +11,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -98,11 +97,7 @@ func run() int {
 	exp := collector.NewExporter(caches, logger)
 	static := prometheus.NewRegistry()
 	static.MustRegister(versioncollector.NewCollector(exporterName), collectors.NewGoCollector(), proc.collector)
-	// Start-up leaves garbage behind, from the listing of existing
-	// connections above all. Collected now, with the heap's next goal set
-	// from what start-up keeps, it does not make the first scrape (every
-	// connection new, the heaviest) pay for a collection.
-	runtime.GC()
+	collectStartGarbage(logger)
 	return serve(ctx, cfg, metricsHandler(exp, static, cfg, logger), logger)
 }
 
