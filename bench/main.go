@@ -445,12 +445,13 @@ func (r *runner) kubeProxyLab(n int) (*netlab.Cluster, []*helperProc) {
 // compare measures two exporter builds on the same connections, taking
 // turns so that both see the same state of the machine: per round each
 // one starts, takes a cold scrape, warm scrapes, and a scrape after 10% of
-// the connections were replaced. Which one goes first alternates between
-// rounds. It prints the medians of each build.
+// the connections were replaced, then its resident set and the peak of it
+// are read. Which one goes first alternates between rounds. It prints the
+// medians of each build.
 func (r *runner) compare(bins []string, n, rounds int) {
 	defer r.cleanupTo(r.mark())
 	cl, clients := r.kubeProxyLab(n)
-	type figures struct{ cold, coldCPU, warm, churn []float64 }
+	type figures struct{ startup, cold, coldCPU, warm, churn, rss, peak []float64 }
 	got := make([]figures, len(bins))
 	for round := range rounds {
 		// Which build goes first alternates: whatever the first of a round
@@ -466,18 +467,22 @@ func (r *runner) compare(bins []string, n, rounds int) {
 			warm := median(repeat(5, func() float64 { d, _ := exp.scrape(r); return d }))
 			churnAll(r, clients)
 			churn, _ := exp.scrape(r)
+			got[b].rss = append(got[b].rss, exp.rss(r))
+			got[b].peak = append(got[b].peak, exp.peakRSS(r))
+			got[b].startup = append(got[b].startup, exp.startup.Seconds())
 			exp.stop(r)
 			got[b].cold = append(got[b].cold, cold)
 			got[b].warm = append(got[b].warm, warm)
 			got[b].churn = append(got[b].churn, churn)
 		}
 	}
-	fmt.Println("| build | cold p50 | cold CPU p50 | warm p50 | churn p50 | churn / cold |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Println("| build | start-up p50 | cold p50 | cold CPU p50 | warm p50 | churn p50 | churn / cold | RSS p50 | peak RSS p50 |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for b, bin := range bins {
 		f := got[b]
-		fmt.Printf("| %s | %s | %s | %s | %s | %.2fx |\n", bin, format(median(f.cold), "s"), format(median(f.coldCPU), "s"),
-			format(median(f.warm), "s"), format(median(f.churn), "s"), median(f.churn)/median(f.cold))
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %.2fx | %.1f MiB | %.1f MiB |\n", bin, format(median(f.startup), "s"),
+			format(median(f.cold), "s"), format(median(f.coldCPU), "s"), format(median(f.warm), "s"), format(median(f.churn), "s"),
+			median(f.churn)/median(f.cold), median(f.rss), median(f.peak))
 	}
 }
 
