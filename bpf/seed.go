@@ -270,8 +270,11 @@ func readRecords[T any](rd io.Reader, buf []T, fn func([]T)) error {
 func (t *Tracker) findOwners(conns *sockList) ([]owner, error) {
 	want := make(map[uint64]int32, conns.n) // inode to index in conns
 	for i := range conns.n {
+		// A socket listed twice is inserted from its first record.
 		if ino := conns.at(i).SockIno; ino != 0 {
-			want[ino] = int32(i)
+			if _, dup := want[ino]; !dup {
+				want[ino] = int32(i)
+			}
 		}
 	}
 	it, err := link.AttachIter(link.IterOptions{Program: t.objs.DumpFiles})
@@ -316,7 +319,7 @@ func (l *sockList) add(r *trackerSockRec) {
 	l.n++
 }
 
-// at returns the i-th record.
+// at returns the i-th record, in place: keep moves records.
 func (l *sockList) at(i int) *trackerSockRec { return &l.chunks[i/seedChunk][i%seedChunk] }
 
 // keep keeps the records for which fn is true, in their order.
