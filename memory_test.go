@@ -11,15 +11,20 @@ import (
 
 func TestExcessFree(t *testing.T) {
 	const mib = 1 << 20
-	for _, c := range []struct{ inUse, free, goal, want uint64 }{
-		{inUse: 10 * mib, free: 0, goal: 20 * mib, want: 0},
-		{inUse: 10 * mib, free: 12 * mib, goal: 20 * mib, want: 0},                   // 22 MiB, all kept
-		{inUse: 10 * mib, free: 13 * mib, goal: 20 * mib, want: mib},                 // 23 MiB, 22 kept
-		{inUse: 11 * mib, free: 11 * mib, goal: 13 * mib, want: 22*mib - 143*mib/10}, // the exporter at 50k
+	for _, c := range []struct {
+		name                    string
+		inUse, free, goal, want uint64
+	}{
+		{name: "nothing free", inUse: 10 * mib, goal: 20 * mib},
+		{name: "all kept", inUse: 10 * mib, free: 12 * mib, goal: 20 * mib},
+		{name: "a MiB over the tenth", inUse: 10 * mib, free: 13 * mib, goal: 20 * mib, want: mib},
+		{name: "in use over the goal", inUse: 11 * mib, free: 11 * mib, goal: 13 * mib, want: 22*mib - 143*mib/10},
 	} {
-		if got := excessFree(c.inUse, c.free, c.goal); got != c.want {
-			t.Errorf("excessFree(%d, %d, %d) = %d, want %d", c.inUse, c.free, c.goal, got, c.want)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			if got := excessFree(c.inUse, c.free, c.goal); got != c.want {
+				t.Errorf("excessFree(%d, %d, %d) = %d, want %d", c.inUse, c.free, c.goal, got, c.want)
+			}
+		})
 	}
 }
 
