@@ -19,9 +19,9 @@ const releaseAbove = 4 << 20
 // the heap's next goal follows what start-up keeps. When the memory freed
 // is megabytes more than the runtime would keep for the heap to grow into,
 // it is returned to the OS at once (FreeOSMemory collects once more, about
-// a millisecond here, and returns every free page). The runtime's scavenger returns it too,
-// but slowly: the resident set of an exporter started among 50,000
-// connections took tens of seconds to shed 10 MiB.
+// a millisecond here, and returns every free page). The runtime's
+// scavenger returns it too, but slowly: the resident set of an exporter
+// started among 50,000 connections took tens of seconds to shed 10 MiB.
 func collectStartGarbage(logger *slog.Logger) {
 	runtime.GC()
 	s := []metrics.Sample{
