@@ -226,6 +226,7 @@ func ssSockets(t *testing.T, ns *netlab.NS, dst netip.AddrPort) map[netip.AddrPo
 // 20%.
 func TestTCPRetransmitsAndRTT(t *testing.T) {
 	cl, srv := tcpLab(t)
+	exp := startExporter(t, cl.Node)
 	lossy := cl.Backends[0]
 	// Every third packet from the first on, rather than each at random:
 	// the first SYN to reach the backend is dropped and sent again, so its
@@ -234,7 +235,6 @@ func TestTCPRetransmitsAndRTT(t *testing.T) {
 	// nothing that had to be sent again.
 	lossy.NS.Run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", fmt.Sprint(cl.BackendPort),
 		"-m", "statistic", "--mode", "nth", "--every", "3", "--packet", "0", "-j", "DROP")
-	exp := startExporter(t, cl.Node)
 	dst := netip.AddrPortFrom(cl.VIP4, cl.Port)
 	const n = 18 // balanced at random: the lossy backend gets none in one run of 1,500
 	conns := talk(t, cl, dst, n)
